@@ -1,0 +1,558 @@
+//! The one JSON config file: where it is found, what it may say, and the
+//! checks that turn it into a [`Config`] before any stage touches anything.
+//!
+//! Defaults follow the book (real1 on 8081, real2 on 8082, the probe through
+//! nginx at /profile, the include file `service-url.inc`). An unknown key is
+//! an error, because a typo that silently falls back to a default is how a
+//! deployment ends up pointing nginx at the wrong port.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::error::usage;
+
+/// The file name looked for beside the executable and in its parent directory.
+pub const FILE_NAME: &str = "nonstop.json";
+
+/// One blue-green slot: a profile name and the port its app listens on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    pub port: u16,
+}
+
+/// A validated configuration. Every path in it is absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was read from, for messages.
+    pub source: PathBuf,
+    /// Exactly two profiles, distinct in name and port.
+    pub profiles: Vec<Profile>,
+    pub probe_url: String,
+    pub probe_timeout: Duration,
+    pub state_dir: PathBuf,
+    pub lock_timeout: Duration,
+    pub app: App,
+    pub health: Health,
+    pub nginx: Nginx,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub dir: PathBuf,
+    /// The directory the artifact is looked for in.
+    pub artifact_dir: PathBuf,
+    /// A file-name pattern with `*` and `?`.
+    pub artifact_pattern: String,
+    /// argv with `{profile}`, `{port}`, `{artifact}` placeholders.
+    pub command: Vec<String>,
+    /// Log file template (`{profile}`), relative to `dir` unless absolute.
+    pub log: String,
+    pub stop_timeout: Duration,
+    pub start_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub path: String,
+    pub expect: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Nginx {
+    pub include: PathBuf,
+    pub template: String,
+    pub test: Vec<String>,
+    pub reload: Vec<String>,
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    profiles: Option<Vec<RawProfile>>,
+    probe_url: Option<String>,
+    probe_timeout_ms: Option<u64>,
+    state_dir: Option<String>,
+    lock_timeout_secs: Option<u64>,
+    app: Option<RawApp>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    nginx: RawNginx,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    // Wider than u16 so that 70000 gets our message, not a serde type error.
+    port: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    dir: Option<String>,
+    artifact: Option<String>,
+    command: Option<Vec<String>>,
+    log: Option<String>,
+    stop_timeout_secs: Option<u64>,
+    start_grace_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    expect: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_secs: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNginx {
+    include: Option<String>,
+    template: Option<String>,
+    test: Option<Vec<String>>,
+    reload: Option<Vec<String>>,
+    confirm_timeout_secs: Option<u64>,
+}
+
+/// Finds the config: `--config` / `NONSTOP_CONFIG` when given, else
+/// `nonstop.json` beside the executable, else in the executable's parent
+/// directory (so `scripts/stop` in a bundle finds `nonstop.json` at its root).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| usage(format!("cannot tell where this executable lives ({e}); pass --config PATH")))?;
+    let mut tried = Vec::new();
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+        dir = d.parent();
+    }
+    Err(usage(format!(
+        "no config file: looked for {} (pass --config PATH or set NONSTOP_CONFIG)",
+        tried.join(" and ")
+    )))
+}
+
+/// Reads, parses and validates a config file. Every failure is a [`usage`]
+/// error (exit 2) that names the file and the key.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `source` is only used in messages.
+pub fn parse(text: &str, source: &Path) -> Result<Config> {
+    let src = source.display();
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        if key == "." {
+            usage(format!("config file {src}: {}", e.inner()))
+        } else {
+            usage(format!("config file {src}: key `{key}`: {}", e.inner()))
+        }
+    })?;
+    validate(raw, source).map_err(|msg| usage(format!("config file {src}: {msg}")))
+}
+
+fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
+    let profiles = match raw.profiles {
+        None => vec![
+            Profile { name: "real1".into(), port: 8081 },
+            Profile { name: "real2".into(), port: 8082 },
+        ],
+        Some(list) => validate_profiles(list)?,
+    };
+
+    let app = raw.app.ok_or("key `app` is missing (at least `app.dir` is required)")?;
+    let dir = app.dir.ok_or("key `app.dir` is missing: the absolute directory the app is deployed to")?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(format!(
+            "key `app.dir`: {:?} is not an absolute path; every other relative path is resolved against it",
+            dir.display().to_string()
+        ));
+    }
+    let resolve = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+
+    let artifact = app.artifact.unwrap_or_else(|| "zip/*.jar".into());
+    let artifact_path = resolve(&artifact);
+    let artifact_pattern = artifact_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("key `app.artifact`: {artifact:?} names no file pattern"))?
+        .to_string();
+    let artifact_dir = artifact_path
+        .parent()
+        .ok_or_else(|| format!("key `app.artifact`: {artifact:?} has no directory"))?
+        .to_path_buf();
+    if artifact_dir.to_string_lossy().contains(['*', '?', '[']) {
+        return Err(format!(
+            "key `app.artifact`: {artifact:?}: wildcards are only allowed in the file name, not in directories"
+        ));
+    }
+
+    let command = app.command.unwrap_or_else(|| {
+        ["java", "-Dspring.profiles.active={profile}", "-jar", "{artifact}"]
+            .map(String::from)
+            .to_vec()
+    });
+    if command.first().is_none_or(|c| c.trim().is_empty()) {
+        return Err("key `app.command`: the command is empty; give an argv such as [\"java\", \"-jar\", \"{artifact}\"]".into());
+    }
+    check_placeholders("app.command", &command.join(" "), &["profile", "port", "artifact"])?;
+
+    let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
+    if log.trim().is_empty() {
+        return Err("key `app.log`: empty path".into());
+    }
+    check_placeholders("app.log", &log, &["profile"])?;
+
+    let health = raw.health;
+    let health_path = health.path.unwrap_or_else(|| "/profile".into());
+    if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
+        return Err(format!("key `health.path`: {health_path:?} must start with '/' and contain no spaces"));
+    }
+    let expect = health.expect.unwrap_or_else(|| "{profile}".into());
+    if expect.trim().is_empty() {
+        return Err("key `health.expect`: empty; an empty answer must not count as healthy".into());
+    }
+    check_placeholders("health.expect", &expect, &["profile", "port"])?;
+
+    let nginx = raw.nginx;
+    let template = nginx
+        .template
+        .unwrap_or_else(|| "set $service_url http://127.0.0.1:{port};".into());
+    if !template.contains("{port}") {
+        return Err(format!("key `nginx.template`: {template:?} does not contain {{port}}"));
+    }
+    check_placeholders("nginx.template", &template, &["port", "profile"])?;
+    let test = nginx.test.unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
+    let reload = nginx
+        .reload
+        .unwrap_or_else(|| ["nginx", "-s", "reload"].map(String::from).to_vec());
+    for (key, argv) in [("nginx.test", &test), ("nginx.reload", &reload)] {
+        if argv.first().is_none_or(|c| c.trim().is_empty()) {
+            return Err(format!("key `{key}`: the command is empty"));
+        }
+    }
+
+    let probe_url = raw.probe_url.unwrap_or_else(|| "http://127.0.0.1/profile".into());
+    if !probe_url.starts_with("http://") || probe_url.contains(char::is_whitespace) {
+        return Err(format!(
+            "key `probe_url`: {probe_url:?} must be an http:// URL (nginx on this host, as in http://127.0.0.1/profile)"
+        ));
+    }
+
+    let state_dir = resolve(raw.state_dir.as_deref().unwrap_or(".nonstop"));
+    let include = resolve(
+        nginx
+            .include
+            .as_deref()
+            .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
+    );
+    if include.file_name().is_none() {
+        return Err(format!("key `nginx.include`: {:?} names no file", include.display().to_string()));
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        profiles,
+        probe_url,
+        probe_timeout: ms("probe_timeout_ms", raw.probe_timeout_ms, 2000)?,
+        state_dir,
+        lock_timeout: secs("lock_timeout_secs", raw.lock_timeout_secs, 60)?,
+        app: App {
+            artifact_dir,
+            artifact_pattern,
+            command,
+            log,
+            stop_timeout: secs("app.stop_timeout_secs", app.stop_timeout_secs, 30)?,
+            start_grace: Duration::from_millis(app.start_grace_ms.unwrap_or(1000)),
+            dir,
+        },
+        health: Health {
+            path: health_path,
+            expect,
+            interval: ms("health.interval_ms", health.interval_ms, 200)?,
+            timeout: secs("health.timeout_secs", health.timeout_secs, 60)?,
+            request_timeout: ms("health.request_timeout_ms", health.request_timeout_ms, 1000)?,
+        },
+        nginx: Nginx {
+            include,
+            template,
+            test,
+            reload,
+            confirm_timeout: secs("nginx.confirm_timeout_secs", nginx.confirm_timeout_secs, 10)?,
+        },
+    })
+}
+
+fn validate_profiles(list: Vec<RawProfile>) -> Result<Vec<Profile>, String> {
+    if list.len() != 2 {
+        return Err(format!(
+            "key `profiles`: blue-green needs exactly two profiles, found {}",
+            list.len()
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    let mut out = Vec::new();
+    for (i, p) in list.into_iter().enumerate() {
+        let valid_name = !p.name.is_empty()
+            && p.name.len() <= 64
+            && p.name != "."
+            && p.name != ".."
+            && p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_name {
+            return Err(format!(
+                "key `profiles[{i}].name`: {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                p.name
+            ));
+        }
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| format!("key `profiles[{i}].port`: {} is outside 1-65535", p.port))?;
+        if !names.insert(p.name.clone()) {
+            return Err(format!("key `profiles[{i}].name`: {:?} is used by both profiles", p.name));
+        }
+        if !ports.insert(port) {
+            return Err(format!("key `profiles[{i}].port`: {port} is used by both profiles"));
+        }
+        out.push(Profile { name: p.name, port });
+    }
+    Ok(out)
+}
+
+fn ms(key: &str, value: Option<u64>, default: u64) -> Result<Duration, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("key `{key}`: must be greater than 0")),
+        v => Ok(Duration::from_millis(v)),
+    }
+}
+
+fn secs(key: &str, value: Option<u64>, default: u64) -> Result<Duration, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("key `{key}`: must be greater than 0")),
+        v if v > 86_400 => Err(format!("key `{key}`: {v} is more than a day")),
+        v => Ok(Duration::from_secs(v)),
+    }
+}
+
+/// Rejects `{name}` placeholders we would not substitute, so that a typo such
+/// as `{prot}` fails at load time instead of reaching nginx or the app.
+fn check_placeholders(key: &str, text: &str, allowed: &[&str]) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let name = &after[..close];
+        let looks_like_placeholder =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if looks_like_placeholder && !allowed.contains(&name) {
+            let allowed: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
+            return Err(format!(
+                "key `{key}`: unknown placeholder {{{name}}} (known: {})",
+                allowed.join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// Substitutes `{name}` placeholders. Values come from the config and from
+/// nonstop itself, never from an HTTP answer or a state file's free text.
+pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+impl Config {
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.name == name)
+    }
+
+    /// The profile a name on the command line means, or a usage error listing
+    /// the configured ones.
+    pub fn profile_arg(&self, name: &str) -> Result<&Profile> {
+        self.profile(name).ok_or_else(|| {
+            let known: Vec<&str> = self.profiles.iter().map(|p| p.name.as_str()).collect();
+            usage(format!("unknown profile {name:?}; configured: {}", known.join(", ")))
+        })
+    }
+
+    /// The other profile of the pair.
+    pub fn other(&self, profile: &Profile) -> &Profile {
+        self.profiles
+            .iter()
+            .find(|p| p.name != profile.name)
+            .unwrap_or(&self.profiles[0])
+    }
+
+    /// The include file's content for a profile.
+    pub fn include_line(&self, profile: &Profile) -> String {
+        let port = profile.port.to_string();
+        let mut line = render(&self.nginx.template, &[("port", &port), ("profile", &profile.name)]);
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        line
+    }
+
+    /// The app's log file for a profile.
+    pub fn log_path(&self, profile: &Profile) -> PathBuf {
+        let rendered = render(&self.app.log, &[("profile", &profile.name)]);
+        self.app.dir.join(rendered)
+    }
+
+    /// The body the health check expects from a profile.
+    pub fn expected_health_body(&self, profile: &Profile) -> String {
+        let port = profile.port.to_string();
+        render(&self.health.expect, &[("profile", &profile.name), ("port", &port)])
+            .trim()
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config> {
+        parse(text, Path::new("/cfg/nonstop.json"))
+    }
+
+    fn err_of(text: &str) -> String {
+        let err = parse_str(text).unwrap_err();
+        assert_eq!(crate::exit_code(&err), 2, "config errors exit 2: {err:#}");
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn minimal_config_takes_the_books_defaults() {
+        let c = parse_str(r#"{"app": {"dir": "/home/ec2-user/app/step3"}}"#).unwrap();
+        assert_eq!(c.profiles[0], Profile { name: "real1".into(), port: 8081 });
+        assert_eq!(c.profiles[1], Profile { name: "real2".into(), port: 8082 });
+        assert_eq!(c.probe_url, "http://127.0.0.1/profile");
+        assert_eq!(c.state_dir, Path::new("/home/ec2-user/app/step3/.nonstop"));
+        assert_eq!(c.app.artifact_dir, Path::new("/home/ec2-user/app/step3/zip"));
+        assert_eq!(c.app.artifact_pattern, "*.jar");
+        assert_eq!(c.nginx.include, Path::new("/etc/nginx/conf.d/service-url.inc"));
+        assert_eq!(c.health.expect, "{profile}");
+        assert_eq!(c.health.interval, Duration::from_millis(200));
+        assert_eq!(c.app.stop_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.log_path(&c.profiles[1]),
+            Path::new("/home/ec2-user/app/step3/nohup-real2.out")
+        );
+        assert_eq!(
+            c.include_line(&c.profiles[0]),
+            "set $service_url http://127.0.0.1:8081;\n"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let msg = err_of(r#"{"app": {"dir": "/a", "comand": ["java"]}}"#);
+        assert!(msg.contains("app.comand"), "{msg}");
+        let msg = err_of(r#"{"app": {"dir": "/a"}, "heath": {}}"#);
+        assert!(msg.contains("heath"), "{msg}");
+        assert!(msg.contains("/cfg/nonstop.json"), "{msg}");
+    }
+
+    #[test]
+    fn app_dir_is_required_and_absolute() {
+        assert!(err_of(r#"{}"#).contains("app"));
+        assert!(err_of(r#"{"app": {}}"#).contains("app.dir"));
+        assert!(err_of(r#"{"app": {"dir": "app/step3"}}"#).contains("not an absolute path"));
+    }
+
+    #[test]
+    fn profiles_must_differ_and_ports_be_in_range() {
+        let two = |a: &str, b: &str| format!(r#"{{"app": {{"dir": "/a"}}, "profiles": [{a}, {b}]}}"#);
+        let msg = err_of(&two(r#"{"name":"a","port":8081}"#, r#"{"name":"b","port":8081}"#));
+        assert!(msg.contains("profiles[1].port") && msg.contains("both"), "{msg}");
+        let msg = err_of(&two(r#"{"name":"a","port":8081}"#, r#"{"name":"a","port":8082}"#));
+        assert!(msg.contains("profiles[1].name"), "{msg}");
+        let msg = err_of(&two(r#"{"name":"a","port":70000}"#, r#"{"name":"b","port":8082}"#));
+        assert!(msg.contains("profiles[0].port") && msg.contains("70000"), "{msg}");
+        let msg = err_of(&two(r#"{"name":"a","port":0}"#, r#"{"name":"b","port":8082}"#));
+        assert!(msg.contains("outside 1-65535"), "{msg}");
+        let msg = err_of(&two(r#"{"name":"../x","port":1}"#, r#"{"name":"b","port":8082}"#));
+        assert!(msg.contains("profiles[0].name"), "{msg}");
+        let msg = err_of(r#"{"app": {"dir": "/a"}, "profiles": [{"name":"a","port":1}]}"#);
+        assert!(msg.contains("exactly two"), "{msg}");
+    }
+
+    #[test]
+    fn template_must_hold_the_port_and_no_unknown_placeholder() {
+        let msg = err_of(r#"{"app": {"dir": "/a"}, "nginx": {"template": "set $service_url x;"}}"#);
+        assert!(msg.contains("nginx.template") && msg.contains("{port}"), "{msg}");
+        let msg = err_of(r#"{"app": {"dir": "/a"}, "nginx": {"template": "{port} {prot}"}}"#);
+        assert!(msg.contains("{prot}"), "{msg}");
+        // nginx's own braces are not placeholders.
+        let c = parse_str(r#"{"app": {"dir": "/a"}, "nginx": {"template": "upstream u { server 127.0.0.1:{port}; }"}}"#)
+            .unwrap();
+        assert_eq!(c.include_line(&c.profiles[1]), "upstream u { server 127.0.0.1:8082; }\n");
+    }
+
+    #[test]
+    fn commands_must_not_be_empty() {
+        assert!(err_of(r#"{"app": {"dir": "/a", "command": []}}"#).contains("app.command"));
+        assert!(err_of(r#"{"app": {"dir": "/a", "command": [""]}}"#).contains("app.command"));
+        assert!(err_of(r#"{"app": {"dir": "/a"}, "nginx": {"reload": []}}"#).contains("nginx.reload"));
+    }
+
+    #[test]
+    fn wildcards_only_in_the_artifact_file_name() {
+        assert!(err_of(r#"{"app": {"dir": "/a", "artifact": "*/app.jar"}}"#).contains("app.artifact"));
+        let c = parse_str(r#"{"app": {"dir": "/a", "artifact": "/drop/app-*.jar"}}"#).unwrap();
+        assert_eq!(c.app.artifact_dir, Path::new("/drop"));
+        assert_eq!(c.app.artifact_pattern, "app-*.jar");
+    }
+
+    #[test]
+    fn zero_durations_and_bad_urls_are_refused() {
+        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"interval_ms": 0}}"#).contains("health.interval_ms"));
+        assert!(err_of(r#"{"app": {"dir": "/a"}, "probe_url": "localhost/profile"}"#).contains("probe_url"));
+        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"path": "profile"}}"#).contains("health.path"));
+        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"expect": " "}}"#).contains("health.expect"));
+        assert!(err_of("{not json").contains("/cfg/nonstop.json"));
+    }
+}

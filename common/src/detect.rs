@@ -1,0 +1,339 @@
+//! Which profile is live and which is idle.
+//!
+//! Two witnesses: what nginx answers at `probe_url` (the book's
+//! `curl localhost/profile`) and the port the include file names (what nginx
+//! is configured to route to). The book trusts the probe alone and, when it
+//! answers 4xx/5xx, *assumes* real2 is live, so a sick live real1 is taken
+//! for idle and killed. Here the rules are:
+//!
+//! | include            | probe                 | live                              |
+//! |--------------------|-----------------------|-----------------------------------|
+//! | names P            | answers P             | P                                 |
+//! | names P            | answers Q ≠ P         | error: they disagree              |
+//! | names P            | fails                 | P (warn)                          |
+//! | missing            | fails                 | none: first deployment            |
+//! | missing            | answers Q             | Q (warn: include will be created) |
+//! | names no profile   | fails                 | none (warn)                       |
+//! | names no profile   | answers Q             | Q (warn)                          |
+//! | names both ports   | any                   | error                             |
+//!
+//! A probe answer is a configured profile name, compared exactly after
+//! trimming, and nothing else: the body is never used in a path, a command
+//! or a config line.
+
+use std::io;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+
+use crate::config::{Config, Profile};
+use crate::http;
+use crate::log::quote_untrusted;
+use crate::state::read_capped;
+
+/// What the probe through nginx said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// nginx answered 2xx with exactly this configured profile's name.
+    Answered(Profile),
+    /// No usable answer; the reason, for messages.
+    Failed(String),
+}
+
+/// What the include file says nginx routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Include {
+    Missing,
+    Names(Profile),
+    /// It exists but names no configured port (say, the book's 8080 from before blue-green).
+    NamesNone,
+    /// It names the ports of both profiles.
+    NamesBoth,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    pub live: Option<Profile>,
+    pub idle: Profile,
+    /// Things an operator should know (a failed probe, a first deployment).
+    pub warnings: Vec<String>,
+}
+
+/// Applies the rules of the table above.
+pub fn decide(profiles: &[Profile], probe: &Probe, include: &Include) -> Result<Detection, String> {
+    let other = |live: &Profile| -> Profile {
+        profiles
+            .iter()
+            .find(|p| p.name != live.name)
+            .cloned()
+            .unwrap_or_else(|| live.clone())
+    };
+    let first = profiles.first().cloned().ok_or("no profiles configured")?;
+    let live_is = |live: Profile, warnings: Vec<String>| Detection {
+        idle: other(&live),
+        live: Some(live),
+        warnings,
+    };
+    match (include, probe) {
+        (Include::NamesBoth, _) => Err(
+            "the include file names the ports of both profiles; cannot tell which one nginx routes to".into(),
+        ),
+        (Include::Names(p), Probe::Answered(q)) if p == q => Ok(live_is(p.clone(), vec![])),
+        (Include::Names(p), Probe::Answered(q)) => Err(format!(
+            "nginx answers as {} ({}) but the include file routes to {} ({}); refusing to guess which is live",
+            q.name, q.port, p.name, p.port
+        )),
+        (Include::Names(p), Probe::Failed(why)) => Ok(live_is(
+            p.clone(),
+            vec![format!(
+                "the probe through nginx failed ({why}); going by the include file: {} ({}) is live",
+                p.name, p.port
+            )],
+        )),
+        (Include::Missing, Probe::Failed(why)) => Ok(Detection {
+            live: None,
+            idle: first,
+            warnings: vec![format!(
+                "no include file and the probe through nginx failed ({why}): first deployment, nothing is live"
+            )],
+        }),
+        (Include::Missing, Probe::Answered(q)) => Ok(live_is(
+            q.clone(),
+            vec![format!(
+                "no include file, but nginx answers as {}: taking it as live; the switch will create the include file",
+                q.name
+            )],
+        )),
+        (Include::NamesNone, Probe::Failed(why)) => Ok(Detection {
+            live: None,
+            idle: first,
+            warnings: vec![format!(
+                "the include file names no configured port and the probe failed ({why}): nothing of ours is live"
+            )],
+        }),
+        (Include::NamesNone, Probe::Answered(q)) => Ok(live_is(
+            q.clone(),
+            vec![format!(
+                "the include file names no configured port, but nginx answers as {}: taking it as live",
+                q.name
+            )],
+        )),
+    }
+}
+
+/// Reads what the include file names.
+pub fn classify_include(config: &Config, content: &str) -> Include {
+    let trimmed = content.trim();
+    if let Some(p) = config
+        .profiles
+        .iter()
+        .find(|p| config.include_line(p).trim() == trimmed)
+    {
+        return Include::Names(p.clone());
+    }
+    // Not our exact rendering (edited by hand, written by the book's `tee`):
+    // look for `:PORT` not followed by a digit, outside comments.
+    let code: String = content
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let named: Vec<&Profile> = config
+        .profiles
+        .iter()
+        .filter(|p| mentions_port(&code, p.port))
+        .collect();
+    match named.as_slice() {
+        [] => Include::NamesNone,
+        [one] => Include::Names((*one).clone()),
+        _ => Include::NamesBoth,
+    }
+}
+
+fn mentions_port(text: &str, port: u16) -> bool {
+    let needle = format!(":{port}");
+    text.match_indices(&needle).any(|(at, _)| {
+        !text[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// Reads the include file. A missing file is [`Include::Missing`]; a file
+/// that exists but cannot be read is an error, since guessing could stop
+/// the live app.
+pub fn read_include(config: &Config) -> Result<Include> {
+    read_include_at(config, &config.nginx.include)
+}
+
+fn read_include_at(config: &Config, path: &Path) -> Result<Include> {
+    match read_capped(path, 64 * 1024) {
+        Ok(None) => Ok(Include::Missing),
+        Ok(Some(bytes)) => Ok(classify_include(config, &String::from_utf8_lossy(&bytes))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Include::Missing),
+        Err(e) => Err(anyhow!("cannot read the include file {}: {e}", path.display())),
+    }
+}
+
+/// Asks nginx which profile answers.
+pub fn probe(config: &Config) -> Probe {
+    classify_answer(config, http::get(&config.probe_url, config.probe_timeout))
+}
+
+fn classify_answer(config: &Config, answer: Result<http::Answer, String>) -> Probe {
+    match answer {
+        Err(why) => Probe::Failed(format!("{}: {why}", config.probe_url)),
+        Ok(a) if !a.is_success() => Probe::Failed(format!("{} answered HTTP {}", config.probe_url, a.status)),
+        Ok(a) => match config.profile(a.body.trim()) {
+            Some(p) => Probe::Answered(p.clone()),
+            None => Probe::Failed(format!(
+                "{} answered {}, which is not a configured profile",
+                config.probe_url,
+                quote_untrusted(a.body.trim(), 40)
+            )),
+        },
+    }
+}
+
+/// Both witnesses and the decision, for `profile --json` and the stages.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub probe: Probe,
+    pub include: Include,
+    pub decision: Result<Detection, String>,
+}
+
+/// Probes nginx, reads the include file and decides.
+pub fn observe(config: &Config) -> Result<Observed> {
+    let include = read_include(config)?;
+    let probe = probe(config);
+    let decision = decide(&config.profiles, &probe, &include);
+    Ok(Observed { probe, include, decision })
+}
+
+/// Probes, reads and decides; a disagreement is an error (exit 1).
+pub fn detect(config: &Config) -> Result<Detection> {
+    observe(config)?.decision.map_err(|e| anyhow!(e))
+}
+
+/// A profile as shown in JSON output.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    pub profile: String,
+    pub port: u16,
+}
+
+impl From<&Profile> for SlotView {
+    fn from(p: &Profile) -> Self {
+        SlotView { profile: p.name.clone(), port: p.port }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles() -> Vec<Profile> {
+        vec![
+            Profile { name: "real1".into(), port: 8081 },
+            Profile { name: "real2".into(), port: 8082 },
+        ]
+    }
+
+    fn config() -> Config {
+        crate::config::parse(r#"{"app": {"dir": "/a"}}"#, Path::new("t.json")).unwrap()
+    }
+
+    fn p(i: usize) -> Profile {
+        profiles()[i].clone()
+    }
+
+    fn failed() -> Probe {
+        Probe::Failed("HTTP 502".into())
+    }
+
+    #[test]
+    fn agreeing_witnesses_name_the_live_profile() {
+        let d = decide(&profiles(), &Probe::Answered(p(0)), &Include::Names(p(0))).unwrap();
+        assert_eq!(d.live, Some(p(0)));
+        assert_eq!(d.idle, p(1));
+        assert!(d.warnings.is_empty());
+        let d = decide(&profiles(), &Probe::Answered(p(1)), &Include::Names(p(1))).unwrap();
+        assert_eq!((d.live, d.idle), (Some(p(1)), p(0)));
+    }
+
+    #[test]
+    fn a_failed_probe_defers_to_the_include_file() {
+        // The book would call real2 live here and kill a sick but live real1.
+        let d = decide(&profiles(), &failed(), &Include::Names(p(0))).unwrap();
+        assert_eq!(d.live, Some(p(0)));
+        assert_eq!(d.idle, p(1));
+        assert!(d.warnings[0].contains("HTTP 502"));
+    }
+
+    #[test]
+    fn nothing_at_all_is_a_first_deployment() {
+        let d = decide(&profiles(), &failed(), &Include::Missing).unwrap();
+        assert_eq!(d.live, None);
+        assert_eq!(d.idle, p(0));
+        assert!(d.warnings[0].contains("first deployment"));
+    }
+
+    #[test]
+    fn disagreement_is_an_error_naming_both() {
+        let e = decide(&profiles(), &Probe::Answered(p(1)), &Include::Names(p(0))).unwrap_err();
+        assert!(e.contains("real1") && e.contains("real2"), "{e}");
+        assert!(decide(&profiles(), &Probe::Answered(p(1)), &Include::NamesBoth).is_err());
+        assert!(decide(&profiles(), &failed(), &Include::NamesBoth).is_err());
+    }
+
+    #[test]
+    fn the_probe_alone_is_believed_when_the_include_says_nothing() {
+        for include in [Include::Missing, Include::NamesNone] {
+            let d = decide(&profiles(), &Probe::Answered(p(1)), &include).unwrap();
+            assert_eq!((d.live, d.idle), (Some(p(1)), p(0)));
+        }
+        let d = decide(&profiles(), &failed(), &Include::NamesNone).unwrap();
+        assert_eq!((d.live, d.idle), (None, p(0)));
+    }
+
+    #[test]
+    fn include_is_read_exactly_or_by_its_port() {
+        let c = config();
+        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:8082;\n"), Include::Names(p(1)));
+        // The book's hand-written form, with other spacing.
+        assert_eq!(classify_include(&c, "  set $service_url   http://localhost:8081 ;"), Include::Names(p(0)));
+        // 80812 is not 8081; the book's step2 port is nobody's.
+        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:80812;"), Include::NamesNone);
+        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:8080;"), Include::NamesNone);
+        // A comment does not count.
+        assert_eq!(
+            classify_include(&c, "# was :8082\nset $service_url http://127.0.0.1:8081;"),
+            Include::Names(p(0))
+        );
+        assert_eq!(
+            classify_include(&c, "server 127.0.0.1:8081;\nserver 127.0.0.1:8082;"),
+            Include::NamesBoth
+        );
+    }
+
+    #[test]
+    fn probe_answers_must_be_exactly_a_profile_name() {
+        let c = config();
+        let ok = |status, body: &str| Ok(http::Answer { status, body: body.into() });
+        assert_eq!(classify_answer(&c, ok(200, "real2\n")), Probe::Answered(p(1)));
+        // The book's `grep real` would take each of these for real.
+        for body in ["real", "real1 real2", "surreal1", "<h1>real1</h1>", ""] {
+            assert!(matches!(classify_answer(&c, ok(200, body)), Probe::Failed(_)), "{body}");
+        }
+        assert!(matches!(classify_answer(&c, ok(500, "real1")), Probe::Failed(_)));
+        assert!(matches!(classify_answer(&c, ok(302, "real1")), Probe::Failed(_)));
+        match classify_answer(&c, ok(200, "rm -rf /\n\u{1b}[31m")) {
+            Probe::Failed(why) => assert!(why.contains("\\n") || !why.contains('\n'), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

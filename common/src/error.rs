@@ -1,0 +1,77 @@
+//! Exit codes and the one place where an error becomes a process exit status.
+//!
+//! 0: done; 1: the deployment must stop (unhealthy, nginx refused the config,
+//! switch not confirmed, a live app in the way, ...); 2: usage or config error,
+//! reported before anything was touched.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// The deployment failed; the operator must look before going on.
+pub const EXIT_FAILED: u8 = 1;
+/// Bad command line or config; nothing was touched.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A usage or configuration error. Anything in an error chain that is a
+/// `Usage` makes the process exit 2 instead of 1.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Builds an `anyhow::Error` that exits 2.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(msg.into()))
+}
+
+/// The exit code an error stands for.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Usage>() {
+            return EXIT_USAGE;
+        }
+        if let Some(clap_err) = cause.downcast_ref::<clap::Error>() {
+            return u8::try_from(clap_err.exit_code()).unwrap_or(EXIT_USAGE);
+        }
+    }
+    EXIT_FAILED
+}
+
+/// Runs a stage's `run` and turns its outcome into an exit status, printing
+/// the error as `stage: error: ...`. The only function a `main` calls.
+pub fn main_with(stage: &str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // clap renders its own help, version and usage messages.
+            if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
+                // Printing help can only fail on a closed stdout; nothing to add then.
+                let _ = clap_err.print();
+                return ExitCode::from(exit_code(&err));
+            }
+            eprintln!("{stage}: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn usage_anywhere_in_the_chain_exits_2() {
+        let err = Err::<(), _>(usage("bad key"))
+            .context("reading /etc/nonstop.json")
+            .unwrap_err();
+        assert_eq!(exit_code(&err), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("unhealthy")), 1);
+    }
+}

@@ -1,0 +1,65 @@
+//! One bounded HTTP GET, for the probe through nginx and the health check.
+//!
+//! Every answer is untrusted: the body is capped at [`MAX_BODY`] bytes (a
+//! 10 MiB answer must not cost memory), decoded lossily, and only ever
+//! compared with configured names. No connection is pooled, so every probe
+//! opens a new connection and sees what nginx's current workers route to.
+
+use std::time::Duration;
+
+/// The most of a body that is read; a longer answer is a failed probe.
+pub const MAX_BODY: u64 = 4096;
+
+/// A status and a (short) body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// GET `url` with a total time limit. `Err` says why no answer came, in words
+/// for a log line (`connection refused`, `timed out after 1.00 s`, ...).
+pub fn get(url: &str, timeout: Duration) -> Result<Answer, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        // An http_proxy in the hook's environment must not reroute a probe of localhost.
+        .proxy(None)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().map_err(describe)?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => format!("answer body is larger than {MAX_BODY} bytes"),
+            other => describe(other),
+        })?;
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+fn describe(err: ureq::Error) -> String {
+    match err {
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            _ => io.to_string(),
+        },
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,23 @@
+//! What the nonstop stages share: configuration, detection of the live and
+//! idle profile, state files, the deployment lock, process and port handling
+//! through /proc, HTTP probing and running external commands.
+//!
+//! This crate plays the part `uucore` plays for coreutils: every stage crate
+//! is a thin layer over it, and nothing in here exits the process.
+
+pub mod cmd;
+pub mod config;
+pub mod detect;
+pub mod error;
+pub mod http;
+pub mod lock;
+pub mod log;
+pub mod procs;
+pub mod stage;
+pub mod state;
+pub mod time;
+
+pub use config::{Config, Profile};
+pub use error::{exit_code, main_with, usage, Usage};
+pub use log::Log;
+pub use stage::{run_stage, CommonArgs, Context};

@@ -1,0 +1,133 @@
+//! The state directory's lock: an flock on `STATE_DIR/lock`, held while a
+//! stage runs. The kernel drops an flock when its holder dies, so a killed
+//! stage never leaves a lock behind; the holder's name is written into the
+//! file so a waiting stage can say who it waits for.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::log::Log;
+use crate::time::{now_unix_ms, secs};
+
+/// Who holds the lock, as written into the lock file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub stage: String,
+    pub deployment_id: Option<String>,
+    pub since_unix_ms: u64,
+}
+
+impl Holder {
+    pub fn describe(&self) -> String {
+        let age = now_unix_ms().saturating_sub(self.since_unix_ms);
+        let deployment = self
+            .deployment_id
+            .as_deref()
+            .map(|d| format!(" of deployment {d}"))
+            .unwrap_or_default();
+        format!(
+            "`{}` (pid {}){deployment}, holding it for {}",
+            self.stage,
+            self.pid,
+            secs(Duration::from_millis(age))
+        )
+    }
+}
+
+/// A held lock; dropping it releases the flock.
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+}
+
+/// Takes the lock, waiting at most until `deadline`. The error names the
+/// holder when the wait runs out.
+pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result<Lock> {
+    let mut announced = false;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut flock) => {
+                let written = flock
+                    .set_len(0)
+                    .and_then(|()| flock.seek(SeekFrom::Start(0)).map(|_| ()))
+                    .and_then(|()| {
+                        let text = serde_json::to_string(me).unwrap_or_default();
+                        flock.write_all(text.as_bytes())
+                    });
+                if let Err(e) = written {
+                    log.warn(format!("cannot record the lock holder in {}: {e}", path.display()));
+                }
+                return Ok(Lock { _flock: flock });
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let holder = read_holder(path)
+                    .map(|h| h.describe())
+                    .unwrap_or_else(|| "another nonstop stage".to_string());
+                if Instant::now() >= deadline {
+                    return Err(anyhow!(
+                        "the state directory is locked by {holder}; gave up waiting (lock file {})",
+                        path.display()
+                    ));
+                }
+                if !announced {
+                    log.say(format!("waiting for the lock held by {holder}"));
+                    announced = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, errno)) => {
+                return Err(anyhow!("cannot lock {}: {errno}", path.display()));
+            }
+        }
+    }
+}
+
+/// The holder recorded in a lock file, if it can be read.
+pub fn read_holder(path: &Path) -> Option<Holder> {
+    let mut text = String::new();
+    File::open(path).ok()?.take(4096).read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_taker_waits_then_names_the_holder() {
+        let dir = std::env::temp_dir().join(format!("nonstop-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lock");
+        let log = Log::new("test");
+        let me = Holder {
+            pid: 4242,
+            stage: "health".into(),
+            deployment_id: Some("d-7".into()),
+            since_unix_ms: now_unix_ms(),
+        };
+        let held = acquire(&path, &me, Instant::now(), &log).unwrap();
+        let started = Instant::now();
+        let err = acquire(&path, &me, Instant::now() + Duration::from_millis(200), &log).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let msg = err.to_string();
+        assert!(msg.contains("health") && msg.contains("4242") && msg.contains("d-7"), "{msg}");
+        drop(held);
+        acquire(&path, &me, Instant::now(), &log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

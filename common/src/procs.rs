@@ -1,0 +1,217 @@
+//! Processes and ports, read from /proc: who listens on a port, whether a pid
+//! is still the process we started, signals, and bounded waits for an event.
+//!
+//! The host may have no lsof, ss or curl (the book's scripts need lsof), so
+//! the listener is found the way those tools find it: LISTEN sockets in
+//! /proc/net/tcp{,6}, then the process whose fd table holds that socket inode.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// What listens on one port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listening {
+    /// Socket inodes in LISTEN state bound to the port (any address).
+    pub inodes: Vec<u64>,
+    /// Processes holding one of those sockets that this user can see.
+    pub pids: Vec<i32>,
+}
+
+impl Listening {
+    pub fn is_free(&self) -> bool {
+        self.inodes.is_empty()
+    }
+}
+
+/// Who listens on `port`, over IPv4 and IPv6.
+pub fn listening(port: u16) -> io::Result<Listening> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(text) => inodes.extend(listen_inodes(&text, port)),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
+        }
+    }
+    inodes.sort_unstable();
+    inodes.dedup();
+    let pids = if inodes.is_empty() {
+        Vec::new()
+    } else {
+        pids_holding(&inodes.iter().copied().collect())
+    };
+    Ok(Listening { inodes, pids })
+}
+
+/// Parses a /proc/net/tcp table: the inodes of LISTEN (state 0A) sockets on `port`.
+fn listen_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let inode = fields.get(9)?.parse::<u64>().ok()?;
+            let (_, hex_port) = local.rsplit_once(':')?;
+            let local_port = u16::from_str_radix(hex_port, 16).ok()?;
+            (*state == "0A" && local_port == port && inode != 0).then_some(inode)
+        })
+        .collect()
+}
+
+fn pids_holding(inodes: &HashSet<u64>) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Another user's process is unreadable; that is expected, not an error.
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(&target.to_string_lossy()))
+                .is_some_and(|inode| inodes.contains(&inode))
+        });
+        if holds {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The fields of /proc/PID/stat after the command name, which may itself
+/// contain spaces and parentheses.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The process's start time in clock ticks since boot: with the pid, it
+/// names one process for good (a pid alone may be reused).
+pub fn start_time(pid: i32) -> Option<u64> {
+    // Field 22 of stat; index 19 once pid and comm are cut off.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// True while the process exists and has not exited (a zombie has exited).
+pub fn is_alive(pid: i32) -> bool {
+    match stat_fields(pid) {
+        Some(fields) => !matches!(fields.first().map(String::as_str), Some("Z" | "X")),
+        None => false,
+    }
+}
+
+/// True while `pid` is alive and is the same process that had `start` as its
+/// start time (when known).
+pub fn is_same_alive(pid: i32, start: Option<u64>) -> bool {
+    is_alive(pid) && (start.is_none() || start_time(pid) == start)
+}
+
+/// The command line of a process for messages, at most 160 characters.
+pub fn cmdline(pid: i32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: String = raw
+        .split(|&b| b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.chars().count() > 160 {
+        format!("{}...", text.chars().take(160).collect::<String>())
+    } else if text.is_empty() {
+        "?".to_string()
+    } else {
+        text
+    }
+}
+
+/// Sends a signal; a process that is already gone is not an error.
+pub fn signal(pid: i32, sig: Signal) -> io::Result<()> {
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Polls `done` every `every` until it is true (returns the time waited) or
+/// `limit` has passed (returns `None`). This is how stages wait for an event
+/// (an exit, a free port, an answer) without a fixed sleep.
+pub fn wait_for(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return Some(start.elapsed());
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= limit {
+            return None;
+        }
+        std::thread::sleep(every.min(limit - elapsed));
+    }
+}
+
+/// This boot's id: a lock or lease from another boot is stale for certain.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F92 0100007F:D3A4 01 00000000:00000000 00:00000000 00000000     0        0 5555 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7777 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn only_listen_sockets_on_the_port_count() {
+        assert_eq!(listen_inodes(TABLE, 8081), vec![4242]);
+        // 5555 is an established connection to 8082, not a listener.
+        assert_eq!(listen_inodes(TABLE, 8082), vec![7777]);
+        assert!(listen_inodes(TABLE, 80).is_empty());
+    }
+
+    #[test]
+    fn finds_its_own_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = listening(port).unwrap();
+        assert_eq!(seen.pids, vec![std::process::id() as i32]);
+        drop(listener);
+        assert!(listening(port).unwrap().is_free());
+    }
+
+    #[test]
+    fn own_process_is_alive_with_a_start_time() {
+        let me = std::process::id() as i32;
+        assert!(is_alive(me));
+        let start = start_time(me);
+        assert!(start.is_some());
+        assert!(is_same_alive(me, start));
+        assert!(!is_same_alive(me, start.map(|s| s + 1)));
+        assert!(cmdline(me).contains("nonstop_common"));
+    }
+}

@@ -1,0 +1,242 @@
+//! The frame every mutating stage runs in: find and validate the config, open
+//! the state directory, take the lock, settle the deployment's plan, run the
+//! stage's body, record its outcome.
+//!
+//! The plan is decided once per deployment (keyed by CodeDeploy's
+//! `DEPLOYMENT_ID`) so that `stop`, `start` and `health` agree on the idle
+//! profile even though `switch` changes what detection would say. An
+//! unfinished plan is also the deployment's lease: a second deployment waits
+//! for it (bounded), then fails naming it. Without a deployment id (an
+//! operator running one stage by hand) the stage detects afresh.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+
+use crate::config::{self, Config, Profile};
+use crate::detect;
+use crate::error::usage;
+use crate::lock::{self, Holder, Lock};
+use crate::log::Log;
+use crate::procs::boot_id;
+use crate::state::{HistoryLine, Plan, StateDir};
+use crate::time::{now_unix_ms, secs};
+
+/// Options every stage takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Config file [default: nonstop.json beside the executable, then in its parent directory]
+    #[arg(long, value_name = "PATH", env = "NONSTOP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The deployment this stage belongs to; stages with the same id share one plan
+    #[arg(long, value_name = "ID", env = "DEPLOYMENT_ID")]
+    pub deployment_id: Option<String>,
+}
+
+impl CommonArgs {
+    /// Finds and validates the config (exit 2 on any problem).
+    pub fn load_config(&self) -> Result<Config> {
+        let path = config::locate(self.config.as_deref())?;
+        config::load(&path)
+    }
+
+    fn deployment_id(&self) -> Result<Option<String>> {
+        match self.deployment_id.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(id) if id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()) => Ok(Some(id.to_string())),
+            Some(id) => Err(usage(format!(
+                "deployment id {:?} must be 1-128 printable ASCII characters without spaces",
+                crate::log::quote_untrusted(id, 40)
+            ))),
+        }
+    }
+}
+
+/// Live and idle for this run of a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    pub live: Option<Profile>,
+    pub idle: Profile,
+}
+
+/// What a stage body gets to work with.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    pub log: Log,
+    pub state: StateDir,
+    pub deployment_id: Option<String>,
+    pub slots: Slots,
+    /// True when `slots` came from a plan an earlier stage wrote (so what
+    /// detection says now may differ, after a switch for instance).
+    pub from_plan: bool,
+    /// Set by a body that completed the deployment (a confirmed switch).
+    pub completes_deployment: bool,
+    plan: Option<Plan>,
+    _lock: Lock,
+}
+
+impl Context {
+    /// The profile a stage acts on: `--profile NAME` when given, else the idle one.
+    pub fn target(&self, explicit: Option<&str>) -> Result<Profile> {
+        match explicit {
+            Some(name) => self.config.profile_arg(name).cloned(),
+            None => Ok(self.slots.idle.clone()),
+        }
+    }
+}
+
+/// Runs `body` inside the frame. Exit codes: whatever `body` returns; the
+/// plan is closed (finished) when the body fails or completes the deployment.
+pub fn run_stage(log: Log, args: &CommonArgs, body: impl FnOnce(&mut Context) -> Result<()>) -> Result<()> {
+    let started = Instant::now();
+    let config = args.load_config()?;
+    let deployment_id = args.deployment_id()?;
+    let state = StateDir::open(&config.state_dir)?;
+    let mut ctx = open(log, config, state, deployment_id)?;
+    let result = body(&mut ctx);
+    close(&mut ctx, &result, started.elapsed());
+    result
+}
+
+fn open(log: Log, config: Config, state: StateDir, deployment_id: Option<String>) -> Result<Context> {
+    let deadline = Instant::now() + config.lock_timeout;
+    let me = Holder {
+        pid: std::process::id(),
+        stage: log.stage().to_string(),
+        deployment_id: deployment_id.clone(),
+        since_unix_ms: now_unix_ms(),
+    };
+    let boot = boot_id();
+    let mut announced = false;
+    loop {
+        let lock = lock::acquire(&state.lock_path(), &me, deadline, &log)?;
+        let plan: Option<Plan> = state.read(&state.plan_path(), &log)?;
+        let now = now_unix_ms();
+        let ours = |p: &Plan| deployment_id.as_deref() == Some(p.deployment_id.as_str());
+        match plan {
+            Some(p) if p.is_active(now, &boot) && !ours(&p) => {
+                let left = Duration::from_millis(p.expires_unix_ms.saturating_sub(now));
+                let what = format!(
+                    "deployment {} is in progress (its last stage was `{}`; its lease runs out in {})",
+                    p.deployment_id,
+                    p.last_stage,
+                    secs(left)
+                );
+                if Instant::now() >= deadline {
+                    return Err(anyhow!(
+                        "{what}; gave up waiting after {}. If that deployment is dead, wait for its lease or remove {}",
+                        secs(config.lock_timeout),
+                        state.plan_path().display()
+                    ));
+                }
+                if !announced {
+                    log.say(format!("waiting: {what}"));
+                    announced = true;
+                }
+                drop(lock);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some(p) if ours(&p) && !p.finished => {
+                log.say(format!("plan of deployment {}: {}", p.deployment_id, describe(p.live.as_ref(), &p.idle)));
+                return Ok(Context {
+                    slots: Slots { live: p.live.clone(), idle: p.idle.clone() },
+                    from_plan: true,
+                    plan: Some(p),
+                    config,
+                    log,
+                    state,
+                    deployment_id,
+                    completes_deployment: false,
+                    _lock: lock,
+                });
+            }
+            _ => {
+                let detection = detect::detect(&config)?;
+                for warning in &detection.warnings {
+                    log.warn(warning);
+                }
+                log.say(describe(detection.live.as_ref(), &detection.idle));
+                let plan = match &deployment_id {
+                    Some(id) => {
+                        let plan = Plan {
+                            deployment_id: id.clone(),
+                            live: detection.live.clone(),
+                            idle: detection.idle.clone(),
+                            created_unix_ms: now,
+                            expires_unix_ms: now + lease(&config).as_millis() as u64,
+                            boot_id: boot.clone(),
+                            last_stage: log.stage().to_string(),
+                            finished: false,
+                        };
+                        state.write(&state.plan_path(), &plan)?;
+                        Some(plan)
+                    }
+                    None => None,
+                };
+                return Ok(Context {
+                    slots: Slots { live: detection.live, idle: detection.idle },
+                    from_plan: false,
+                    plan,
+                    config,
+                    log,
+                    state,
+                    deployment_id,
+                    completes_deployment: false,
+                    _lock: lock,
+                });
+            }
+        }
+    }
+}
+
+fn describe(live: Option<&Profile>, idle: &Profile) -> String {
+    match live {
+        Some(l) => format!("live {} ({}), idle {} ({})", l.name, l.port, idle.name, idle.port),
+        None => format!("nothing live, idle {} ({})", idle.name, idle.port),
+    }
+}
+
+/// How long a deployment's plan holds off another deployment after its last
+/// stage: enough for the remaining stages to run, short enough that a
+/// deployment whose hooks were killed does not block the next one for long.
+fn lease(config: &Config) -> Duration {
+    config.app.stop_timeout + config.app.start_grace + config.health.timeout + config.nginx.confirm_timeout + Duration::from_secs(60)
+}
+
+fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {
+    let exit_code = match result {
+        Ok(()) => 0,
+        Err(e) => crate::error::exit_code(e),
+    };
+    let message = match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    if let Some(plan) = ctx.plan.as_mut() {
+        let now = now_unix_ms();
+        plan.last_stage = ctx.log.stage().to_string();
+        if result.is_err() || ctx.completes_deployment {
+            plan.finished = true;
+        } else {
+            plan.expires_unix_ms = now + lease(&ctx.config).as_millis() as u64;
+        }
+        if let Err(e) = ctx.state.write(&ctx.state.plan_path(), &*plan) {
+            ctx.log.warn(format!("{e:#}"));
+        }
+    }
+    let line = HistoryLine {
+        at_unix_ms: now_unix_ms(),
+        stage: ctx.log.stage().to_string(),
+        deployment_id: ctx.deployment_id.clone(),
+        pid: std::process::id(),
+        exit_code,
+        message,
+        elapsed_ms: elapsed.as_millis() as u64,
+    };
+    if let Err(e) = ctx.state.append_history(&line) {
+        ctx.log.warn(format!("{e:#}"));
+    }
+}

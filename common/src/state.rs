@@ -1,0 +1,326 @@
+//! The state directory: JSON files that carry a deployment from one stage to
+//! the next, a history of stage outcomes, and the lock file.
+//!
+//! - `plan.json`: live and idle profile, decided once per deployment;
+//! - `launched-PROFILE.json`: what `start` launched (pid, artifact, command, log);
+//! - `switch.json`: the profile nginx routes to and the one before it;
+//! - `history.jsonl`: one line per stage outcome;
+//! - `lock`: flock'ed while a stage runs.
+//!
+//! Every write goes to a temp file in the same directory, is fsynced and
+//! renamed over the target, so a crash leaves the old file or the new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Profile;
+use crate::log::Log;
+use crate::time::now_unix_ms;
+
+/// State files larger than this are corrupt by definition.
+const MAX_STATE_FILE: u64 = 1 << 20;
+
+/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename,
+/// fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // A leading dot and a suffix of our own keep nginx's `include *.conf` globs off it.
+    let tmp = dir.join(format!(
+        ".{}.nonstop-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename is durable once the directory is synced.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort: the temp file may not exist.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads at most `limit` bytes of a file; `None` when it does not exist.
+pub fn read_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// A slot as recorded in state files.
+pub type Slot = Profile;
+
+/// The deployment's plan, written by its first stage and read by the others.
+/// While a plan is unfinished and unexpired it is also the deployment's
+/// lease: another deployment waits for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub deployment_id: String,
+    pub live: Option<Slot>,
+    pub idle: Slot,
+    pub created_unix_ms: u64,
+    pub expires_unix_ms: u64,
+    pub boot_id: String,
+    pub last_stage: String,
+    pub finished: bool,
+}
+
+impl Plan {
+    /// True while this plan still holds its deployment's lease.
+    pub fn is_active(&self, now_ms: u64, boot_id: &str) -> bool {
+        !self.finished && now_ms < self.expires_unix_ms && self.boot_id == boot_id
+    }
+}
+
+/// What `start` launched for one profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Launched {
+    pub profile: String,
+    pub port: u16,
+    pub pid: i32,
+    /// /proc start time of `pid`, so a reused pid is never taken for ours.
+    pub start_time: Option<u64>,
+    pub artifact: PathBuf,
+    pub command: Vec<String>,
+    pub log: PathBuf,
+    pub started_unix_ms: u64,
+    pub deployment_id: Option<String>,
+}
+
+/// What `switch` did last.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Switched {
+    pub active: Slot,
+    pub previous: Option<Slot>,
+    pub switched_unix_ms: u64,
+    pub deployment_id: Option<String>,
+}
+
+/// One line of `history.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryLine {
+    pub at_unix_ms: u64,
+    pub stage: String,
+    pub deployment_id: Option<String>,
+    pub pid: u32,
+    pub exit_code: u8,
+    pub message: String,
+    pub elapsed_ms: u64,
+}
+
+/// The state directory of one config.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating if needed) the state directory and checks that it is
+    /// writable, so a stage fails before it changes anything.
+    pub fn open(root: &Path) -> Result<StateDir> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("state directory {}: cannot create it", root.display()))?;
+        let probe = root.join(format!(".write-test.{}", std::process::id()));
+        File::create(&probe)
+            .and_then(|_| fs::remove_file(&probe))
+            .with_context(|| format!("state directory {} is not writable", root.display()))?;
+        Ok(StateDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    pub fn plan_path(&self) -> PathBuf {
+        self.root.join("plan.json")
+    }
+
+    pub fn launched_path(&self, profile: &str) -> PathBuf {
+        self.root.join(format!("launched-{profile}.json"))
+    }
+
+    pub fn switched_path(&self) -> PathBuf {
+        self.root.join("switch.json")
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.root.join("history.jsonl")
+    }
+
+    pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value)?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes).with_context(|| format!("cannot write state file {}", path.display()))
+    }
+
+    /// Reads a state file. A file that cannot be parsed is moved aside to
+    /// `NAME.corrupt-TIMESTAMP` with a warning and reads as absent, so the
+    /// stage detects afresh instead of trusting half a file.
+    pub fn read<T: DeserializeOwned>(&self, path: &Path, log: &Log) -> Result<Option<T>> {
+        let bytes = match read_capped(path, MAX_STATE_FILE) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return self.set_aside(path, &e.to_string(), log).map(|()| None)
+            }
+            Err(e) => return Err(anyhow!("cannot read state file {}: {e}", path.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => self.set_aside(path, &e.to_string(), log).map(|()| None),
+        }
+    }
+
+    fn set_aside(&self, path: &Path, why: &str, log: &Log) -> Result<()> {
+        let aside = path.with_file_name(format!(
+            "{}.corrupt-{}",
+            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            now_unix_ms()
+        ));
+        fs::rename(path, &aside).with_context(|| {
+            format!(
+                "state file {} is corrupt ({why}) and cannot be moved aside",
+                path.display()
+            )
+        })?;
+        log.warn(format!(
+            "state file {} is corrupt ({why}); moved it to {} and carried on without it",
+            path.display(),
+            aside.display()
+        ));
+        Ok(())
+    }
+
+    /// Appends one line to the history. Lines are short and written with one
+    /// `write` on an O_APPEND file, so concurrent stages do not interleave them.
+    pub fn append_history(&self, line: &HistoryLine) -> Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        let path = self.history_path();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot append to {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nonstop-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            deployment_id: "d-1".into(),
+            live: Some(Profile { name: "real1".into(), port: 8081 }),
+            idle: Profile { name: "real2".into(), port: 8082 },
+            created_unix_ms: 1,
+            expires_unix_ms: 100,
+            boot_id: "b".into(),
+            last_stage: "stop".into(),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_leaves_no_temp_file() {
+        let dir = temp_dir("roundtrip");
+        let state = StateDir::open(&dir).unwrap();
+        state.write(&state.plan_path(), &plan()).unwrap();
+        let back: Option<Plan> = state.read(&state.plan_path(), &Log::new("test")).unwrap();
+        assert_eq!(back, Some(plan()));
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["plan.json".to_string()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_state_is_set_aside_not_trusted() {
+        let dir = temp_dir("corrupt");
+        let state = StateDir::open(&dir).unwrap();
+        fs::write(state.plan_path(), b"{\"deployment_id\": \"d-1\", \"li").unwrap();
+        let back: Option<Plan> = state.read(&state.plan_path(), &Log::new("test")).unwrap();
+        assert_eq!(back, None);
+        assert!(!state.plan_path().exists());
+        let aside = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("plan.json.corrupt-"))
+            .count();
+        assert_eq!(aside, 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_plan_is_active_until_finished_expired_or_rebooted() {
+        let p = plan();
+        assert!(p.is_active(50, "b"));
+        assert!(!p.is_active(100, "b"));
+        assert!(!p.is_active(50, "other-boot"));
+        assert!(!Plan { finished: true, ..p }.is_active(50, "b"));
+    }
+
+    #[test]
+    fn history_appends_lines() {
+        let dir = temp_dir("history");
+        let state = StateDir::open(&dir).unwrap();
+        for stage in ["stop", "start"] {
+            state
+                .append_history(&HistoryLine {
+                    at_unix_ms: 1,
+                    stage: stage.into(),
+                    deployment_id: None,
+                    pid: 1,
+                    exit_code: 0,
+                    message: "ok".into(),
+                    elapsed_ms: 3,
+                })
+                .unwrap();
+        }
+        let text = fs::read_to_string(state.history_path()).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
