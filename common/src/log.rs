@@ -44,6 +44,37 @@ pub fn quote_untrusted(text: &str, max: usize) -> String {
     out
 }
 
+/// The last `lines` lines of a log file, reading at most its last 8 KiB and
+/// nothing before byte `from` (so an app's earlier runs do not show up in
+/// this run's failure). Empty when the file cannot be read.
+pub fn tail_file(path: &std::path::Path, from: u64, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(8192)).min(len);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `tail_file` dressed for an error message: an indented block, or a note
+/// that the log is empty.
+pub fn tail_for_message(path: &std::path::Path, from: u64) -> String {
+    let tail = tail_file(path, from, 20);
+    if tail.trim().is_empty() {
+        format!("(the log {} has nothing from this run)", path.display())
+    } else {
+        let body: Vec<String> = tail.lines().map(|l| format!("    {l}")).collect();
+        format!("last lines of {}:\n{}", path.display(), body.join("\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,9 @@ pub struct Launched {
     pub artifact: PathBuf,
     pub command: Vec<String>,
     pub log: PathBuf,
+    /// The log's length when this launch began: its own lines start there.
+    #[serde(default)]
+    pub log_offset: u64,
     pub started_unix_ms: u64,
     pub deployment_id: Option<String>,
 }

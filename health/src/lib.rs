@@ -1,1 +1,135 @@
-//! placeholder
+//! `health` (CodeDeploy ValidateService): wait until the app on the idle port
+//! answers as the idle profile, then switch nginx to it.
+//!
+//! The book's health.sh sleeps 10 s, then tries 10 times 10 s apart and
+//! counts any body containing "real" as healthy. Here the check polls every
+//! `health.interval_ms` from the first moment, needs the body to equal
+//! `health.expect` (default: the profile's own name), gives up after
+//! `health.timeout_secs`, and fails at once when the started process has
+//! died, quoting the end of its log.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use clap::Parser;
+
+use nonstop_common::http;
+use nonstop_common::log::{quote_untrusted, tail_for_message};
+use nonstop_common::procs::is_same_alive;
+use nonstop_common::state::Launched;
+use nonstop_common::time::secs;
+use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
+
+pub const LOG: Log = Log::new("health");
+
+/// How often a still-waiting check says so.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Wait until the idle profile's app answers correctly, then switch nginx to it.
+#[derive(Debug, Parser)]
+#[command(name = "health", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Check this profile instead of the idle one
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Only check; leave nginx as it is
+    #[arg(long)]
+    pub no_switch: bool,
+}
+
+/// Entry point of the `health` binary.
+pub fn run<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    run_stage(LOG, &args.common, |ctx| {
+        let target = ctx.target(args.profile.as_deref())?;
+        wait_healthy(ctx, &target)?;
+        if args.no_switch {
+            LOG.say("--no-switch: leaving nginx as it is");
+            return Ok(());
+        }
+        nonstop_switch::switch_to(ctx, &target)?;
+        ctx.completes_deployment = true;
+        Ok(())
+    })
+}
+
+/// Polls the target's health URL until it answers as expected.
+pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
+    let config = &ctx.config;
+    let url = format!("http://127.0.0.1:{}{}", target.port, config.health.path);
+    let expect = config.expected_health_body(target);
+    let launched: Option<Launched> = ctx
+        .state
+        .read::<Launched>(&ctx.state.launched_path(&target.name), &LOG)?
+        .filter(|l| l.port == target.port);
+    LOG.say(format!(
+        "checking {url} every {} until it answers {} (at most {})",
+        secs(config.health.interval),
+        quote_untrusted(&expect, 60),
+        secs(config.health.timeout)
+    ));
+
+    let started = Instant::now();
+    let mut next_progress = PROGRESS_EVERY;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let tried_at = Instant::now();
+        let last = match http::get(&url, config.health.request_timeout) {
+            Ok(a) if a.is_success() && a.body.trim() == expect => {
+                LOG.say(format!(
+                    "{} answers {} after {} (attempt {attempt})",
+                    target.name,
+                    quote_untrusted(&expect, 60),
+                    secs(started.elapsed())
+                ));
+                return Ok(());
+            }
+            Ok(a) => format!("HTTP {}, body {}", a.status, quote_untrusted(a.body.trim(), 60)),
+            Err(why) => why,
+        };
+        if let Some(l) = &launched {
+            if !is_same_alive(l.pid, l.start_time) {
+                return Err(anyhow!(
+                    "the app started for {} (pid {}) has exited after {} without answering ({last}); {}",
+                    target.name,
+                    l.pid,
+                    secs(started.elapsed()),
+                    tail_for_message(&l.log, l.log_offset)
+                ));
+            }
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= config.health.timeout {
+            let log_note = launched
+                .as_ref()
+                .map(|l| format!("; {}", tail_for_message(&l.log, l.log_offset)))
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "{} did not answer {} at {url} within {} ({attempt} attempts; last: {last}){log_note}",
+                target.name,
+                quote_untrusted(&expect, 60),
+                secs(config.health.timeout)
+            ));
+        }
+        if elapsed >= next_progress {
+            LOG.say(format!("attempt {attempt}, {}: {last}", secs(elapsed)));
+            next_progress = elapsed + PROGRESS_EVERY;
+        }
+        let pause = config
+            .health
+            .interval
+            .saturating_sub(tried_at.elapsed())
+            .min(config.health.timeout.saturating_sub(started.elapsed()));
+        std::thread::sleep(pause);
+    }
+}

@@ -1,1 +1,114 @@
-//! placeholder
+//! `profile`: which profile is live and which is idle.
+//!
+//! The book's profile.sh, with its rules fixed (see `nonstop_common::detect`).
+//! It changes nothing and takes no lock, so an operator can run it at any
+//! time, even while a deployment holds the lock.
+//!
+//! - `profile` prints the idle profile's name;
+//! - `profile --port` prints the idle port;
+//! - `profile --json` prints both witnesses, the decision and, per profile,
+//!   whether its port is listening and by which pid.
+
+use std::ffi::OsString;
+
+use anyhow::{anyhow, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
+use nonstop_common::procs::{cmdline, listening};
+use nonstop_common::{CommonArgs, Config, Log};
+
+pub const LOG: Log = Log::new("profile");
+
+/// Print the idle profile (the one the next deployment goes to).
+#[derive(Debug, Parser)]
+#[command(name = "profile", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print the idle port instead of the idle profile's name
+    #[arg(long, conflicts_with = "json")]
+    pub port: bool,
+
+    /// Print live, idle, both witnesses and each port's listener as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Entry point of the `profile` binary.
+pub fn run<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    let config = args.common.load_config()?;
+    let observed = detect::observe(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report(&config, &observed))?);
+        return observed.decision.map(|_| ()).map_err(|e| anyhow!(e));
+    }
+    let detection = observed.decision.map_err(|e| anyhow!(e))?;
+    for warning in &detection.warnings {
+        LOG.warn(warning);
+    }
+    if args.port {
+        println!("{}", detection.idle.port);
+    } else {
+        println!("{}", detection.idle.name);
+    }
+    Ok(())
+}
+
+/// The `--json` document.
+pub fn report(config: &Config, observed: &Observed) -> Value {
+    let (live, idle, warnings, error) = match &observed.decision {
+        Ok(d) => (
+            json!(d.live.as_ref().map(SlotView::from)),
+            json!(SlotView::from(&d.idle)),
+            json!(d.warnings),
+            Value::Null,
+        ),
+        Err(e) => (Value::Null, Value::Null, json!([]), json!(e)),
+    };
+    let profiles: Vec<Value> = config
+        .profiles
+        .iter()
+        .map(|p| {
+            let seen = listening(p.port).unwrap_or_default();
+            let pid = seen.pids.first().copied();
+            json!({
+                "profile": p.name,
+                "port": p.port,
+                "listening": !seen.is_free(),
+                "pid": pid,
+                "command": pid.map(cmdline),
+            })
+        })
+        .collect();
+    let probe = match &observed.probe {
+        Probe::Answered(p) => json!({"url": config.probe_url, "answered": p.name}),
+        Probe::Failed(why) => json!({"url": config.probe_url, "failed": why}),
+    };
+    let names = match &observed.include {
+        Include::Names(p) => json!(p.name),
+        _ => Value::Null,
+    };
+    let state = match &observed.include {
+        Include::Missing => "missing",
+        Include::Names(_) => "names-profile",
+        Include::NamesNone => "names-no-profile",
+        Include::NamesBoth => "names-both",
+    };
+    json!({
+        "live": live,
+        "idle": idle,
+        "error": error,
+        "warnings": warnings,
+        "probe": probe,
+        "include": {"path": config.nginx.include, "state": state, "profile": names},
+        "profiles": profiles,
+    })
+}

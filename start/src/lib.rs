@@ -1,1 +1,301 @@
-//! placeholder
+//! `start` (CodeDeploy ApplicationStart): launch the new build on the idle port.
+//!
+//! The book's start.sh copies `zip/*.jar` over the jar the live JVM is
+//! running (which can crash it), and its `nohup ... &` child keeps the hook's
+//! stdout open, so CodeDeploy waits for the hook's timeout. Here:
+//! - the newest artifact is copied into `APP_DIR/PROFILE/` through a temp file
+//!   and a rename, so no file a running process uses is ever written to;
+//! - the command is an argv (no shell) with `{profile}`, `{port}` and
+//!   `{artifact}` substituted, started in a new session with stdin from
+//!   /dev/null and stdout/stderr appended to the log, so the hook returns;
+//! - a taken port is refused, naming the pid, and an app that dies in its
+//!   first moments fails the stage with the end of its log.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::Parser;
+
+use nonstop_common::config::render;
+use nonstop_common::log::tail_for_message;
+use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time, wait_for};
+use nonstop_common::state::Launched;
+use nonstop_common::time::{now_unix_ms, secs};
+use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
+
+pub const LOG: Log = Log::new("start");
+
+/// Launch the newest build on the idle profile's port.
+#[derive(Debug, Parser)]
+#[command(name = "start", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Start this profile instead of the idle one (its port must be free)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+/// Entry point of the `start` binary.
+pub fn run<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    run_stage(LOG, &args.common, |ctx| {
+        let target = ctx.target(args.profile.as_deref())?;
+        start_profile(ctx, &target)
+    })
+}
+
+fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
+    let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
+    if !seen.is_free() {
+        let who: Vec<String> = seen.pids.iter().map(|&p| format!("pid {p} ({})", cmdline(p))).collect();
+        let who = if who.is_empty() { "a process this user cannot see".to_string() } else { who.join(", ") };
+        return Err(anyhow!(
+            "port {port} ({}) is already taken by {who}; run `stop` first",
+            target.name
+        ));
+    }
+    let previous: Option<Launched> = ctx.state.read(&ctx.state.launched_path(&target.name), &LOG)?;
+    if let Some(l) = previous.filter(|l| is_same_alive(l.pid, l.start_time)) {
+        return Err(anyhow!(
+            "the app nonstop started for {} earlier (pid {}) is still running, though not listening on {port}; run `stop` first",
+            target.name,
+            l.pid
+        ));
+    }
+    if ctx.slots.live.as_ref() == Some(target) {
+        LOG.warn(format!(
+            "{} is the profile nginx routes to, and nothing listens on its port: starting it again",
+            target.name
+        ));
+    }
+
+    let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
+    let artifact = install(&config.app.dir, target, &source, &config.app.artifact_pattern)?;
+    LOG.say(format!("copied {} to {}", source.display(), artifact.display()));
+
+    let log_path = config.log_path(target);
+    if let Some(dir) = log_path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open the app log {}", log_path.display()))?;
+    let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+
+    let port_text = port.to_string();
+    let artifact_text = artifact.to_string_lossy().into_owned();
+    let argv: Vec<String> = config
+        .app
+        .command
+        .iter()
+        .map(|arg| {
+            render(
+                arg,
+                &[("profile", &target.name), ("port", &port_text), ("artifact", &artifact_text)],
+            )
+        })
+        .collect();
+    // A marker in the app's log, so an operator can tell the runs apart.
+    let _ = writeln!(log, "--- nonstop start: {} on {port}: {}", target.name, argv.join(" "));
+
+    let mut child = spawn_detached(&argv, &config.app.dir, &log).with_context(|| {
+        format!("cannot start `{}` in {}", argv.join(" "), config.app.dir.display())
+    })?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    let record = Launched {
+        profile: target.name.clone(),
+        port,
+        pid,
+        start_time: start_time(pid),
+        artifact: artifact.clone(),
+        command: argv.clone(),
+        log: log_path.clone(),
+        log_offset,
+        started_unix_ms: now_unix_ms(),
+        deployment_id: ctx.deployment_id.clone(),
+    };
+    ctx.state.write(&ctx.state.launched_path(&target.name), &record)?;
+    LOG.say(format!(
+        "started {} (pid {pid}) on {port}: {}; log {}",
+        target.name,
+        argv.join(" "),
+        log_path.display()
+    ));
+
+    // Watch its first moments: an exit fails the stage now, a listening port
+    // ends the watch early, and after the grace period `health` takes over.
+    let mut exited = None;
+    let settled = wait_for(config.app.start_grace, Duration::from_millis(10), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        listening(port).map(|l| l.pids.contains(&pid)).unwrap_or(false)
+    });
+    if let Some(status) = exited {
+        return Err(anyhow!(
+            "{} (pid {pid}) exited at once ({status}); {}",
+            target.name,
+            tail_for_message(&log_path, log_offset)
+        ));
+    }
+    match settled {
+        Some(t) => LOG.say(format!("pid {pid} listens on {port} after {}", secs(t))),
+        None => LOG.say(format!(
+            "pid {pid} is running after {}; `health` will wait for it to answer",
+            secs(config.app.start_grace)
+        )),
+    }
+    Ok(())
+}
+
+/// Starts `argv` in a new session, stdin from /dev/null, stdout and stderr to
+/// `log`. The hook's own stdout/stderr are not inherited, so the CodeDeploy
+/// agent, which waits for them to close, is not held up by the app.
+fn spawn_detached(argv: &[String], dir: &Path, log: &File) -> Result<std::process::Child> {
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?);
+    new_session(&mut command);
+    Ok(command.spawn()?)
+}
+
+#[allow(unsafe_code)]
+fn new_session(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls setsid(2), which is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+}
+
+/// The newest regular file in `dir` whose name matches `pattern`.
+pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
+    let entries = fs::read_dir(dir)
+        .with_context(|| format!("cannot read the artifact directory {}", dir.display()))?;
+    let mut best: Option<(SystemTime, PathBuf)> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !wildcard_match(pattern, name) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _)| modified > *t) {
+            best = Some((modified, entry.path()));
+        }
+    }
+    best.map(|(_, path)| path)
+        .ok_or_else(|| anyhow!("no file in {} matches {pattern:?}", dir.display()))
+}
+
+/// Copies the artifact into `APP_DIR/PROFILE/NAME` by way of a temp file and
+/// a rename, then removes older artifacts of that profile. Only the idle
+/// profile's directory is written to; its process has been stopped.
+fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Result<PathBuf> {
+    let dir = app_dir.join(&target.name);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = source.file_name().ok_or_else(|| anyhow!("{} has no file name", source.display()))?;
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{}.nonstop-{}.tmp", name.to_string_lossy(), std::process::id()));
+    let copied = fs::copy(source, &tmp)
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, &dest));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&tmp);
+        return Err(anyhow!("cannot copy {} to {}: {e}", source.display(), dest.display()));
+    }
+    if dir != source.parent().unwrap_or(Path::new("")) {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let old = entry.path();
+            let matches = entry.file_name().to_str().is_some_and(|n| wildcard_match(pattern, n));
+            if matches && old != dest && old.is_file() {
+                // An old build of this stopped profile; failing to remove it only costs disk.
+                let _ = fs::remove_file(&old);
+            }
+        }
+    }
+    Ok(dest)
+}
+
+/// Matches a file name against a pattern with `*` (any run) and `?` (one character).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.jar", "app-1.0.jar"));
+        assert!(!wildcard_match("*.jar", "app.jar.tmp"));
+        assert!(!wildcard_match("*.jar", ".app.jar.nonstop-1.tmp"));
+        assert!(wildcard_match("app-?.jar", "app-2.jar"));
+        assert!(!wildcard_match("app-?.jar", "app-10.jar"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "aXbYbZc"));
+    }
+
+    #[test]
+    fn newest_artifact_wins_by_mtime() {
+        let dir = std::env::temp_dir().join(format!("nonstop-artifact-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("app-2.jar");
+        let new = dir.join("app-1.jar");
+        fs::write(&old, b"old").unwrap();
+        fs::write(&new, b"new").unwrap();
+        fs::write(dir.join("notes.txt"), b"x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        File::options().write(true).open(&old).unwrap().set_modified(past).unwrap();
+        assert_eq!(newest_artifact(&dir, "*.jar").unwrap(), new);
+        let err = newest_artifact(&dir, "*.war").unwrap_err().to_string();
+        assert!(err.contains("*.war") && err.contains(&dir.display().to_string()), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
