@@ -24,7 +24,11 @@ impl Outcome {
 
     /// stderr, else stdout, trimmed: what to quote when the command failed.
     pub fn message(&self) -> String {
-        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
         text.trim().to_string()
     }
 }
@@ -52,8 +56,18 @@ pub fn run(argv: &[String], limit: Duration) -> Result<Outcome> {
             String::from_utf8_lossy(&text).into_owned()
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let mut status = None;
     let finished = wait_for(limit, Duration::from_millis(2), || match child.try_wait() {
         Ok(Some(s)) => {
@@ -69,7 +83,10 @@ pub fn run(argv: &[String], limit: Duration) -> Result<Outcome> {
             // Kill and reap; errors here mean it is already gone.
             let _ = child.kill();
             let _ = child.wait();
-            return Err(anyhow!("`{shown}` did not finish within {}", crate::time::secs(limit)));
+            return Err(anyhow!(
+                "`{shown}` did not finish within {}",
+                crate::time::secs(limit)
+            ));
         }
     };
     Ok(Outcome {

@@ -136,8 +136,11 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path.to_path_buf());
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| usage(format!("cannot tell where this executable lives ({e}); pass --config PATH")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        usage(format!(
+            "cannot tell where this executable lives ({e}); pass --config PATH"
+        ))
+    })?;
     let mut tried = Vec::new();
     let mut dir = exe.parent();
     for _ in 0..2 {
@@ -181,14 +184,24 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
 fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
     let profiles = match raw.profiles {
         None => vec![
-            Profile { name: "real1".into(), port: 8081 },
-            Profile { name: "real2".into(), port: 8082 },
+            Profile {
+                name: "real1".into(),
+                port: 8081,
+            },
+            Profile {
+                name: "real2".into(),
+                port: 8082,
+            },
         ],
         Some(list) => validate_profiles(list)?,
     };
 
-    let app = raw.app.ok_or("key `app` is missing (at least `app.dir` is required)")?;
-    let dir = app.dir.ok_or("key `app.dir` is missing: the absolute directory the app is deployed to")?;
+    let app = raw
+        .app
+        .ok_or("key `app` is missing (at least `app.dir` is required)")?;
+    let dir = app
+        .dir
+        .ok_or("key `app.dir` is missing: the absolute directory the app is deployed to")?;
     let dir = PathBuf::from(dir);
     if !dir.is_absolute() {
         return Err(format!(
@@ -224,14 +237,23 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
     }
 
     let command = app.command.unwrap_or_else(|| {
-        ["java", "-Dspring.profiles.active={profile}", "-jar", "{artifact}"]
-            .map(String::from)
-            .to_vec()
+        [
+            "java",
+            "-Dspring.profiles.active={profile}",
+            "-jar",
+            "{artifact}",
+        ]
+        .map(String::from)
+        .to_vec()
     });
     if command.first().is_none_or(|c| c.trim().is_empty()) {
         return Err("key `app.command`: the command is empty; give an argv such as [\"java\", \"-jar\", \"{artifact}\"]".into());
     }
-    check_placeholders("app.command", &command.join(" "), &["profile", "port", "artifact"])?;
+    check_placeholders(
+        "app.command",
+        &command.join(" "),
+        &["profile", "port", "artifact"],
+    )?;
 
     let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
     if log.trim().is_empty() {
@@ -242,7 +264,9 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
     let health = raw.health;
     let health_path = health.path.unwrap_or_else(|| "/profile".into());
     if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
-        return Err(format!("key `health.path`: {health_path:?} must start with '/' and contain no spaces"));
+        return Err(format!(
+            "key `health.path`: {health_path:?} must start with '/' and contain no spaces"
+        ));
     }
     let expect = health.expect.unwrap_or_else(|| "{profile}".into());
     if expect.trim().is_empty() {
@@ -255,10 +279,14 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         .template
         .unwrap_or_else(|| "set $service_url http://127.0.0.1:{port};".into());
     if !template.contains("{port}") {
-        return Err(format!("key `nginx.template`: {template:?} does not contain {{port}}"));
+        return Err(format!(
+            "key `nginx.template`: {template:?} does not contain {{port}}"
+        ));
     }
     check_placeholders("nginx.template", &template, &["port", "profile"])?;
-    let test = nginx.test.unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
+    let test = nginx
+        .test
+        .unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
     let reload = nginx
         .reload
         .unwrap_or_else(|| ["nginx", "-s", "reload"].map(String::from).to_vec());
@@ -268,7 +296,9 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         }
     }
 
-    let probe_url = raw.probe_url.unwrap_or_else(|| "http://127.0.0.1/profile".into());
+    let probe_url = raw
+        .probe_url
+        .unwrap_or_else(|| "http://127.0.0.1/profile".into());
     if !probe_url.starts_with("http://") || probe_url.contains(char::is_whitespace) {
         return Err(format!(
             "key `probe_url`: {probe_url:?} must be an http:// URL (nginx on this host, as in http://127.0.0.1/profile)"
@@ -283,7 +313,10 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
     );
     if include.file_name().is_none() {
-        return Err(format!("key `nginx.include`: {:?} names no file", include.display().to_string()));
+        return Err(format!(
+            "key `nginx.include`: {:?} names no file",
+            include.display().to_string()
+        ));
     }
 
     Ok(Config {
@@ -334,7 +367,9 @@ fn validate_profiles(list: Vec<RawProfile>) -> Result<Vec<Profile>, String> {
             && p.name.len() <= 64
             && p.name != "."
             && p.name != ".."
-            && p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            && p.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid_name {
             return Err(format!(
                 "key `profiles[{i}].name`: {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
@@ -346,10 +381,15 @@ fn validate_profiles(list: Vec<RawProfile>) -> Result<Vec<Profile>, String> {
             .filter(|&port| port != 0)
             .ok_or_else(|| format!("key `profiles[{i}].port`: {} is outside 1-65535", p.port))?;
         if !names.insert(p.name.clone()) {
-            return Err(format!("key `profiles[{i}].name`: {:?} is used by both profiles", p.name));
+            return Err(format!(
+                "key `profiles[{i}].name`: {:?} is used by both profiles",
+                p.name
+            ));
         }
         if !ports.insert(port) {
-            return Err(format!("key `profiles[{i}].port`: {port} is used by both profiles"));
+            return Err(format!(
+                "key `profiles[{i}].port`: {port} is used by both profiles"
+            ));
         }
         out.push(Profile { name: p.name, port });
     }
@@ -413,7 +453,10 @@ impl Config {
     pub fn profile_arg(&self, name: &str) -> Result<&Profile> {
         self.profile(name).ok_or_else(|| {
             let known: Vec<&str> = self.profiles.iter().map(|p| p.name.as_str()).collect();
-            usage(format!("unknown profile {name:?}; configured: {}", known.join(", ")))
+            usage(format!(
+                "unknown profile {name:?}; configured: {}",
+                known.join(", ")
+            ))
         })
     }
 
@@ -428,7 +471,10 @@ impl Config {
     /// The include file's content for a profile.
     pub fn include_line(&self, profile: &Profile) -> String {
         let port = profile.port.to_string();
-        let mut line = render(&self.nginx.template, &[("port", &port), ("profile", &profile.name)]);
+        let mut line = render(
+            &self.nginx.template,
+            &[("port", &port), ("profile", &profile.name)],
+        );
         if !line.ends_with('\n') {
             line.push('\n');
         }
@@ -444,9 +490,12 @@ impl Config {
     /// The body the health check expects from a profile.
     pub fn expected_health_body(&self, profile: &Profile) -> String {
         let port = profile.port.to_string();
-        render(&self.health.expect, &[("profile", &profile.name), ("port", &port)])
-            .trim()
-            .to_string()
+        render(
+            &self.health.expect,
+            &[("profile", &profile.name), ("port", &port)],
+        )
+        .trim()
+        .to_string()
     }
 }
 
@@ -467,13 +516,31 @@ mod tests {
     #[test]
     fn minimal_config_takes_the_books_defaults() {
         let c = parse_str(r#"{"app": {"dir": "/home/ec2-user/app/step3"}}"#).unwrap();
-        assert_eq!(c.profiles[0], Profile { name: "real1".into(), port: 8081 });
-        assert_eq!(c.profiles[1], Profile { name: "real2".into(), port: 8082 });
+        assert_eq!(
+            c.profiles[0],
+            Profile {
+                name: "real1".into(),
+                port: 8081
+            }
+        );
+        assert_eq!(
+            c.profiles[1],
+            Profile {
+                name: "real2".into(),
+                port: 8082
+            }
+        );
         assert_eq!(c.probe_url, "http://127.0.0.1/profile");
         assert_eq!(c.state_dir, Path::new("/home/ec2-user/app/step3/.nonstop"));
-        assert_eq!(c.app.artifact_dir, Path::new("/home/ec2-user/app/step3/zip"));
+        assert_eq!(
+            c.app.artifact_dir,
+            Path::new("/home/ec2-user/app/step3/zip")
+        );
         assert_eq!(c.app.artifact_pattern, "*.jar");
-        assert_eq!(c.nginx.include, Path::new("/etc/nginx/conf.d/service-url.inc"));
+        assert_eq!(
+            c.nginx.include,
+            Path::new("/etc/nginx/conf.d/service-url.inc")
+        );
         assert_eq!(c.health.expect, "{profile}");
         assert_eq!(c.health.interval, Duration::from_millis(200));
         assert_eq!(c.app.stop_timeout, Duration::from_secs(30));
@@ -505,16 +572,38 @@ mod tests {
 
     #[test]
     fn profiles_must_differ_and_ports_be_in_range() {
-        let two = |a: &str, b: &str| format!(r#"{{"app": {{"dir": "/a"}}, "profiles": [{a}, {b}]}}"#);
-        let msg = err_of(&two(r#"{"name":"a","port":8081}"#, r#"{"name":"b","port":8081}"#));
-        assert!(msg.contains("profiles[1].port") && msg.contains("both"), "{msg}");
-        let msg = err_of(&two(r#"{"name":"a","port":8081}"#, r#"{"name":"a","port":8082}"#));
+        let two =
+            |a: &str, b: &str| format!(r#"{{"app": {{"dir": "/a"}}, "profiles": [{a}, {b}]}}"#);
+        let msg = err_of(&two(
+            r#"{"name":"a","port":8081}"#,
+            r#"{"name":"b","port":8081}"#,
+        ));
+        assert!(
+            msg.contains("profiles[1].port") && msg.contains("both"),
+            "{msg}"
+        );
+        let msg = err_of(&two(
+            r#"{"name":"a","port":8081}"#,
+            r#"{"name":"a","port":8082}"#,
+        ));
         assert!(msg.contains("profiles[1].name"), "{msg}");
-        let msg = err_of(&two(r#"{"name":"a","port":70000}"#, r#"{"name":"b","port":8082}"#));
-        assert!(msg.contains("profiles[0].port") && msg.contains("70000"), "{msg}");
-        let msg = err_of(&two(r#"{"name":"a","port":0}"#, r#"{"name":"b","port":8082}"#));
+        let msg = err_of(&two(
+            r#"{"name":"a","port":70000}"#,
+            r#"{"name":"b","port":8082}"#,
+        ));
+        assert!(
+            msg.contains("profiles[0].port") && msg.contains("70000"),
+            "{msg}"
+        );
+        let msg = err_of(&two(
+            r#"{"name":"a","port":0}"#,
+            r#"{"name":"b","port":8082}"#,
+        ));
         assert!(msg.contains("outside 1-65535"), "{msg}");
-        let msg = err_of(&two(r#"{"name":"../x","port":1}"#, r#"{"name":"b","port":8082}"#));
+        let msg = err_of(&two(
+            r#"{"name":"../x","port":1}"#,
+            r#"{"name":"b","port":8082}"#,
+        ));
         assert!(msg.contains("profiles[0].name"), "{msg}");
         let msg = err_of(r#"{"app": {"dir": "/a"}, "profiles": [{"name":"a","port":1}]}"#);
         assert!(msg.contains("exactly two"), "{msg}");
@@ -523,25 +612,35 @@ mod tests {
     #[test]
     fn template_must_hold_the_port_and_no_unknown_placeholder() {
         let msg = err_of(r#"{"app": {"dir": "/a"}, "nginx": {"template": "set $service_url x;"}}"#);
-        assert!(msg.contains("nginx.template") && msg.contains("{port}"), "{msg}");
+        assert!(
+            msg.contains("nginx.template") && msg.contains("{port}"),
+            "{msg}"
+        );
         let msg = err_of(r#"{"app": {"dir": "/a"}, "nginx": {"template": "{port} {prot}"}}"#);
         assert!(msg.contains("{prot}"), "{msg}");
         // nginx's own braces are not placeholders.
         let c = parse_str(r#"{"app": {"dir": "/a"}, "nginx": {"template": "upstream u { server 127.0.0.1:{port}; }"}}"#)
             .unwrap();
-        assert_eq!(c.include_line(&c.profiles[1]), "upstream u { server 127.0.0.1:8082; }\n");
+        assert_eq!(
+            c.include_line(&c.profiles[1]),
+            "upstream u { server 127.0.0.1:8082; }\n"
+        );
     }
 
     #[test]
     fn commands_must_not_be_empty() {
         assert!(err_of(r#"{"app": {"dir": "/a", "command": []}}"#).contains("app.command"));
         assert!(err_of(r#"{"app": {"dir": "/a", "command": [""]}}"#).contains("app.command"));
-        assert!(err_of(r#"{"app": {"dir": "/a"}, "nginx": {"reload": []}}"#).contains("nginx.reload"));
+        assert!(
+            err_of(r#"{"app": {"dir": "/a"}, "nginx": {"reload": []}}"#).contains("nginx.reload")
+        );
     }
 
     #[test]
     fn wildcards_only_in_the_artifact_file_name() {
-        assert!(err_of(r#"{"app": {"dir": "/a", "artifact": "*/app.jar"}}"#).contains("app.artifact"));
+        assert!(
+            err_of(r#"{"app": {"dir": "/a", "artifact": "*/app.jar"}}"#).contains("app.artifact")
+        );
         let c = parse_str(r#"{"app": {"dir": "/a", "artifact": "/drop/app-*.jar"}}"#).unwrap();
         assert_eq!(c.app.artifact_dir, Path::new("/drop"));
         assert_eq!(c.app.artifact_pattern, "app-*.jar");
@@ -549,10 +648,22 @@ mod tests {
 
     #[test]
     fn zero_durations_and_bad_urls_are_refused() {
-        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"interval_ms": 0}}"#).contains("health.interval_ms"));
-        assert!(err_of(r#"{"app": {"dir": "/a"}, "probe_url": "localhost/profile"}"#).contains("probe_url"));
-        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"path": "profile"}}"#).contains("health.path"));
-        assert!(err_of(r#"{"app": {"dir": "/a"}, "health": {"expect": " "}}"#).contains("health.expect"));
+        assert!(
+            err_of(r#"{"app": {"dir": "/a"}, "health": {"interval_ms": 0}}"#)
+                .contains("health.interval_ms")
+        );
+        assert!(
+            err_of(r#"{"app": {"dir": "/a"}, "probe_url": "localhost/profile"}"#)
+                .contains("probe_url")
+        );
+        assert!(
+            err_of(r#"{"app": {"dir": "/a"}, "health": {"path": "profile"}}"#)
+                .contains("health.path")
+        );
+        assert!(
+            err_of(r#"{"app": {"dir": "/a"}, "health": {"expect": " "}}"#)
+                .contains("health.expect")
+        );
         assert!(err_of("{not json").contains("/cfg/nonstop.json"));
     }
 }

@@ -174,7 +174,10 @@ fn read_include_at(config: &Config, path: &Path) -> Result<Include> {
         Ok(None) => Ok(Include::Missing),
         Ok(Some(bytes)) => Ok(classify_include(config, &String::from_utf8_lossy(&bytes))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Include::Missing),
-        Err(e) => Err(anyhow!("cannot read the include file {}: {e}", path.display())),
+        Err(e) => Err(anyhow!(
+            "cannot read the include file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -186,7 +189,9 @@ pub fn probe(config: &Config) -> Probe {
 fn classify_answer(config: &Config, answer: Result<http::Answer, String>) -> Probe {
     match answer {
         Err(why) => Probe::Failed(format!("{}: {why}", config.probe_url)),
-        Ok(a) if !a.is_success() => Probe::Failed(format!("{} answered HTTP {}", config.probe_url, a.status)),
+        Ok(a) if !a.is_success() => {
+            Probe::Failed(format!("{} answered HTTP {}", config.probe_url, a.status))
+        }
         Ok(a) => match config.profile(a.body.trim()) {
             Some(p) => Probe::Answered(p.clone()),
             None => Probe::Failed(format!(
@@ -211,7 +216,11 @@ pub fn observe(config: &Config) -> Result<Observed> {
     let include = read_include(config)?;
     let probe = probe(config);
     let decision = decide(&config.profiles, &probe, &include);
-    Ok(Observed { probe, include, decision })
+    Ok(Observed {
+        probe,
+        include,
+        decision,
+    })
 }
 
 /// Probes, reads and decides; a disagreement is an error (exit 1).
@@ -228,7 +237,10 @@ pub struct SlotView {
 
 impl From<&Profile> for SlotView {
     fn from(p: &Profile) -> Self {
-        SlotView { profile: p.name.clone(), port: p.port }
+        SlotView {
+            profile: p.name.clone(),
+            port: p.port,
+        }
     }
 }
 
@@ -238,8 +250,14 @@ mod tests {
 
     fn profiles() -> Vec<Profile> {
         vec![
-            Profile { name: "real1".into(), port: 8081 },
-            Profile { name: "real2".into(), port: 8082 },
+            Profile {
+                name: "real1".into(),
+                port: 8081,
+            },
+            Profile {
+                name: "real2".into(),
+                port: 8082,
+            },
         ]
     }
 
@@ -303,12 +321,24 @@ mod tests {
     #[test]
     fn include_is_read_exactly_or_by_its_port() {
         let c = config();
-        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:8082;\n"), Include::Names(p(1)));
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:8082;\n"),
+            Include::Names(p(1))
+        );
         // The book's hand-written form, with other spacing.
-        assert_eq!(classify_include(&c, "  set $service_url   http://localhost:8081 ;"), Include::Names(p(0)));
+        assert_eq!(
+            classify_include(&c, "  set $service_url   http://localhost:8081 ;"),
+            Include::Names(p(0))
+        );
         // 80812 is not 8081; the book's step2 port is nobody's.
-        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:80812;"), Include::NamesNone);
-        assert_eq!(classify_include(&c, "set $service_url http://127.0.0.1:8080;"), Include::NamesNone);
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:80812;"),
+            Include::NamesNone
+        );
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:8080;"),
+            Include::NamesNone
+        );
         // A comment does not count.
         assert_eq!(
             classify_include(&c, "# was :8082\nset $service_url http://127.0.0.1:8081;"),
@@ -323,14 +353,31 @@ mod tests {
     #[test]
     fn probe_answers_must_be_exactly_a_profile_name() {
         let c = config();
-        let ok = |status, body: &str| Ok(http::Answer { status, body: body.into() });
-        assert_eq!(classify_answer(&c, ok(200, "real2\n")), Probe::Answered(p(1)));
+        let ok = |status, body: &str| {
+            Ok(http::Answer {
+                status,
+                body: body.into(),
+            })
+        };
+        assert_eq!(
+            classify_answer(&c, ok(200, "real2\n")),
+            Probe::Answered(p(1))
+        );
         // The book's `grep real` would take each of these for real.
         for body in ["real", "real1 real2", "surreal1", "<h1>real1</h1>", ""] {
-            assert!(matches!(classify_answer(&c, ok(200, body)), Probe::Failed(_)), "{body}");
+            assert!(
+                matches!(classify_answer(&c, ok(200, body)), Probe::Failed(_)),
+                "{body}"
+            );
         }
-        assert!(matches!(classify_answer(&c, ok(500, "real1")), Probe::Failed(_)));
-        assert!(matches!(classify_answer(&c, ok(302, "real1")), Probe::Failed(_)));
+        assert!(matches!(
+            classify_answer(&c, ok(500, "real1")),
+            Probe::Failed(_)
+        ));
+        assert!(matches!(
+            classify_answer(&c, ok(302, "real1")),
+            Probe::Failed(_)
+        ));
         match classify_answer(&c, ok(200, "rm -rf /\n\u{1b}[31m")) {
             Probe::Failed(why) => assert!(why.contains("\\n") || !why.contains('\n'), "{why}"),
             other => panic!("{other:?}"),

@@ -44,7 +44,9 @@ pub fn get(url: &str, timeout: Duration) -> Result<Answer, String> {
         .limit(MAX_BODY)
         .read_to_vec()
         .map_err(|e| match e {
-            ureq::Error::BodyExceedsLimit(_) => format!("answer body is larger than {MAX_BODY} bytes"),
+            ureq::Error::BodyExceedsLimit(_) => {
+                format!("answer body is larger than {MAX_BODY} bytes")
+            }
             other => describe(other),
         })?;
     Ok(Answer {

@@ -70,7 +70,10 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                         flock.write_all(text.as_bytes())
                     });
                 if let Err(e) = written {
-                    log.warn(format!("cannot record the lock holder in {}: {e}", path.display()));
+                    log.warn(format!(
+                        "cannot record the lock holder in {}: {e}",
+                        path.display()
+                    ));
                 }
                 return Ok(Lock { _flock: flock });
             }
@@ -100,7 +103,11 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
 /// The holder recorded in a lock file, if it can be read.
 pub fn read_holder(path: &Path) -> Option<Holder> {
     let mut text = String::new();
-    File::open(path).ok()?.take(4096).read_to_string(&mut text).ok()?;
+    File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -122,10 +129,19 @@ mod tests {
         };
         let held = acquire(&path, &me, Instant::now(), &log).unwrap();
         let started = Instant::now();
-        let err = acquire(&path, &me, Instant::now() + Duration::from_millis(200), &log).unwrap_err();
+        let err = acquire(
+            &path,
+            &me,
+            Instant::now() + Duration::from_millis(200),
+            &log,
+        )
+        .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(200));
         let msg = err.to_string();
-        assert!(msg.contains("health") && msg.contains("4242") && msg.contains("d-7"), "{msg}");
+        assert!(
+            msg.contains("health") && msg.contains("4242") && msg.contains("d-7"),
+            "{msg}"
+        );
         drop(held);
         acquire(&path, &me, Instant::now(), &log).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

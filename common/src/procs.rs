@@ -72,7 +72,11 @@ fn pids_holding(inodes: &HashSet<u64>) -> Vec<i32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         // Another user's process is unreadable; that is expected, not an error.
@@ -94,7 +98,10 @@ fn pids_holding(inodes: &HashSet<u64>) -> Vec<i32> {
 }
 
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The fields of /proc/PID/stat after the command name, which may itself
@@ -155,7 +162,11 @@ pub fn signal(pid: i32, sig: Signal) -> io::Result<()> {
 /// Polls `done` every `every` until it is true (returns the time waited) or
 /// `limit` has passed (returns `None`). This is how stages wait for an event
 /// (an exit, a free port, an answer) without a fixed sleep.
-pub fn wait_for(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+pub fn wait_for(
+    limit: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if done() {

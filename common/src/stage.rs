@@ -45,7 +45,9 @@ impl CommonArgs {
     fn deployment_id(&self) -> Result<Option<String>> {
         match self.deployment_id.as_deref().map(str::trim) {
             None | Some("") => Ok(None),
-            Some(id) if id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()) => Ok(Some(id.to_string())),
+            Some(id) if id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()) => {
+                Ok(Some(id.to_string()))
+            }
             Some(id) => Err(usage(format!(
                 "deployment id {:?} must be 1-128 printable ASCII characters without spaces",
                 crate::log::quote_untrusted(id, 40)
@@ -90,7 +92,11 @@ impl Context {
 
 /// Runs `body` inside the frame. Exit codes: whatever `body` returns; the
 /// plan is closed (finished) when the body fails or completes the deployment.
-pub fn run_stage(log: Log, args: &CommonArgs, body: impl FnOnce(&mut Context) -> Result<()>) -> Result<()> {
+pub fn run_stage(
+    log: Log,
+    args: &CommonArgs,
+    body: impl FnOnce(&mut Context) -> Result<()>,
+) -> Result<()> {
     let started = Instant::now();
     let config = args.load_config()?;
     let deployment_id = args.deployment_id()?;
@@ -101,7 +107,12 @@ pub fn run_stage(log: Log, args: &CommonArgs, body: impl FnOnce(&mut Context) ->
     result
 }
 
-fn open(log: Log, config: Config, state: StateDir, deployment_id: Option<String>) -> Result<Context> {
+fn open(
+    log: Log,
+    config: Config,
+    state: StateDir,
+    deployment_id: Option<String>,
+) -> Result<Context> {
     let deadline = Instant::now() + config.lock_timeout;
     let me = Holder {
         pid: std::process::id(),
@@ -140,9 +151,16 @@ fn open(log: Log, config: Config, state: StateDir, deployment_id: Option<String>
                 std::thread::sleep(Duration::from_millis(100));
             }
             Some(p) if ours(&p) && !p.finished => {
-                log.say(format!("plan of deployment {}: {}", p.deployment_id, describe(p.live.as_ref(), &p.idle)));
+                log.say(format!(
+                    "plan of deployment {}: {}",
+                    p.deployment_id,
+                    describe(p.live.as_ref(), &p.idle)
+                ));
                 return Ok(Context {
-                    slots: Slots { live: p.live.clone(), idle: p.idle.clone() },
+                    slots: Slots {
+                        live: p.live.clone(),
+                        idle: p.idle.clone(),
+                    },
                     from_plan: true,
                     plan: Some(p),
                     config,
@@ -177,7 +195,10 @@ fn open(log: Log, config: Config, state: StateDir, deployment_id: Option<String>
                     None => None,
                 };
                 return Ok(Context {
-                    slots: Slots { live: detection.live, idle: detection.idle },
+                    slots: Slots {
+                        live: detection.live,
+                        idle: detection.idle,
+                    },
                     from_plan: false,
                     plan,
                     config,
@@ -194,7 +215,10 @@ fn open(log: Log, config: Config, state: StateDir, deployment_id: Option<String>
 
 fn describe(live: Option<&Profile>, idle: &Profile) -> String {
     match live {
-        Some(l) => format!("live {} ({}), idle {} ({})", l.name, l.port, idle.name, idle.port),
+        Some(l) => format!(
+            "live {} ({}), idle {} ({})",
+            l.name, l.port, idle.name, idle.port
+        ),
         None => format!("nothing live, idle {} ({})", idle.name, idle.port),
     }
 }
@@ -203,7 +227,11 @@ fn describe(live: Option<&Profile>, idle: &Profile) -> String {
 /// stage: enough for the remaining stages to run, short enough that a
 /// deployment whose hooks were killed does not block the next one for long.
 fn lease(config: &Config) -> Duration {
-    config.app.stop_timeout + config.app.start_grace + config.health.timeout + config.nginx.confirm_timeout + Duration::from_secs(60)
+    config.app.stop_timeout
+        + config.app.start_grace
+        + config.health.timeout
+        + config.nginx.confirm_timeout
+        + Duration::from_secs(60)
 }
 
 fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {

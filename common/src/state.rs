@@ -28,7 +28,10 @@ const MAX_STATE_FILE: u64 = 1 << 20;
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename,
 /// fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -39,7 +42,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -154,7 +161,9 @@ impl StateDir {
         File::create(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .with_context(|| format!("state directory {} is not writable", root.display()))?;
-        Ok(StateDir { root: root.to_path_buf() })
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -184,7 +193,8 @@ impl StateDir {
     pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(value)?;
         bytes.push(b'\n');
-        write_atomic(path, &bytes).with_context(|| format!("cannot write state file {}", path.display()))
+        write_atomic(path, &bytes)
+            .with_context(|| format!("cannot write state file {}", path.display()))
     }
 
     /// Reads a state file. A file that cannot be parsed is moved aside to
@@ -208,7 +218,9 @@ impl StateDir {
     fn set_aside(&self, path: &Path, why: &str, log: &Log) -> Result<()> {
         let aside = path.with_file_name(format!(
             "{}.corrupt-{}",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             now_unix_ms()
         ));
         fs::rename(path, &aside).with_context(|| {
@@ -255,8 +267,14 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             deployment_id: "d-1".into(),
-            live: Some(Profile { name: "real1".into(), port: 8081 }),
-            idle: Profile { name: "real2".into(), port: 8082 },
+            live: Some(Profile {
+                name: "real1".into(),
+                port: 8081,
+            }),
+            idle: Profile {
+                name: "real2".into(),
+                port: 8082,
+            },
             created_unix_ms: 1,
             expires_unix_ms: 100,
             boot_id: "b".into(),
@@ -290,7 +308,13 @@ mod tests {
         assert!(!state.plan_path().exists());
         let aside = fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("plan.json.corrupt-"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("plan.json.corrupt-")
+            })
             .count();
         assert_eq!(aside, 1);
         fs::remove_dir_all(&dir).unwrap();
@@ -302,7 +326,11 @@ mod tests {
         assert!(p.is_active(50, "b"));
         assert!(!p.is_active(100, "b"));
         assert!(!p.is_active(50, "other-boot"));
-        assert!(!Plan { finished: true, ..p }.is_active(50, "b"));
+        assert!(!Plan {
+            finished: true,
+            ..p
+        }
+        .is_active(50, "b"));
     }
 
     #[test]

@@ -94,7 +94,11 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
                 ));
                 return Ok(());
             }
-            Ok(a) => format!("HTTP {}, body {}", a.status, quote_untrusted(a.body.trim(), 60)),
+            Ok(a) => format!(
+                "HTTP {}, body {}",
+                a.status,
+                quote_untrusted(a.body.trim(), 60)
+            ),
             Err(why) => why,
         };
         if let Some(l) = &launched {

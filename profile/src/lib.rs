@@ -47,7 +47,10 @@ where
     let config = args.common.load_config()?;
     let observed = detect::observe(&config)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report(&config, &observed))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report(&config, &observed))?
+        );
         return observed.decision.map(|_| ()).map_err(|e| anyhow!(e));
     }
     let detection = observed.decision.map_err(|e| anyhow!(e))?;

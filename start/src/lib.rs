@@ -61,14 +61,24 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
-        let who: Vec<String> = seen.pids.iter().map(|&p| format!("pid {p} ({})", cmdline(p))).collect();
-        let who = if who.is_empty() { "a process this user cannot see".to_string() } else { who.join(", ") };
+        let who: Vec<String> = seen
+            .pids
+            .iter()
+            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .collect();
+        let who = if who.is_empty() {
+            "a process this user cannot see".to_string()
+        } else {
+            who.join(", ")
+        };
         return Err(anyhow!(
             "port {port} ({}) is already taken by {who}; run `stop` first",
             target.name
         ));
     }
-    let previous: Option<Launched> = ctx.state.read(&ctx.state.launched_path(&target.name), &LOG)?;
+    let previous: Option<Launched> = ctx
+        .state
+        .read(&ctx.state.launched_path(&target.name), &LOG)?;
     if let Some(l) = previous.filter(|l| is_same_alive(l.pid, l.start_time)) {
         return Err(anyhow!(
             "the app nonstop started for {} earlier (pid {}) is still running, though not listening on {port}; run `stop` first",
@@ -84,12 +94,22 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     }
 
     let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
-    let artifact = install(&config.app.dir, target, &source, &config.app.artifact_pattern)?;
-    LOG.say(format!("copied {} to {}", source.display(), artifact.display()));
+    let artifact = install(
+        &config.app.dir,
+        target,
+        &source,
+        &config.app.artifact_pattern,
+    )?;
+    LOG.say(format!(
+        "copied {} to {}",
+        source.display(),
+        artifact.display()
+    ));
 
     let log_path = config.log_path(target);
     if let Some(dir) = log_path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
     }
     let mut log = OpenOptions::new()
         .create(true)
@@ -107,15 +127,28 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         .map(|arg| {
             render(
                 arg,
-                &[("profile", &target.name), ("port", &port_text), ("artifact", &artifact_text)],
+                &[
+                    ("profile", &target.name),
+                    ("port", &port_text),
+                    ("artifact", &artifact_text),
+                ],
             )
         })
         .collect();
     // A marker in the app's log, so an operator can tell the runs apart.
-    let _ = writeln!(log, "--- nonstop start: {} on {port}: {}", target.name, argv.join(" "));
+    let _ = writeln!(
+        log,
+        "--- nonstop start: {} on {port}: {}",
+        target.name,
+        argv.join(" ")
+    );
 
     let mut child = spawn_detached(&argv, &config.app.dir, &log).with_context(|| {
-        format!("cannot start `{}` in {}", argv.join(" "), config.app.dir.display())
+        format!(
+            "cannot start `{}` in {}",
+            argv.join(" "),
+            config.app.dir.display()
+        )
     })?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let record = Launched {
@@ -130,7 +163,8 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         started_unix_ms: now_unix_ms(),
         deployment_id: ctx.deployment_id.clone(),
     };
-    ctx.state.write(&ctx.state.launched_path(&target.name), &record)?;
+    ctx.state
+        .write(&ctx.state.launched_path(&target.name), &record)?;
     LOG.say(format!(
         "started {} (pid {pid}) on {port}: {}; log {}",
         target.name,
@@ -146,7 +180,9 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             exited = Some(status);
             return true;
         }
-        listening(port).map(|l| l.pids.contains(&pid)).unwrap_or(false)
+        listening(port)
+            .map(|l| l.pids.contains(&pid))
+            .unwrap_or(false)
     });
     if let Some(status) = exited {
         return Err(anyhow!(
@@ -186,7 +222,11 @@ fn new_session(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and only
     // calls setsid(2), which is async-signal-safe and allocates nothing.
     unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -220,20 +260,33 @@ pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
 fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Result<PathBuf> {
     let dir = app_dir.join(&target.name);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = source.file_name().ok_or_else(|| anyhow!("{} has no file name", source.display()))?;
+    let name = source
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", source.display()))?;
     let dest = dir.join(name);
-    let tmp = dir.join(format!(".{}.nonstop-{}.tmp", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.nonstop-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let copied = fs::copy(source, &tmp)
         .and_then(|_| File::open(&tmp)?.sync_all())
         .and_then(|()| fs::rename(&tmp, &dest));
     if let Err(e) = copied {
         let _ = fs::remove_file(&tmp);
-        return Err(anyhow!("cannot copy {} to {}: {e}", source.display(), dest.display()));
+        return Err(anyhow!(
+            "cannot copy {} to {}: {e}",
+            source.display(),
+            dest.display()
+        ));
     }
     if dir != source.parent().unwrap_or(Path::new("")) {
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let old = entry.path();
-            let matches = entry.file_name().to_str().is_some_and(|n| wildcard_match(pattern, n));
+            let matches = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| wildcard_match(pattern, n));
             if matches && old != dest && old.is_file() {
                 // An old build of this stopped profile; failing to remove it only costs disk.
                 let _ = fs::remove_file(&old);
@@ -292,10 +345,18 @@ mod tests {
         fs::write(&new, b"new").unwrap();
         fs::write(dir.join("notes.txt"), b"x").unwrap();
         let past = SystemTime::now() - Duration::from_secs(60);
-        File::options().write(true).open(&old).unwrap().set_modified(past).unwrap();
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
         assert_eq!(newest_artifact(&dir, "*.jar").unwrap(), new);
         let err = newest_artifact(&dir, "*.war").unwrap_err().to_string();
-        assert!(err.contains("*.war") && err.contains(&dir.display().to_string()), "{err}");
+        assert!(
+            err.contains("*.war") && err.contains(&dir.display().to_string()),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -84,15 +84,23 @@ pub fn stop_profile(ctx: &Context, target: &Profile) -> Result<()> {
         ));
     }
     let mut victims = seen.pids.clone();
-    let launched: Option<Launched> = ctx.state.read(&ctx.state.launched_path(&target.name), &LOG)?;
+    let launched: Option<Launched> = ctx
+        .state
+        .read(&ctx.state.launched_path(&target.name), &LOG)?;
     if let Some(l) = launched.filter(|l| l.port == port && is_same_alive(l.pid, l.start_time)) {
         if !victims.contains(&l.pid) {
-            LOG.say(format!("{} (pid {}) started by nonstop is running but not listening yet", target.name, l.pid));
+            LOG.say(format!(
+                "{} (pid {}) started by nonstop is running but not listening yet",
+                target.name, l.pid
+            ));
             victims.push(l.pid);
         }
     }
     if victims.is_empty() {
-        LOG.say(format!("nothing listens on {port} ({}); nothing to stop", target.name));
+        LOG.say(format!(
+            "nothing listens on {port} ({}); nothing to stop",
+            target.name
+        ));
         return Ok(());
     }
     if let Some(live) = ctx.slots.live.as_ref().filter(|l| *l != target) {
@@ -113,21 +121,33 @@ pub fn stop_profile(ctx: &Context, target: &Profile) -> Result<()> {
         ));
         procs::signal(pid, Signal::SIGTERM).with_context(|| format!("cannot signal pid {pid}"))?;
     }
-    let gone = || victims.iter().all(|&p| !is_alive(p)) && listening(port).map(|l| l.is_free()).unwrap_or(false);
+    let gone = || {
+        victims.iter().all(|&p| !is_alive(p))
+            && listening(port).map(|l| l.is_free()).unwrap_or(false)
+    };
     let timeout = ctx.config.app.stop_timeout;
     if let Some(waited) = wait_for(timeout, POLL, gone) {
-        LOG.say(format!("exited after {}; port {port} is free", secs(waited)));
+        LOG.say(format!(
+            "exited after {}; port {port} is free",
+            secs(waited)
+        ));
         return Ok(());
     }
 
     let stubborn: Vec<i32> = victims.iter().copied().filter(|&p| is_alive(p)).collect();
     for &pid in &stubborn {
-        LOG.say(format!("pid {pid} still running after {}; sending SIGKILL", secs(timeout)));
+        LOG.say(format!(
+            "pid {pid} still running after {}; sending SIGKILL",
+            secs(timeout)
+        ));
         procs::signal(pid, Signal::SIGKILL).with_context(|| format!("cannot signal pid {pid}"))?;
     }
     match wait_for(KILL_WAIT, POLL, gone) {
         Some(waited) => {
-            LOG.say(format!("killed; gone after {}; port {port} is free", secs(waited)));
+            LOG.say(format!(
+                "killed; gone after {}; port {port} is free",
+                secs(waited)
+            ));
             Ok(())
         }
         None => {

@@ -67,13 +67,22 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
     let old = read_capped(include, 1 << 20)
         .with_context(|| format!("cannot read the include file {}", include.display()))?;
 
-    if old.as_deref() == Some(new.as_bytes()) && matches!(detect::probe(config), Probe::Answered(ref p) if p == target) {
-        LOG.say(format!("nginx already routes to {} ({}); nothing to do", target.name, target.port));
+    if old.as_deref() == Some(new.as_bytes())
+        && matches!(detect::probe(config), Probe::Answered(ref p) if p == target)
+    {
+        LOG.say(format!(
+            "nginx already routes to {} ({}); nothing to do",
+            target.name, target.port
+        ));
         return record(ctx, target);
     }
 
-    write_atomic(include, new.as_bytes())
-        .with_context(|| format!("cannot write the include file {}; nothing changed", include.display()))?;
+    write_atomic(include, new.as_bytes()).with_context(|| {
+        format!(
+            "cannot write the include file {}; nothing changed",
+            include.display()
+        )
+    })?;
     LOG.say(format!("wrote {}: {}", include.display(), new.trim()));
 
     let test = cmd::run(&config.nginx.test, NGINX_COMMAND_LIMIT);
@@ -101,11 +110,17 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
             ));
         }
     }
-    LOG.say(format!("`{}` done; waiting for nginx to answer as {}", config.nginx.reload.join(" "), target.name));
+    LOG.say(format!(
+        "`{}` done; waiting for nginx to answer as {}",
+        config.nginx.reload.join(" "),
+        target.name
+    ));
 
     let mut last = String::new();
-    let confirmed = wait_for(config.nginx.confirm_timeout, Duration::from_millis(10), || {
-        match detect::probe(config) {
+    let confirmed = wait_for(
+        config.nginx.confirm_timeout,
+        Duration::from_millis(10),
+        || match detect::probe(config) {
             Probe::Answered(p) if &p == target => true,
             Probe::Answered(p) => {
                 last = format!("it answered {}", p.name);
@@ -115,8 +130,8 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
                 last = why;
                 false
             }
-        }
-    });
+        },
+    );
     match confirmed {
         Some(_) => {
             LOG.say(format!(

@@ -1,1 +1,760 @@
-//! placeholder
+//! The harness behind nonstop's end-to-end tests, its demo and its benchmark:
+//! real parts only.
+//!
+//! - [`TestDir`]: a private temp directory per test, removed afterwards;
+//! - [`Jars`]: the demo app (examples/demo-app) compiled with javac, one jar per version;
+//! - [`Nginx`]: a real nginx with its own prefix on a free loopback port;
+//! - [`Bundle`]: the five binaries and a `nonstop.json`, laid out like a
+//!   CodeDeploy bundle, run the way the agent runs hooks ([`Bundle::hook`]);
+//! - [`Load`]: clients requesting through nginx the whole time, counting failures.
+//!
+//! Every process the harness starts is stopped by its pid when its owner is dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+/// The five stage binaries.
+pub const STAGES: [&str; 5] = ["profile", "stop", "start", "health", "switch"];
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+// ---------------------------------------------------------------- temp dirs
+
+/// A temp directory of one test, removed on drop (kept when NONSTOP_KEEP is set).
+#[derive(Debug)]
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir()
+            .join("nonstop-tests")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NONSTOP_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `n` distinct free ports.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    // Hold them all while choosing, so the kernel cannot hand one out twice.
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+// ---------------------------------------------------------------- processes
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL. For processes the
+/// harness itself is responsible for.
+pub fn terminate(pid: i32, grace: Duration) {
+    let pid = Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !alive(pid.as_raw()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// True while the pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+/// Polls until `cond` or the limit; `true` when `cond` held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// One GET on a new connection (`Connection: close`), the way a fresh
+/// client reaches nginx. Returns status and body.
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header in {:?}", text))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+// ---------------------------------------------------------------- demo jars
+
+/// The demo app, compiled once, packed into jars that differ in version.
+#[derive(Debug)]
+pub struct Jars {
+    classes: PathBuf,
+    dir: PathBuf,
+}
+
+impl Jars {
+    /// Compiles examples/demo-app/Demo.java into `dir/classes`.
+    pub fn build(dir: &Path) -> Result<Jars> {
+        let classes = dir.join("classes");
+        fs::create_dir_all(&classes)?;
+        let source = repo_root().join("examples/demo-app/Demo.java");
+        let out = Command::new("javac")
+            .args(["-nowarn", "-XDignore.symbol.file", "-d"])
+            .arg(&classes)
+            .arg(&source)
+            .output()
+            .context("cannot run javac: install a JDK (Debian: default-jdk-headless)")?;
+        if !out.status.success() {
+            bail!("javac failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Jars {
+            classes,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// A jar whose GET / answers `demo VERSION PROFILE`, written to `dest`.
+    pub fn jar(&self, version: &str, dest: &Path) -> Result<PathBuf> {
+        let vdir = self.dir.join(format!("version-{version}"));
+        fs::create_dir_all(&vdir)?;
+        fs::write(vdir.join("version.txt"), version)?;
+        let tmp = self.dir.join(format!("{version}.jar.tmp"));
+        let out = Command::new("jar")
+            .args(["--create", "--file"])
+            .arg(&tmp)
+            .args(["--main-class", "Demo", "-C"])
+            .arg(&self.classes)
+            .arg(".")
+            .arg("-C")
+            .arg(&vdir)
+            .arg("version.txt")
+            .output()
+            .context("cannot run jar: install a JDK (Debian: default-jdk-headless)")?;
+        if !out.status.success() {
+            bail!("jar failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        // Renamed into place, the way a CodeDeploy agent lays files down.
+        fs::rename(&tmp, dest)?;
+        Ok(dest.to_path_buf())
+    }
+}
+
+// ---------------------------------------------------------------- nginx
+
+/// A private nginx: own prefix, own port on 127.0.0.1, own pid file and logs.
+#[derive(Debug)]
+pub struct Nginx {
+    pub port: u16,
+    pub prefix: PathBuf,
+    pub conf: PathBuf,
+    pub include: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// The nginx binary: $NGINX, else `nginx` on PATH or in /usr/sbin.
+    pub fn binary() -> String {
+        if let Ok(b) = std::env::var("NGINX") {
+            return b;
+        }
+        for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx"] {
+            if Path::new(candidate).exists() {
+                return candidate.to_string();
+            }
+        }
+        "nginx".to_string()
+    }
+
+    /// Starts nginx in the foreground (`daemon off`, so its pid is ours)
+    /// routing `/` to `$service_url` from `include`, which must exist.
+    pub fn start(prefix: &Path, port: u16, include: &Path) -> Result<Nginx> {
+        fs::create_dir_all(prefix.join("tmp"))?;
+        let p = prefix.display();
+        let conf = prefix.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        include {include};
+        location / {{
+            proxy_pass $service_url;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_read_timeout 30s;
+        }}
+    }}
+}}
+",
+                include = include.display()
+            ),
+        )?;
+        let mut child = Command::new(Self::binary())
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start nginx: install it (Debian: nginx)")?;
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("nginx exited at start ({status}): {err}");
+        }
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nginx did not listen on {port} within 10 s");
+        }
+        Ok(Nginx {
+            port,
+            prefix: prefix.to_path_buf(),
+            conf,
+            include: include.to_path_buf(),
+            child,
+        })
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The argv that runs nginx against this instance, plus `extra`.
+    pub fn command(&self, extra: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            Self::binary(),
+            "-p".into(),
+            self.prefix.display().to_string(),
+            "-c".into(),
+            self.conf.display().to_string(),
+            "-e".into(),
+            self.prefix.join("error.log").display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// Runs `nginx -t` against this instance's config.
+    pub fn test_config(&self) -> bool {
+        let argv = self.command(&["-t"]);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful shutdown of the master and its workers.
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGQUIT);
+        let quit = wait_until(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !quit {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the bundle
+
+/// What one hook run gave.
+#[derive(Debug)]
+pub struct HookRun {
+    pub stage: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+    /// From spawn to both stdout and stderr closed (what the CodeDeploy agent waits for).
+    pub closed_after: Duration,
+}
+
+impl HookRun {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// Panics with the hook's output unless it exited 0.
+    pub fn assert_ok(&self) -> &HookRun {
+        assert!(
+            self.status.success(),
+            "{} failed ({}):\n{}{}",
+            self.stage,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// The binaries laid out like a deployment bundle: `ROOT/scripts/STAGE` with
+/// `ROOT/nonstop.json`, so each binary finds its config in its parent directory.
+#[derive(Debug)]
+pub struct Bundle {
+    pub root: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Where cargo put the stage binaries: beside the running executable or one
+/// directory up (test binaries live in target/PROFILE/deps).
+pub fn binaries_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        if STAGES.iter().all(|s| d.join(s).is_file()) {
+            return Ok(d.to_path_buf());
+        }
+        dir = d.parent();
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+    }
+    bail!(
+        "the stage binaries are not built next to {}: run `cargo build --workspace --bins` first",
+        exe.display()
+    )
+}
+
+impl Bundle {
+    pub fn new(root: &Path, config: &Value) -> Result<Bundle> {
+        let scripts = root.join("scripts");
+        fs::create_dir_all(&scripts)?;
+        let bins = binaries_dir()?;
+        for stage in STAGES {
+            fs::copy(bins.join(stage), scripts.join(stage))
+                .with_context(|| format!("copying {stage} from {}", bins.display()))?;
+        }
+        let path = root.join("nonstop.json");
+        fs::write(&path, serde_json::to_string_pretty(config)?)?;
+        Ok(Bundle {
+            root: root.to_path_buf(),
+            config: path,
+        })
+    }
+
+    pub fn bin(&self, stage: &str) -> PathBuf {
+        self.root.join("scripts").join(stage)
+    }
+
+    /// Runs a stage the way the CodeDeploy agent runs a hook: no arguments
+    /// (unless given), stdin closed, stdout and stderr piped, the working
+    /// directory elsewhere, DEPLOYMENT_ID in the environment when given. It
+    /// waits until the process exited *and* both pipes closed, at most `limit`.
+    pub fn hook(
+        &self,
+        stage: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+        limit: Duration,
+    ) -> Result<HookRun> {
+        let mut command = Command::new(self.bin(stage));
+        command
+            .args(args)
+            .current_dir("/")
+            .env_remove("NONSTOP_CONFIG")
+            .env_remove("DEPLOYMENT_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(id) = deployment {
+            command.env("DEPLOYMENT_ID", id);
+        }
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot run {stage}"))?;
+        let closed = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let reader = |pipe: Option<Box<dyn Read + Send>>, closed: Arc<Mutex<Vec<Instant>>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut text);
+                }
+                closed.lock().unwrap().push(Instant::now());
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let out = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            closed.clone(),
+        );
+        let err = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            closed.clone(),
+        );
+        let mut status = None;
+        let exited = wait_until(limit, || {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+            }
+            status.is_some() && closed.lock().unwrap().len() == 2
+        });
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{stage} did not exit within {limit:?}");
+        };
+        let elapsed = started.elapsed();
+        if !exited {
+            bail!(
+                "{stage} exited ({status}) but its stdout/stderr stayed open for {limit:?}: \
+                 a child kept them, and the CodeDeploy agent would wait for the hook timeout"
+            );
+        }
+        let closed_after = closed
+            .lock()
+            .unwrap()
+            .iter()
+            .max()
+            .map(|t| *t - started)
+            .unwrap_or(elapsed);
+        Ok(HookRun {
+            stage: stage.to_string(),
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            elapsed,
+            closed_after,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- a whole setup
+
+/// nginx, the demo jars, a bundle and an app directory, wired together: the
+/// book's setup on loopback ports. Apps started through it are stopped by
+/// pid (from the `launched-*.json` state files) on drop.
+#[derive(Debug)]
+pub struct Setup {
+    pub dir: TestDir,
+    pub jars: Jars,
+    pub app_dir: PathBuf,
+    pub ports: [u16; 2],
+    pub bundle: Bundle,
+    // Dropped last: nginx outlives the apps' shutdown.
+    pub nginx: Nginx,
+}
+
+/// Knobs for [`Setup::new`].
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    pub startup_delay_ms: u64,
+    /// Extra `-D` options for the app.
+    pub java_opts: Vec<String>,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        SetupOptions {
+            startup_delay_ms: 300,
+            java_opts: Vec::new(),
+        }
+    }
+}
+
+impl Setup {
+    /// Starts a private nginx whose include routes to the first profile's
+    /// port (nothing listens there yet) and writes the bundle and its config.
+    pub fn new(name: &str, opts: &SetupOptions) -> Result<Setup> {
+        let dir = TestDir::new(name);
+        let jars = Jars::build(&dir.join("build"))?;
+        let [nginx_port, p1, p2] = free_ports(3)[..] else {
+            unreachable!()
+        };
+        let app_dir = dir.join("app");
+        fs::create_dir_all(app_dir.join("zip"))?;
+        let conf_d = dir.join("nginx/conf.d");
+        fs::create_dir_all(&conf_d)?;
+        let include = conf_d.join("service-url.inc");
+        fs::write(
+            &include,
+            format!("set $service_url http://127.0.0.1:{p1};\n"),
+        )?;
+        let nginx = Nginx::start(&dir.join("nginx"), nginx_port, &include)?;
+        let mut command = vec![
+            "java".to_string(),
+            "-Dspring.profiles.active={profile}".into(),
+            "-Dserver.port={port}".into(),
+            format!("-Ddemo.startup.delay.ms={}", opts.startup_delay_ms),
+            "-Xshare:auto".into(),
+            "-XX:TieredStopAtLevel=1".into(),
+        ];
+        command.extend(opts.java_opts.iter().cloned());
+        command.extend(["-jar".to_string(), "{artifact}".into()]);
+        let config = json!({
+            "profiles": [{"name": "real1", "port": p1}, {"name": "real2", "port": p2}],
+            "probe_url": format!("http://127.0.0.1:{nginx_port}/profile"),
+            "state_dir": ".nonstop",
+            "app": {
+                "dir": app_dir,
+                "artifact": "zip/*.jar",
+                "command": command,
+                "log": "logs/{profile}.log",
+                "stop_timeout_secs": 20,
+                "start_grace_ms": 1000
+            },
+            "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
+            "nginx": {
+                "include": include,
+                "template": "set $service_url http://127.0.0.1:{port};",
+                "test": nginx.command(&["-t"]),
+                "reload": nginx.command(&["-s", "reload"]),
+                "confirm_timeout_secs": 10
+            }
+        });
+        let bundle = Bundle::new(&dir.join("bundle"), &config)?;
+        Ok(Setup {
+            dir,
+            jars,
+            app_dir,
+            ports: [p1, p2],
+            bundle,
+            nginx,
+        })
+    }
+
+    /// Drops a new build into the artifact directory (newest by mtime).
+    pub fn drop_jar(&self, version: &str) -> Result<PathBuf> {
+        self.jars.jar(
+            version,
+            &self.app_dir.join("zip").join(format!("demo-{version}.jar")),
+        )
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.app_dir.join(".nonstop")
+    }
+
+    /// The pid `start` recorded for a profile.
+    pub fn launched_pid(&self, profile: &str) -> Option<i32> {
+        let text =
+            fs::read_to_string(self.state_dir().join(format!("launched-{profile}.json"))).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// GET through nginx.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.nginx.port, path, Duration::from_secs(5))
+    }
+
+    /// Runs one stage as a hook.
+    pub fn hook(&self, stage: &str, args: &[&str], deployment: Option<&str>) -> Result<HookRun> {
+        self.bundle
+            .hook(stage, args, deployment, Duration::from_secs(90))
+    }
+
+    /// Brings version `version` up on the first profile, as an operator would
+    /// by hand on a fresh server: `start --profile real1`, then
+    /// `health --profile real1 --no-switch`.
+    pub fn bootstrap(&self, version: &str) -> Result<()> {
+        self.drop_jar(version)?;
+        self.hook("start", &["--profile", "real1"], None)?
+            .assert_ok();
+        self.hook("health", &["--profile", "real1", "--no-switch"], None)?
+            .assert_ok();
+        Ok(())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for profile in ["real1", "real2"] {
+            if let Some(pid) = self.launched_pid(profile) {
+                if alive(pid) {
+                    terminate(pid, Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- load
+
+/// One request's outcome.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Since the load started.
+    pub at: Duration,
+    pub latency: Duration,
+    /// HTTP status, or 0 when the request failed without one.
+    pub status: u16,
+    pub body: String,
+    pub error: Option<String>,
+}
+
+/// Clients that GET a path through nginx in a loop, each request on a new
+/// connection, until stopped.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(port: u16, path: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    let mut samples = Vec::new();
+                    // Bounded in count as well as by the stop flag.
+                    while !stop.load(Ordering::Relaxed) && samples.len() < 1_000_000 {
+                        let sent = Instant::now();
+                        let result = http_get(port, &path, Duration::from_secs(10));
+                        let (status, body, error) = match result {
+                            Ok((s, b)) => (s, b, None),
+                            Err(e) => (0, String::new(), Some(e.to_string())),
+                        };
+                        samples.push(Sample {
+                            at: sent - t0,
+                            latency: sent.elapsed(),
+                            status,
+                            body,
+                            error,
+                        });
+                        // Keep the load steady without saturating two cores.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients and returns every sample, in time order.
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Sample> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect();
+        all.sort_by_key(|s| s.at);
+        all
+    }
+}

@@ -1,0 +1,273 @@
+//! End to end, through the five binaries run the way the CodeDeploy agent
+//! runs hooks (no arguments, stdin closed, stdout/stderr piped, config found
+//! beside the executable), against a real nginx and the real demo jar.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{alive, Load, Setup, SetupOptions, TestDir};
+
+#[test]
+fn three_deployments_under_load_never_drop_a_request() {
+    let setup = Setup::new("e2e-cycle", &SetupOptions::default()).unwrap();
+    setup.bootstrap("v1").unwrap();
+    // The bootstrap left real1 live (the include already routed to it).
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
+
+    let load = Load::start(setup.nginx.port, "/", 2);
+    let mut expected_live = "real1";
+    for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
+        let id = format!("d-{}", n + 2);
+        let idle = if expected_live == "real1" {
+            "real2"
+        } else {
+            "real1"
+        };
+
+        let printed = setup.hook("profile", &[], None).unwrap();
+        printed.assert_ok();
+        assert_eq!(
+            printed.stdout.trim(),
+            idle,
+            "profile must print the idle profile"
+        );
+
+        setup.drop_jar(version).unwrap();
+        let stop = setup.hook("stop", &[], Some(&id)).unwrap();
+        stop.assert_ok();
+        let old_pid = setup.launched_pid(idle);
+        assert!(
+            old_pid.is_none_or(|p| !alive(p)),
+            "stop left the idle app running"
+        );
+
+        let start = setup.hook("start", &[], Some(&id)).unwrap();
+        start.assert_ok();
+        // The hook's pipes closed while the app it started keeps running.
+        assert!(
+            start.closed_after < Duration::from_secs(5),
+            "start held its pipes for {:?}",
+            start.closed_after
+        );
+        let new_pid = setup.launched_pid(idle).expect("start records the pid");
+        assert!(
+            alive(new_pid),
+            "the started app must keep running after start returns"
+        );
+        assert!(
+            start.stderr.contains(&format!("started {idle}")),
+            "{}",
+            start.stderr
+        );
+
+        let health = setup.hook("health", &[], Some(&id)).unwrap();
+        health.assert_ok();
+        // The moment health returns, nginx serves the new version.
+        assert_eq!(
+            setup.get("/").unwrap(),
+            (200, format!("demo {version} {idle}")),
+            "{}",
+            health.stderr
+        );
+        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+        // The previous live app is kept for a quick rollback (the book's default).
+        let previous = setup.launched_pid(expected_live).unwrap();
+        assert!(alive(previous), "the previous live app must still run");
+        expected_live = idle;
+    }
+    let samples = load.finish();
+
+    let failed: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        samples.len(),
+        failed.first()
+    );
+    assert!(
+        samples.len() > 100,
+        "the load ran too little to mean anything: {}",
+        samples.len()
+    );
+    // Every version served traffic, in order, and no request saw an old one after a newer one.
+    let versions: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| s.body.split_whitespace().nth(1))
+        .collect();
+    for v in ["v1", "v2", "v3", "v4"] {
+        assert!(versions.contains(&v), "{v} never answered");
+    }
+
+    // The state files tell the story an operator would read.
+    let switched: Value =
+        serde_json::from_str(&fs::read_to_string(setup.state_dir().join("switch.json")).unwrap())
+            .unwrap();
+    assert_eq!(switched["active"]["name"], "real2");
+    assert_eq!(switched["previous"]["name"], "real1");
+    let history = fs::read_to_string(setup.state_dir().join("history.jsonl")).unwrap();
+    // 2 bootstrap stages + 3 deployments x 3 stages, all exit 0.
+    let lines: Vec<Value> = history
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 11, "{history}");
+    assert!(lines.iter().all(|l| l["exit_code"] == 0), "{history}");
+
+    let json = setup.hook("profile", &["--json"], None).unwrap();
+    json.assert_ok();
+    let report: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(report["live"]["profile"], "real2");
+    assert_eq!(report["idle"]["profile"], "real1");
+    assert_eq!(report["profiles"][0]["listening"], true);
+    assert_eq!(
+        report["profiles"][1]["pid"],
+        setup.launched_pid("real2").unwrap()
+    );
+}
+
+#[test]
+fn no_fixed_wait_health_notices_the_app_as_soon_as_it_answers() {
+    // With a 2 s start-up, the book's scripts spend 10 s before the first check.
+    let setup = Setup::new(
+        "e2e-prompt",
+        &SetupOptions {
+            startup_delay_ms: 2000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    setup.drop_jar("v1").unwrap();
+    let started = Instant::now();
+    setup
+        .hook("start", &["--profile", "real1"], None)
+        .unwrap()
+        .assert_ok();
+    let health = setup
+        .hook("health", &["--profile", "real1", "--no-switch"], None)
+        .unwrap();
+    health.assert_ok();
+    let total = started.elapsed();
+    assert!(
+        total < Duration::from_secs(8),
+        "start+health took {total:?} for a 2 s start-up"
+    );
+    assert!(health.stderr.contains("answers"), "{}", health.stderr);
+}
+
+#[test]
+fn a_failed_nginx_test_restores_the_include_byte_for_byte() {
+    let setup = Setup::new("e2e-bad-template", &SetupOptions::default()).unwrap();
+    setup.bootstrap("v1").unwrap();
+    let before = fs::read(&setup.nginx.include).unwrap();
+    // A template without its semicolon makes `nginx -t` fail.
+    let mut config: Value =
+        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    config["nginx"]["template"] = "set $service_url http://127.0.0.1:{port}".into();
+    fs::write(
+        &setup.bundle.config,
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+
+    let run = setup.hook("switch", &["--to", "real2"], None).unwrap();
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nginx was not reloaded"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read(&setup.nginx.include).unwrap(), before);
+    assert!(setup.nginx.test_config());
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_and_touch_nothing() {
+    let dir = TestDir::new("e2e-config");
+    let bundle = tests::Bundle::new(
+        &dir.join("bundle"),
+        &serde_json::json!({"app": {"dir": dir.join("app"), "comand": ["java"]}}),
+    )
+    .unwrap();
+    for stage in tests::STAGES {
+        let run = bundle
+            .hook(stage, &[], Some("d-1"), Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(run.code(), 2, "{stage}: {}", run.stderr);
+        assert!(run.stderr.contains("app.comand"), "{stage}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with(&format!("{stage}: error:")),
+            "{stage}: {}",
+            run.stderr
+        );
+    }
+    assert!(
+        !dir.join("app").exists(),
+        "a config error must not create anything"
+    );
+
+    // No config anywhere: the message says where it looked.
+    fs::remove_file(&bundle.config).unwrap();
+    let run = bundle
+        .hook("stop", &[], None, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(run.code(), 2);
+    assert!(
+        run.stderr.contains("nonstop.json") && run.stderr.contains("NONSTOP_CONFIG"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_second_deployment_waits_for_the_first_and_names_it() {
+    let setup = Setup::new("e2e-two-deployments", &SetupOptions::default()).unwrap();
+    setup.bootstrap("v1").unwrap();
+    let mut config: Value =
+        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    config["lock_timeout_secs"] = 1.into();
+    fs::write(
+        &setup.bundle.config,
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    setup.drop_jar("v2").unwrap();
+
+    setup
+        .hook("stop", &[], Some("d-first"))
+        .unwrap()
+        .assert_ok();
+    setup
+        .hook("start", &[], Some("d-first"))
+        .unwrap()
+        .assert_ok();
+    // d-first is between start and health: d-second must not run its stop,
+    // which would kill the app d-first is about to switch to.
+    let first_app = setup.launched_pid("real2").unwrap();
+    let second = setup.hook("stop", &[], Some("d-second")).unwrap();
+    assert_eq!(second.code(), 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("deployment d-first is in progress"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        alive(first_app),
+        "the second deployment touched the first one's app"
+    );
+
+    setup
+        .hook("health", &[], Some("d-first"))
+        .unwrap()
+        .assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".to_string()));
+    // Once d-first is done, d-second goes ahead: its idle profile is now real1.
+    let second = setup.hook("stop", &[], Some("d-second")).unwrap();
+    second.assert_ok();
+    assert!(second.stderr.contains("idle real1"), "{}", second.stderr);
+    assert!(alive(first_app));
+}
