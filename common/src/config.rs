@@ -72,6 +72,9 @@ pub struct Nginx {
     pub template: String,
     pub test: Vec<String>,
     pub reload: Vec<String>,
+    /// The master's pid file, to watch the workers of the old configuration
+    /// stop accepting after a reload. Empty: go by the probe alone.
+    pub pid_file: Option<PathBuf>,
     pub confirm_timeout: Duration,
 }
 
@@ -126,6 +129,7 @@ struct RawNginx {
     template: Option<String>,
     test: Option<Vec<String>>,
     reload: Option<Vec<String>>,
+    pid_file: Option<String>,
     confirm_timeout_secs: Option<u64>,
 }
 
@@ -305,6 +309,10 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         ));
     }
 
+    let pid_file = match nginx.pid_file.as_deref().unwrap_or("/run/nginx.pid") {
+        "" => None,
+        p => Some(resolve(p)),
+    };
     let state_dir = resolve(raw.state_dir.as_deref().unwrap_or(".nonstop"));
     let include = resolve(
         nginx
@@ -347,6 +355,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             template,
             test,
             reload,
+            pid_file,
             confirm_timeout: secs("nginx.confirm_timeout_secs", nginx.confirm_timeout_secs, 10)?,
         },
     })

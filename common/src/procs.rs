@@ -104,6 +104,56 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
+/// The inodes of every LISTEN socket in this network namespace.
+pub fn all_listen_inodes() -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(text) => inodes.extend(text.lines().skip(1).filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(3) == Some(&"0A")).then(|| fields.get(9)?.parse::<u64>().ok())?
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    inodes.remove(&0);
+    Ok(inodes)
+}
+
+/// True while `pid` holds one of the `listening` sockets: a process that
+/// can still accept connections on them.
+pub fn holds_listener(pid: i32, listening: &HashSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| socket_inode(&target.to_string_lossy()))
+            .is_some_and(|inode| listening.contains(&inode))
+    })
+}
+
+/// The live children of a process.
+pub fn children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut kids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent)
+                    && !matches!(f.first().map(String::as_str), Some("Z" | "X"))
+            })
+        })
+        .collect();
+    kids.sort_unstable();
+    kids
+}
+
 /// The fields of /proc/PID/stat after the command name, which may itself
 /// contain spaces and parentheses.
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
@@ -224,5 +274,25 @@ mod tests {
         assert!(is_same_alive(me, start));
         assert!(!is_same_alive(me, start.map(|s| s + 1)));
         assert!(cmdline(me).contains("nonstop_common"));
+    }
+
+    #[test]
+    fn a_child_holding_a_listener_is_seen_until_it_exits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id() as i32;
+        let inodes = all_listen_inodes().unwrap();
+        assert!(holds_listener(me, &inodes));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(children(me).contains(&pid));
+        // Rust opens sockets close-on-exec: the child holds none of ours.
+        assert!(!holds_listener(pid, &inodes));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!children(me).contains(&pid));
+        drop(listener);
     }
 }

@@ -21,7 +21,7 @@ use clap::Parser;
 
 use nonstop_common::cmd;
 use nonstop_common::detect::{self, Probe};
-use nonstop_common::procs::wait_for;
+use nonstop_common::procs::{self, all_listen_inodes, holds_listener, wait_for};
 use nonstop_common::state::{read_capped, write_atomic, Switched};
 use nonstop_common::time::{now_unix_ms, secs};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
@@ -98,6 +98,7 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
         }
     }
 
+    let old_workers = accepting_workers(config);
     let reloaded_at = Instant::now();
     match cmd::run(&config.nginx.reload, NGINX_COMMAND_LIMIT) {
         Ok(out) if out.success() => {}
@@ -116,26 +117,46 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
         target.name
     ));
 
+    // Confirmed when no worker of the old configuration can take a connection
+    // any more and a new connection through nginx reaches the target. nginx
+    // keeps old workers accepting for ~100 ms after it starts the new ones,
+    // so one good answer alone does not prove the next request goes there too.
     let mut last = String::new();
     let confirmed = wait_for(
         config.nginx.confirm_timeout,
         Duration::from_millis(10),
-        || match detect::probe(config) {
-            Probe::Answered(p) if &p == target => true,
-            Probe::Answered(p) => {
-                last = format!("it answered {}", p.name);
-                false
+        || {
+            if let Some(workers) = &old_workers {
+                let listening = all_listen_inodes().unwrap_or_default();
+                if let Some(w) = workers.iter().find(|&&w| holds_listener(w, &listening)) {
+                    last = format!(
+                        "worker {w} of the previous configuration still accepts connections"
+                    );
+                    return false;
+                }
             }
-            Probe::Failed(why) => {
-                last = why;
-                false
+            match detect::probe(config) {
+                Probe::Answered(p) if &p == target => true,
+                Probe::Answered(p) => {
+                    last = format!("it answered {}", p.name);
+                    false
+                }
+                Probe::Failed(why) => {
+                    last = why;
+                    false
+                }
             }
         },
     );
     match confirmed {
         Some(_) => {
+            let how = if old_workers.is_some() {
+                "the old workers stopped accepting and the probe answers"
+            } else {
+                "the probe answers"
+            };
             LOG.say(format!(
-                "nginx routes to {} ({}): confirmed {} after the reload",
+                "nginx routes to {} ({}): confirmed {} after the reload ({how})",
                 target.name,
                 target.port,
                 secs(reloaded_at.elapsed())
@@ -152,6 +173,37 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
             ))
         }
     }
+}
+
+/// The nginx workers that can accept connections now, found through the
+/// master's pid file. `None` (with a warning) when they cannot be seen, in
+/// which case only the probe confirms a switch.
+fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
+    let pid_file = config.nginx.pid_file.as_ref()?;
+    let master = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|&pid| procs::is_alive(pid));
+    let Some(master) = master else {
+        LOG.warn(format!(
+            "cannot read a running nginx master's pid from {}; confirming through the probe alone \
+             (set nginx.pid_file, or \"\" to silence this)",
+            pid_file.display()
+        ));
+        return None;
+    };
+    let listening = all_listen_inodes().ok()?;
+    let workers: Vec<i32> = procs::children(master)
+        .into_iter()
+        .filter(|&w| holds_listener(w, &listening))
+        .collect();
+    if workers.is_empty() {
+        LOG.warn(format!(
+            "nginx master {master} has no worker this user can see; confirming through the probe alone"
+        ));
+        return None;
+    }
+    Some(workers)
 }
 
 fn failure(result: Result<cmd::Outcome>) -> String {

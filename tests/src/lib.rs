@@ -619,6 +619,7 @@ impl Setup {
                 "template": "set $service_url http://127.0.0.1:{port};",
                 "test": nginx.command(&["-t"]),
                 "reload": nginx.command(&["-s", "reload"]),
+                "pid_file": nginx.prefix.join("nginx.pid"),
                 "confirm_timeout_secs": 10
             }
         });
@@ -704,15 +705,16 @@ pub struct Sample {
 }
 
 /// Clients that GET a path through nginx in a loop, each request on a new
-/// connection, until stopped.
+/// connection, `pause` apart, until stopped.
 #[derive(Debug)]
 pub struct Load {
+    started: Instant,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Vec<Sample>>>,
 }
 
 impl Load {
-    pub fn start(port: u16, path: &str, clients: usize) -> Load {
+    pub fn start(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let t0 = Instant::now();
         let threads = (0..clients)
@@ -736,14 +738,22 @@ impl Load {
                             body,
                             error,
                         });
-                        // Keep the load steady without saturating two cores.
-                        std::thread::sleep(Duration::from_millis(2));
+                        std::thread::sleep(pause);
                     }
                     samples
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            started: t0,
+            stop,
+            threads,
+        }
+    }
+
+    /// When the load began: [`Sample::at`] counts from here.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Stops the clients and returns every sample, in time order.

@@ -17,7 +17,7 @@ fn three_deployments_under_load_never_drop_a_request() {
     // The bootstrap left real1 live (the include already routed to it).
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
 
-    let load = Load::start(setup.nginx.port, "/", 2);
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
     let mut expected_live = "real1";
     for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
         let id = format!("d-{}", n + 2);
@@ -65,13 +65,17 @@ fn three_deployments_under_load_never_drop_a_request() {
 
         let health = setup.hook("health", &[], Some(&id)).unwrap();
         health.assert_ok();
-        // The moment health returns, nginx serves the new version.
-        assert_eq!(
-            setup.get("/").unwrap(),
-            (200, format!("demo {version} {idle}")),
-            "{}",
-            health.stderr
-        );
+        // The moment health returns, nginx serves the new version, and only
+        // it: no worker of the old configuration takes a new connection.
+        for _ in 0..20 {
+            let answer = setup.get("/").unwrap();
+            assert_eq!(
+                answer,
+                (200, format!("demo {version} {idle}")),
+                "{}",
+                health.stderr
+            );
+        }
         assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
         // The previous live app is kept for a quick rollback (the book's default).
         let previous = setup.launched_pid(expected_live).unwrap();

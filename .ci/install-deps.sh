@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what nonstop's tests, demo and benchmark need on a Debian machine:
+# nginx and a JDK (javac, jar, java), from Debian's packages, when missing.
+# Rust (cargo 1.85 or newer) must already be there.
+set -euo pipefail
+
+need=()
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    need+=(nginx)
+fi
+if ! command -v javac >/dev/null 2>&1 || ! command -v jar >/dev/null 2>&1; then
+    need+=(default-jdk-headless)
+fi
+
+if [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    echo "install-deps: installing ${need[*]} from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    # The tests run private nginx instances; keep the package from starting
+    # the system's nginx on port 80 (policy-rc.d 101 = "do not start services").
+    policy=/usr/sbin/policy-rc.d
+    made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        made_policy=1
+    fi
+    status=0
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
+    if [ -n "$made_policy" ]; then
+        $sudo rm -f "$policy"
+    fi
+    if [ "$status" -ne 0 ]; then
+        echo "install-deps: apt-get install ${need[*]} failed ($status)" >&2
+        exit "$status"
+    fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found: nonstop needs Rust 1.85 or newer (rustup)" >&2
+    exit 1
+fi
+echo "install-deps: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); $(javac -version 2>&1); $(cargo --version)"
