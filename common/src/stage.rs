@@ -92,16 +92,25 @@ impl Context {
 
 /// Runs `body` inside the frame. Exit codes: whatever `body` returns; the
 /// plan is closed (finished) when the body fails or completes the deployment.
+///
+/// `explicit` is the profile an operator named on the command line
+/// (`--profile`, `--to`): with it, a stage goes on when detection fails
+/// (probe and include disagree), because that is when an operator needs to
+/// point nginx back or start an app by hand.
 pub fn run_stage(
     log: Log,
     args: &CommonArgs,
+    explicit: Option<&str>,
     body: impl FnOnce(&mut Context) -> Result<()>,
 ) -> Result<()> {
     let started = Instant::now();
     let config = args.load_config()?;
     let deployment_id = args.deployment_id()?;
+    let explicit = explicit
+        .map(|name| config.profile_arg(name).cloned())
+        .transpose()?;
     let state = StateDir::open(&config.state_dir)?;
-    let mut ctx = open(log, config, state, deployment_id)?;
+    let mut ctx = open(log, config, state, deployment_id, explicit)?;
     let result = body(&mut ctx);
     close(&mut ctx, &result, started.elapsed());
     result
@@ -112,6 +121,7 @@ fn open(
     config: Config,
     state: StateDir,
     deployment_id: Option<String>,
+    explicit: Option<Profile>,
 ) -> Result<Context> {
     let deadline = Instant::now() + config.lock_timeout;
     let me = Holder {
@@ -172,7 +182,27 @@ fn open(
                 });
             }
             _ => {
-                let detection = detect::detect(&config)?;
+                let detection = match (detect::detect(&config), &explicit) {
+                    (Ok(d), _) => d,
+                    (Err(e), Some(target)) => {
+                        log.warn(format!("{e:#}; going on with {} as asked", target.name));
+                        return Ok(Context {
+                            slots: Slots {
+                                live: None,
+                                idle: target.clone(),
+                            },
+                            from_plan: false,
+                            plan: None,
+                            config,
+                            log,
+                            state,
+                            deployment_id,
+                            completes_deployment: false,
+                            _lock: lock,
+                        });
+                    }
+                    (Err(e), None) => return Err(e),
+                };
                 for warning in &detection.warnings {
                     log.warn(warning);
                 }

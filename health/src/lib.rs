@@ -49,7 +49,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
-    run_stage(LOG, &args.common, |ctx| {
+    run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
         wait_healthy(ctx, &target)?;
         if args.no_switch {

@@ -50,7 +50,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
-    run_stage(LOG, &args.common, |ctx| {
+    run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
         start_profile(ctx, &target)
     })

@@ -46,7 +46,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
-    run_stage(LOG, &args.common, |ctx| {
+    run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
         refuse_if_live(ctx, &target, args.profile.is_some())?;
         stop_profile(ctx, &target)

@@ -51,7 +51,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
-    run_stage(LOG, &args.common, |ctx| {
+    run_stage(LOG, &args.common, args.to.as_deref(), |ctx| {
         let target = ctx.target(args.to.as_deref())?;
         switch_to(ctx, &target)?;
         ctx.completes_deployment = true;

@@ -275,3 +275,53 @@ fn a_second_deployment_waits_for_the_first_and_names_it() {
     assert!(second.stderr.contains("idle real1"), "{}", second.stderr);
     assert!(alive(first_app));
 }
+
+#[test]
+fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
+    let setup = Setup::new("e2e-disagree", &SetupOptions::default()).unwrap();
+    setup.bootstrap("v1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup
+        .hook("start", &["--profile", "real2"], None)
+        .unwrap()
+        .assert_ok();
+    setup
+        .hook("health", &["--profile", "real2", "--no-switch"], None)
+        .unwrap()
+        .assert_ok();
+    let (real1, real2) = (
+        setup.launched_pid("real1").unwrap(),
+        setup.launched_pid("real2").unwrap(),
+    );
+
+    // Someone edits the include by hand and never reloads: nginx still
+    // answers real1, the include says real2.
+    fs::write(
+        &setup.nginx.include,
+        format!("set $service_url http://127.0.0.1:{};\n", setup.ports[1]),
+    )
+    .unwrap();
+    let stop = setup.hook("stop", &[], Some("d-9")).unwrap();
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(
+        stop.stderr.contains("real1") && stop.stderr.contains("real2"),
+        "{}",
+        stop.stderr
+    );
+    assert!(
+        alive(real1) && alive(real2),
+        "nothing may be stopped when the witnesses disagree"
+    );
+    let profile = setup.hook("profile", &[], None).unwrap();
+    assert_eq!(profile.code(), 1, "{}", profile.stderr);
+
+    // The operator points nginx where it should be, and all agree again.
+    setup
+        .hook("switch", &["--to", "real1"], None)
+        .unwrap()
+        .assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
+    let profile = setup.hook("profile", &[], None).unwrap();
+    profile.assert_ok();
+    assert_eq!(profile.stdout.trim(), "real2");
+}
