@@ -325,3 +325,55 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
     profile.assert_ok();
     assert_eq!(profile.stdout.trim(), "real2");
 }
+
+/// The shipped example config is valid, and each appspec hook's timeout
+/// covers the longest its stage may wait with that config.
+#[test]
+fn appspec_timeouts_cover_the_example_configs_waits() {
+    let root = tests::repo_root();
+    let config = nonstop_common::config::load(&root.join("examples/nonstop.json")).unwrap();
+    let appspec = fs::read_to_string(root.join("appspec.yml")).unwrap();
+    assert!(
+        appspec.lines().any(|l| l == "version: 0.0"),
+        "version must be unquoted 0.0"
+    );
+    assert!(appspec.lines().any(|l| l == "os: linux"));
+
+    let lock = config.lock_timeout.as_secs();
+    let needs = |stage: &str| -> u64 {
+        match stage {
+            "stop" => lock + config.app.stop_timeout.as_secs() + 5 + config.probe_timeout.as_secs(),
+            "start" => lock + config.app.start_grace.as_secs() + config.probe_timeout.as_secs(),
+            // Plus nginx -t and reload, well under 10 s.
+            "health" => {
+                lock + config.health.timeout.as_secs() + config.nginx.confirm_timeout.as_secs() + 10
+            }
+            other => panic!("unexpected hook {other}"),
+        }
+    };
+    let lines: Vec<&str> = appspec.lines().map(str::trim).collect();
+    let mut hooks = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(location) = line.strip_prefix("- location: ") {
+            let stage = location
+                .strip_prefix("scripts/")
+                .expect("hook locations are relative to the bundle");
+            assert!(
+                !stage.contains(' '),
+                "no arguments in a hook location: {location}"
+            );
+            let timeout: u64 = lines[i + 1]
+                .strip_prefix("timeout: ")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                timeout >= needs(stage),
+                "{stage}: timeout {timeout} < {} s it may wait",
+                needs(stage)
+            );
+            hooks.push(stage);
+        }
+    }
+    assert_eq!(hooks, ["stop", "start", "health"]);
+}
