@@ -7,7 +7,7 @@
 // - GET /slow?ms=N answers after N milliseconds (a request in flight during a switch);
 // - -Ddemo.startup.delay.ms=N waits N ms before it listens (a slow start-up);
 // - on SIGTERM it closes its listening socket and finishes the requests in flight.
-// Fault knobs for the fault tests: -Ddemo.exit.at.startup=CODE exits at once,
+// Fault knobs for the fault tests: -Ddemo.exit.at.startup=CODE exits after the start-up delay,
 // -Ddemo.ignore.term=true ignores SIGTERM, -Ddemo.answer=TEXT answers /profile with TEXT.
 
 import com.sun.net.httpserver.HttpExchange;
@@ -31,11 +31,6 @@ public final class Demo {
         String version = readVersion();
         String answer = System.getProperty("demo.answer", profile);
 
-        String exitCode = System.getProperty("demo.exit.at.startup");
-        if (exitCode != null) {
-            System.err.println("demo: exiting at start-up as asked (demo.exit.at.startup=" + exitCode + ")");
-            System.exit(Integer.parseInt(exitCode));
-        }
         if (Boolean.getBoolean("demo.ignore.term")) {
             sun.misc.Signal.handle(new sun.misc.Signal("TERM"), sig -> System.out.println("demo: ignoring SIGTERM"));
         }
@@ -43,6 +38,11 @@ public final class Demo {
         if (delay > 0) {
             System.out.println("demo: starting up for " + delay + " ms");
             Thread.sleep(delay);
+        }
+        String exitCode = System.getProperty("demo.exit.at.startup");
+        if (exitCode != null) {
+            System.err.println("demo: exiting at start-up as asked (demo.exit.at.startup=" + exitCode + ")");
+            System.exit(Integer.parseInt(exitCode));
         }
 
         HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 512);

@@ -377,3 +377,55 @@ fn appspec_timeouts_cover_the_example_configs_waits() {
     }
     assert_eq!(hooks, ["stop", "start", "health"]);
 }
+
+#[test]
+fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
+    // Exits as soon as it runs: start notices within its grace period.
+    let opts = SetupOptions {
+        startup_delay_ms: 0,
+        java_opts: vec!["-Ddemo.exit.at.startup=3".into()],
+    };
+    let setup = Setup::new("e2e-dies-at-once", &opts).unwrap();
+    setup.drop_jar("v1").unwrap();
+    let include = fs::read(&setup.nginx.include).unwrap();
+    let start = setup.hook("start", &[], Some("d-1")).unwrap();
+    assert_eq!(start.code(), 1, "{}", start.stderr);
+    assert!(start.stderr.contains("exited at once"), "{}", start.stderr);
+    assert!(
+        start.stderr.contains("exiting at start-up as asked"),
+        "the log's tail: {}",
+        start.stderr
+    );
+    assert_eq!(fs::read(&setup.nginx.include).unwrap(), include);
+
+    // Dies after 1.5 s of start-up, past start's 1 s grace: health notices
+    // the exit at once instead of polling for its 30 s timeout.
+    let opts = SetupOptions {
+        startup_delay_ms: 1500,
+        java_opts: vec!["-Ddemo.exit.at.startup=3".into()],
+    };
+    let setup = Setup::new("e2e-dies-later", &opts).unwrap();
+    setup.drop_jar("v1").unwrap();
+    let include = fs::read(&setup.nginx.include).unwrap();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.elapsed < Duration::from_secs(10),
+        "health took {:?}",
+        health.elapsed
+    );
+    assert!(health.stderr.contains("has exited"), "{}", health.stderr);
+    assert!(
+        health.stderr.contains("exiting at start-up as asked"),
+        "{}",
+        health.stderr
+    );
+    assert!(
+        !health.stderr.contains("switch:"),
+        "no switch after a failed check: {}",
+        health.stderr
+    );
+    assert_eq!(fs::read(&setup.nginx.include).unwrap(), include);
+    assert!(setup.nginx.test_config());
+}
