@@ -21,7 +21,7 @@ use clap::Parser;
 
 use nonstop_common::cmd;
 use nonstop_common::detect::{self, Probe};
-use nonstop_common::procs::{self, all_listen_inodes, holds_listener, wait_for};
+use nonstop_common::procs::{self, wait_for};
 use nonstop_common::state::{read_capped, write_atomic, Switched};
 use nonstop_common::time::{now_unix_ms, secs};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
@@ -126,14 +126,10 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
         config.nginx.confirm_timeout,
         Duration::from_millis(10),
         || {
-            if let Some(workers) = &old_workers {
-                let listening = all_listen_inodes().unwrap_or_default();
-                if let Some(w) = workers.iter().find(|&&w| holds_listener(w, &listening)) {
-                    last = format!(
-                        "worker {w} of the previous configuration still accepts connections"
-                    );
-                    return false;
-                }
+            if let Some(w) = old_workers.iter().flatten().find(|&&w| still_accepting(w)) {
+                last =
+                    format!("worker {w} of the previous configuration still accepts connections");
+                return false;
             }
             match detect::probe(config) {
                 Probe::Answered(p) if &p == target => true,
@@ -175,9 +171,13 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
     }
 }
 
-/// The nginx workers that can accept connections now, found through the
-/// master's pid file. `None` (with a warning) when they cannot be seen, in
-/// which case only the probe confirms a switch.
+/// The nginx workers that accept connections now: the master's children
+/// (found through its pid file) titled "worker process". `None`, with a
+/// warning, when they cannot be seen; then only the probe confirms a switch.
+///
+/// Only /proc/PID/stat and /proc/PID/cmdline are read, which any user may,
+/// so this works when the hooks run as the deploy user and nginx's workers
+/// as www-data.
 fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
     let pid_file = config.nginx.pid_file.as_ref()?;
     let master = std::fs::read_to_string(pid_file)
@@ -192,18 +192,25 @@ fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
         ));
         return None;
     };
-    let listening = all_listen_inodes().ok()?;
     let workers: Vec<i32> = procs::children(master)
         .into_iter()
-        .filter(|&w| holds_listener(w, &listening))
+        .filter(|&w| still_accepting(w))
         .collect();
     if workers.is_empty() {
         LOG.warn(format!(
-            "nginx master {master} has no worker this user can see; confirming through the probe alone"
+            "nginx master {master} has no worker process this user can see; confirming through the probe alone"
         ));
         return None;
     }
     Some(workers)
+}
+
+/// An nginx worker accepts until it exits or takes the shutdown signal: its
+/// title then turns to "worker process is shutting down", set just before it
+/// closes its listening sockets.
+fn still_accepting(worker: i32) -> bool {
+    let title = procs::cmdline(worker);
+    procs::is_alive(worker) && title.contains("worker process") && !title.contains("shutting down")
 }
 
 fn failure(result: Result<cmd::Outcome>) -> String {

@@ -293,6 +293,19 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
         setup.launched_pid("real1").unwrap(),
         setup.launched_pid("real2").unwrap(),
     );
+    // A taken port is refused, naming who holds it.
+    let again = setup.hook("start", &["--profile", "real2"], None).unwrap();
+    assert_eq!(again.code(), 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&format!("pid {real2}")),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        setup.launched_pid("real2"),
+        Some(real2),
+        "a refused start must not overwrite the record"
+    );
 
     // Someone edits the include by hand and never reloads: nginx still
     // answers real1, the include says real2.
