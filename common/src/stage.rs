@@ -132,7 +132,9 @@ fn open(
     };
     let boot = boot_id();
     let mut announced = false;
-    loop {
+    // Under the lock, settle on the slots: another deployment's active plan
+    // makes us wait (bounded), our own plan is followed, else detect afresh.
+    let (lock, slots, from_plan, plan) = loop {
         let lock = lock::acquire(&state.lock_path(), &me, deadline, &log)?;
         let plan: Option<Plan> = state.read(&state.plan_path(), &log)?;
         let now = now_unix_ms();
@@ -166,40 +168,22 @@ fn open(
                     p.deployment_id,
                     describe(p.live.as_ref(), &p.idle)
                 ));
-                return Ok(Context {
-                    slots: Slots {
-                        live: p.live.clone(),
-                        idle: p.idle.clone(),
-                    },
-                    from_plan: true,
-                    plan: Some(p),
-                    config,
-                    log,
-                    state,
-                    deployment_id,
-                    completes_deployment: false,
-                    _lock: lock,
-                });
+                let slots = Slots {
+                    live: p.live.clone(),
+                    idle: p.idle.clone(),
+                };
+                break (lock, slots, true, Some(p));
             }
             _ => {
                 let detection = match (detect::detect(&config), &explicit) {
                     (Ok(d), _) => d,
                     (Err(e), Some(target)) => {
                         log.warn(format!("{e:#}; going on with {} as asked", target.name));
-                        return Ok(Context {
-                            slots: Slots {
-                                live: None,
-                                idle: target.clone(),
-                            },
-                            from_plan: false,
-                            plan: None,
-                            config,
-                            log,
-                            state,
-                            deployment_id,
-                            completes_deployment: false,
-                            _lock: lock,
-                        });
+                        let slots = Slots {
+                            live: None,
+                            idle: target.clone(),
+                        };
+                        break (lock, slots, false, None);
                     }
                     (Err(e), None) => return Err(e),
                 };
@@ -207,12 +191,16 @@ fn open(
                     log.warn(warning);
                 }
                 log.say(describe(detection.live.as_ref(), &detection.idle));
+                let slots = Slots {
+                    live: detection.live,
+                    idle: detection.idle,
+                };
                 let plan = match &deployment_id {
                     Some(id) => {
                         let plan = Plan {
                             deployment_id: id.clone(),
-                            live: detection.live.clone(),
-                            idle: detection.idle.clone(),
+                            live: slots.live.clone(),
+                            idle: slots.idle.clone(),
                             created_unix_ms: now,
                             expires_unix_ms: now + lease(&config).as_millis() as u64,
                             boot_id: boot.clone(),
@@ -224,23 +212,21 @@ fn open(
                     }
                     None => None,
                 };
-                return Ok(Context {
-                    slots: Slots {
-                        live: detection.live,
-                        idle: detection.idle,
-                    },
-                    from_plan: false,
-                    plan,
-                    config,
-                    log,
-                    state,
-                    deployment_id,
-                    completes_deployment: false,
-                    _lock: lock,
-                });
+                break (lock, slots, false, plan);
             }
         }
-    }
+    };
+    Ok(Context {
+        config,
+        log,
+        state,
+        deployment_id,
+        slots,
+        from_plan,
+        completes_deployment: false,
+        plan,
+        _lock: lock,
+    })
 }
 
 fn describe(live: Option<&Profile>, idle: &Profile) -> String {
