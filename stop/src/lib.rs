@@ -48,34 +48,36 @@ where
     let args = Args::try_parse_from(args)?;
     run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
-        refuse_if_live(ctx, &target, args.profile.is_some())?;
-        stop_profile(ctx, &target)
+        let live = live_now(ctx, args.profile.is_some())?;
+        if live.as_ref() == Some(&target) {
+            return Err(anyhow!(
+                "refusing to stop {} ({}): nginx routes to it, it is the live profile",
+                target.name,
+                target.port
+            ));
+        }
+        stop_profile(ctx, &target, live.as_ref())
     })
 }
 
-/// The one check that keeps `stop` from causing an outage: what nginx routes
-/// to *now* is never stopped, whatever the plan or the command line says.
-fn refuse_if_live(ctx: &Context, target: &Profile, explicit: bool) -> Result<()> {
-    let live = if ctx.from_plan || explicit {
-        detect::detect(&ctx.config)
+/// The profile nginx routes to *now*, which `stop` never touches, whatever
+/// the plan or the command line says. A plan from an earlier stage (or a
+/// profile named by hand) may be out of date, so those cases detect afresh.
+fn live_now(ctx: &Context, explicit: bool) -> Result<Option<Profile>> {
+    if ctx.from_plan || explicit {
+        Ok(detect::detect(&ctx.config)
             .context("cannot tell which profile is live right now, so nothing is stopped")?
-            .live
+            .live)
     } else {
-        ctx.slots.live.clone()
-    };
-    if live.as_ref() == Some(target) {
-        return Err(anyhow!(
-            "refusing to stop {} ({}): nginx routes to it, it is the live profile",
-            target.name,
-            target.port
-        ));
+        Ok(ctx.slots.live.clone())
     }
-    Ok(())
 }
 
 /// Stops every process listening on the target's port, plus the process
-/// `start` launched for it if that is still starting up.
-pub fn stop_profile(ctx: &Context, target: &Profile) -> Result<()> {
+/// `start` launched for it if that is still starting up. `live` is the
+/// profile nginx routes to now: a process that also listens on its port is
+/// never signalled.
+pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> Result<()> {
     let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() && seen.pids.is_empty() {
@@ -103,7 +105,7 @@ pub fn stop_profile(ctx: &Context, target: &Profile) -> Result<()> {
         ));
         return Ok(());
     }
-    if let Some(live) = ctx.slots.live.as_ref().filter(|l| *l != target) {
+    if let Some(live) = live.filter(|l| *l != target) {
         let on_live = listening(live.port).map(|l| l.pids).unwrap_or_default();
         if let Some(pid) = victims.iter().find(|p| on_live.contains(p)) {
             return Err(anyhow!(
