@@ -442,6 +442,30 @@ fn check_placeholders(key: &str, text: &str, allowed: &[&str]) -> Result<(), Str
     Ok(())
 }
 
+/// Matches a name (a file name, an argument) against a pattern with `*` (any run) and `?` (one character).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 /// Substitutes `{name}` placeholders. Values come from the config and from
 /// nonstop itself, never from an HTTP answer or a state file's free text.
 pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
@@ -511,6 +535,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.jar", "app-1.0.jar"));
+        assert!(!wildcard_match("*.jar", "app.jar.tmp"));
+        assert!(!wildcard_match("*.jar", ".app.jar.nonstop-1.tmp"));
+        assert!(wildcard_match("app-?.jar", "app-2.jar"));
+        assert!(!wildcard_match("app-?.jar", "app-10.jar"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "aXbYbZc"));
+    }
 
     fn parse_str(text: &str) -> Result<Config> {
         parse(text, Path::new("/cfg/nonstop.json"))

@@ -181,6 +181,26 @@ fn read_include_at(config: &Config, path: &Path) -> Result<Include> {
     }
 }
 
+/// The URL the health rule asks, on the profile's own port (not through nginx).
+pub fn health_url(config: &Config, target: &Profile) -> String {
+    format!("http://127.0.0.1:{}{}", target.port, config.health.path)
+}
+
+/// One try of the health rule: the app on `target`'s port answers 2xx with a
+/// body that, trimmed, equals `health.expect`. `Err` says what it did instead.
+pub fn check_health(config: &Config, target: &Profile) -> Result<(), String> {
+    let expect = config.expected_health_body(target);
+    match http::get(&health_url(config, target), config.health.request_timeout) {
+        Ok(a) if a.is_success() && a.body.trim() == expect => Ok(()),
+        Ok(a) => Err(format!(
+            "HTTP {}, body {}",
+            a.status,
+            quote_untrusted(a.body.trim(), 60)
+        )),
+        Err(why) => Err(why),
+    }
+}
+
 /// Asks nginx which profile answers.
 pub fn probe(config: &Config) -> Probe {
     classify_answer(config, http::get(&config.probe_url, config.probe_timeout))

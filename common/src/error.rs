@@ -2,10 +2,13 @@
 //!
 //! 0: done; 1: the deployment must stop (unhealthy, nginx refused the config,
 //! switch not confirmed, a live app in the way, ...); 2: usage or config error,
-//! reported before anything was touched.
+//! reported before anything was touched; 128+N: stopped cleanly by signal N
+//! (130 for SIGINT, 143 for SIGTERM).
 
 use std::fmt;
 use std::process::ExitCode;
+
+use crate::signals::Interrupted;
 
 /// The deployment failed; the operator must look before going on.
 pub const EXIT_FAILED: u8 = 1;
@@ -36,6 +39,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Usage>() {
             return EXIT_USAGE;
         }
+        if let Some(i) = cause.downcast_ref::<Interrupted>() {
+            return i.exit_code();
+        }
         if let Some(clap_err) = cause.downcast_ref::<clap::Error>() {
             return u8::try_from(clap_err.exit_code()).unwrap_or(EXIT_USAGE);
         }
@@ -45,7 +51,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// Runs a stage's `run` and turns its outcome into an exit status, printing
 /// the error as `stage: error: ...`. The only function a `main` calls.
-pub fn main_with(stage: &str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+pub fn main_with(stage: &'static str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    if let Err(e) = crate::signals::install(stage) {
+        eprintln!("{stage}: warning: cannot take over SIGINT/SIGTERM ({e}); a signal will end this stage abruptly");
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

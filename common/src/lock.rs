@@ -1,7 +1,10 @@
 //! The state directory's lock: an flock on `STATE_DIR/lock`, held while a
 //! stage runs. The kernel drops an flock when its holder dies, so a killed
-//! stage never leaves a lock behind; the holder's name is written into the
-//! file so a waiting stage can say who it waits for.
+//! stage never leaves a lock that must be removed by hand. The holder's name
+//! is written into the file so a waiting stage can say who it waits for, and
+//! is wiped on a normal release: a name still there when the lock is free
+//! means its holder died (or the machine rebooted) while holding it, which
+//! the next taker reports as it takes over.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,29 +26,44 @@ pub struct Holder {
     pub stage: String,
     pub deployment_id: Option<String>,
     pub since_unix_ms: u64,
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 impl Holder {
-    pub fn describe(&self) -> String {
-        let age = now_unix_ms().saturating_sub(self.since_unix_ms);
+    /// "`stage` (pid N) of deployment D".
+    pub fn name(&self) -> String {
         let deployment = self
             .deployment_id
             .as_deref()
             .map(|d| format!(" of deployment {d}"))
             .unwrap_or_default();
+        format!("`{}` (pid {}){deployment}", self.stage, self.pid)
+    }
+
+    /// The name and how long it has held the lock.
+    pub fn describe(&self) -> String {
+        let age = now_unix_ms().saturating_sub(self.since_unix_ms);
         format!(
-            "`{}` (pid {}){deployment}, holding it for {}",
-            self.stage,
-            self.pid,
+            "{}, holding it for {}",
+            self.name(),
             secs(Duration::from_millis(age))
         )
     }
 }
 
-/// A held lock; dropping it releases the flock.
+/// A held lock; dropping it wipes the holder's name and releases the flock.
 #[derive(Debug)]
 pub struct Lock {
-    _flock: Flock<File>,
+    flock: Flock<File>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Best effort: a name left behind only makes the next taker report a
+        // dead holder that was not.
+        let _ = self.flock.set_len(0);
+    }
 }
 
 /// Takes the lock, waiting at most until `deadline`. The error names the
@@ -62,6 +80,17 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut flock) => {
+                if let Some(dead) = read_holder(path) {
+                    log.warn(format!(
+                        "taking over the lock from {}, which ended without releasing it ({})",
+                        dead.name(),
+                        if !dead.boot_id.is_empty() && dead.boot_id != me.boot_id {
+                            "the machine has rebooted since".to_string()
+                        } else {
+                            format!("pid {} was killed or crashed", dead.pid)
+                        }
+                    ));
+                }
                 let written = flock
                     .set_len(0)
                     .and_then(|()| flock.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -75,7 +104,7 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                         path.display()
                     ));
                 }
-                return Ok(Lock { _flock: flock });
+                return Ok(Lock { flock });
             }
             Err((_, Errno::EWOULDBLOCK)) => {
                 let holder = read_holder(path)
@@ -91,7 +120,7 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                     log.say(format!("waiting for the lock held by {holder}"));
                     announced = true;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                crate::signals::pause(Duration::from_millis(50))?;
             }
             Err((_, errno)) => {
                 return Err(anyhow!("cannot lock {}: {errno}", path.display()));
@@ -126,6 +155,7 @@ mod tests {
             stage: "health".into(),
             deployment_id: Some("d-7".into()),
             since_unix_ms: now_unix_ms(),
+            boot_id: "b".into(),
         };
         let held = acquire(&path, &me, Instant::now(), &log).unwrap();
         let started = Instant::now();
@@ -143,6 +173,10 @@ mod tests {
             "{msg}"
         );
         drop(held);
+        assert!(
+            read_holder(&path).is_none(),
+            "a released lock must not name a holder"
+        );
         acquire(&path, &me, Instant::now(), &log).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

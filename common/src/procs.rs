@@ -152,6 +152,25 @@ pub fn is_same_alive(pid: i32, start: Option<u64>) -> bool {
     is_alive(pid) && (start.is_none() || start_time(pid) == start)
 }
 
+/// The parent of a process, if it can be read.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// The arguments a process was started with (empty when unreadable).
+pub fn argv(pid: i32) -> Vec<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    // cmdline ends with a NUL, which leaves one empty piece at the end.
+    if args.last().is_some_and(String::is_empty) {
+        args.pop();
+    }
+    args
+}
+
 /// The command line of a process for messages, at most 160 characters.
 pub fn cmdline(pid: i32) -> String {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

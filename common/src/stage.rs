@@ -12,15 +12,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 
 use crate::config::{self, Config, Profile};
 use crate::detect;
 use crate::error::usage;
 use crate::lock::{self, Holder, Lock};
 use crate::log::Log;
+use crate::nginx;
 use crate::procs::boot_id;
-use crate::state::{HistoryLine, Plan, StateDir};
+use crate::signals;
+use crate::state::{HistoryLine, Plan, Running, StateDir};
 use crate::time::{now_unix_ms, secs};
 
 /// Options every stage takes.
@@ -33,6 +35,10 @@ pub struct CommonArgs {
     /// The deployment this stage belongs to; stages with the same id share one plan
     #[arg(long, value_name = "ID", env = "DEPLOYMENT_ID")]
     pub deployment_id: Option<String>,
+
+    /// Print what this stage would do, and change nothing (no lock, no state written)
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl CommonArgs {
@@ -76,8 +82,11 @@ pub struct Context {
     pub from_plan: bool,
     /// Set by a body that completed the deployment (a confirmed switch).
     pub completes_deployment: bool,
+    /// `--dry-run`: the body says what it would do and changes nothing.
+    pub dry_run: bool,
     plan: Option<Plan>,
-    _lock: Lock,
+    /// `None` in a dry run, which takes no lock.
+    _lock: Option<Lock>,
 }
 
 impl Context {
@@ -109,7 +118,12 @@ pub fn run_stage(
     let explicit = explicit
         .map(|name| config.profile_arg(name).cloned())
         .transpose()?;
-    let state = StateDir::open(&config.state_dir)?;
+    let state = if args.dry_run {
+        log.say("dry run: nothing will be changed");
+        StateDir::read_only(&config.state_dir)
+    } else {
+        StateDir::open(&config.state_dir)?
+    };
     let mut ctx = open(log, config, state, deployment_id, explicit)?;
     let result = body(&mut ctx);
     close(&mut ctx, &result, started.elapsed());
@@ -123,23 +137,51 @@ fn open(
     deployment_id: Option<String>,
     explicit: Option<Profile>,
 ) -> Result<Context> {
+    let dry_run = state.is_read_only();
     let deadline = Instant::now() + config.lock_timeout;
+    let boot = boot_id();
     let me = Holder {
         pid: std::process::id(),
         stage: log.stage().to_string(),
         deployment_id: deployment_id.clone(),
         since_unix_ms: now_unix_ms(),
+        boot_id: boot.clone(),
     };
-    let boot = boot_id();
     let mut announced = false;
     // Under the lock, settle on the slots: another deployment's active plan
     // makes us wait (bounded), our own plan is followed, else detect afresh.
     let (lock, slots, from_plan, plan) = loop {
-        let lock = lock::acquire(&state.lock_path(), &me, deadline, &log)?;
+        let lock = if dry_run {
+            None
+        } else {
+            Some(lock::acquire(&state.lock_path(), &me, deadline, &log)?)
+        };
+        if dry_run {
+            if state.journal_path().exists() {
+                log.warn(format!(
+                    "a switch was interrupted ({} exists); a real run would finish or undo it first",
+                    state.journal_path().display()
+                ));
+            }
+        } else {
+            nginx::recover(&config, &state, &log)?;
+        }
         let plan: Option<Plan> = state.read(&state.plan_path(), &log)?;
         let now = now_unix_ms();
         let ours = |p: &Plan| deployment_id.as_deref() == Some(p.deployment_id.as_str());
         match plan {
+            Some(p) if p.is_active(now, &boot) && !ours(&p) && p.running.is_some() => {
+                // We hold the lock, so the stage named in `running` is not
+                // running: it was killed, and so was its deployment.
+                if let Some(r) = &p.running {
+                    log.warn(format!(
+                        "deployment {} is abandoned: its `{}` (pid {}) was killed half-way; taking over",
+                        p.deployment_id, r.stage, r.pid
+                    ));
+                }
+                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
+                break (lock, slots, false, plan);
+            }
             Some(p) if p.is_active(now, &boot) && !ours(&p) => {
                 let left = Duration::from_millis(p.expires_unix_ms.saturating_sub(now));
                 let what = format!(
@@ -160,9 +202,15 @@ fn open(
                     announced = true;
                 }
                 drop(lock);
-                std::thread::sleep(Duration::from_millis(100));
+                signals::pause(Duration::from_millis(100))?;
             }
-            Some(p) if ours(&p) && !p.finished => {
+            Some(mut p) if ours(&p) && !p.finished => {
+                if let Some(r) = &p.running {
+                    log.warn(format!(
+                        "the `{}` of this deployment (pid {}) was killed half-way; going on",
+                        r.stage, r.pid
+                    ));
+                }
                 log.say(format!(
                     "plan of deployment {}: {}",
                     p.deployment_id,
@@ -172,46 +220,14 @@ fn open(
                     live: p.live.clone(),
                     idle: p.idle.clone(),
                 };
+                if !dry_run {
+                    p.running = Some(running(&me));
+                    state.write(&state.plan_path(), &p)?;
+                }
                 break (lock, slots, true, Some(p));
             }
             _ => {
-                let detection = match (detect::detect(&config), &explicit) {
-                    (Ok(d), _) => d,
-                    (Err(e), Some(target)) => {
-                        log.warn(format!("{e:#}; going on with {} as asked", target.name));
-                        let slots = Slots {
-                            live: None,
-                            idle: target.clone(),
-                        };
-                        break (lock, slots, false, None);
-                    }
-                    (Err(e), None) => return Err(e),
-                };
-                for warning in &detection.warnings {
-                    log.warn(warning);
-                }
-                log.say(describe(detection.live.as_ref(), &detection.idle));
-                let slots = Slots {
-                    live: detection.live,
-                    idle: detection.idle,
-                };
-                let plan = match &deployment_id {
-                    Some(id) => {
-                        let plan = Plan {
-                            deployment_id: id.clone(),
-                            live: slots.live.clone(),
-                            idle: slots.idle.clone(),
-                            created_unix_ms: now,
-                            expires_unix_ms: now + lease(&config).as_millis() as u64,
-                            boot_id: boot.clone(),
-                            last_stage: log.stage().to_string(),
-                            finished: false,
-                        };
-                        state.write(&state.plan_path(), &plan)?;
-                        Some(plan)
-                    }
-                    None => None,
-                };
+                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
                 break (lock, slots, false, plan);
             }
         }
@@ -224,9 +240,94 @@ fn open(
         slots,
         from_plan,
         completes_deployment: false,
+        dry_run,
         plan,
         _lock: lock,
     })
+}
+
+/// Detects afresh and, for a deployment, writes its plan (with this stage
+/// marked as running). Checks first that the include file can be written,
+/// so a deployment that could never switch fails before it stops anything.
+fn fresh(
+    config: &Config,
+    state: &StateDir,
+    log: &Log,
+    deployment_id: &Option<String>,
+    explicit: &Option<Profile>,
+    me: &Holder,
+) -> Result<(Slots, Option<Plan>)> {
+    let detection = match (detect::detect(config), explicit) {
+        (Ok(d), _) => d,
+        (Err(e), Some(target)) => {
+            log.warn(format!("{e:#}; going on with {} as asked", target.name));
+            let slots = Slots {
+                live: None,
+                idle: target.clone(),
+            };
+            return Ok((slots, None));
+        }
+        (Err(e), None) => return Err(e),
+    };
+    for warning in &detection.warnings {
+        log.warn(warning);
+    }
+    log.say(describe(detection.live.as_ref(), &detection.idle));
+    let slots = Slots {
+        live: detection.live,
+        idle: detection.idle,
+    };
+    if state.is_read_only() {
+        return Ok((slots, None));
+    }
+    if explicit.is_none() {
+        check_include_writable(config)?;
+    }
+    let Some(id) = deployment_id else {
+        return Ok((slots, None));
+    };
+    let now = now_unix_ms();
+    let plan = Plan {
+        deployment_id: id.clone(),
+        live: slots.live.clone(),
+        idle: slots.idle.clone(),
+        created_unix_ms: now,
+        expires_unix_ms: now + lease(config).as_millis() as u64,
+        boot_id: me.boot_id.clone(),
+        last_stage: log.stage().to_string(),
+        finished: false,
+        running: Some(running(me)),
+    };
+    state.write(&state.plan_path(), &plan)?;
+    Ok((slots, Some(plan)))
+}
+
+fn running(me: &Holder) -> Running {
+    Running {
+        stage: me.stage.clone(),
+        pid: me.pid,
+        since_unix_ms: me.since_unix_ms,
+    }
+}
+
+/// The switch writes the include through a temp file beside it, so the
+/// directory must take a new file. Checked by making (and removing) one,
+/// named like the switch's own temp files so no `include *.conf` glob sees it.
+fn check_include_writable(config: &Config) -> Result<()> {
+    let include = &config.nginx.include;
+    let dir = include
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let probe = dir.join(format!(".nonstop-write-test.{}.tmp", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "the include file's directory {} is not writable, so the switch could not happen; nothing was changed",
+                dir.display()
+            )
+        })
 }
 
 fn describe(live: Option<&Profile>, idle: &Profile) -> String {
@@ -259,8 +360,12 @@ fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("{e:#}"),
     };
+    if ctx.dry_run {
+        return;
+    }
     if let Some(plan) = ctx.plan.as_mut() {
         let now = now_unix_ms();
+        plan.running = None;
         plan.last_stage = ctx.log.stage().to_string();
         if result.is_err() || ctx.completes_deployment {
             plan.finished = true;

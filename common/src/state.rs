@@ -5,6 +5,7 @@
 //! - `launched-PROFILE.json`: what `start` launched (pid, artifact, command, log);
 //! - `switch.json`: the profile nginx routes to and the one before it;
 //! - `history.jsonl`: one line per stage outcome;
+//! - `switching.json` and `include.previous`: a switch in progress (see `nginx`);
 //! - `lock`: flock'ed while a stage runs.
 //!
 //! Every write goes to a temp file in the same directory, is fsynced and
@@ -95,6 +96,19 @@ pub struct Plan {
     pub boot_id: String,
     pub last_stage: String,
     pub finished: bool,
+    /// The stage running for this plan right now; still set after that stage
+    /// ended means it was killed half-way, and the deployment is dead.
+    #[serde(default)]
+    pub running: Option<Running>,
+}
+
+/// A stage at work on a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Running {
+    pub stage: String,
+    pub pid: u32,
+    pub since_unix_ms: u64,
 }
 
 impl Plan {
@@ -149,6 +163,8 @@ pub struct HistoryLine {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Set for `--dry-run`: nothing is written, not even a corrupt file moved aside.
+    read_only: bool,
 }
 
 impl StateDir {
@@ -163,7 +179,21 @@ impl StateDir {
             .with_context(|| format!("state directory {} is not writable", root.display()))?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            read_only: false,
         })
+    }
+
+    /// The state directory for a look that changes nothing (`--dry-run`):
+    /// it need not exist, and writing to it is an error.
+    pub fn read_only(root: &Path) -> StateDir {
+        StateDir {
+            root: root.to_path_buf(),
+            read_only: true,
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn root(&self) -> &Path {
@@ -190,32 +220,52 @@ impl StateDir {
         self.root.join("history.jsonl")
     }
 
+    pub fn journal_path(&self) -> PathBuf {
+        self.root.join("switching.json")
+    }
+
+    pub fn include_backup_path(&self) -> PathBuf {
+        self.root.join("include.previous")
+    }
+
     pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        if self.read_only {
+            return Err(anyhow!(
+                "dry run: would have written {}, but a dry run writes nothing",
+                path.display()
+            ));
+        }
         let mut bytes = serde_json::to_vec_pretty(value)?;
         bytes.push(b'\n');
         write_atomic(path, &bytes)
             .with_context(|| format!("cannot write state file {}", path.display()))
     }
 
-    /// Reads a state file. A file that cannot be parsed is moved aside to
-    /// `NAME.corrupt-TIMESTAMP` with a warning and reads as absent, so the
-    /// stage detects afresh instead of trusting half a file.
+    /// Reads a state file. A file that cannot be parsed (truncated, edited,
+    /// from an incompatible version) is an error naming it: the stage stops
+    /// before it changes anything rather than act on half a record. The file
+    /// is moved aside to `NAME.corrupt-TIMESTAMP` (kept for a post-mortem),
+    /// so running the stage again goes on without it.
     pub fn read<T: DeserializeOwned>(&self, path: &Path, log: &Log) -> Result<Option<T>> {
         let bytes = match read_capped(path, MAX_STATE_FILE) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return self.set_aside(path, &e.to_string(), log).map(|()| None)
+                return Err(self.set_aside(path, &e.to_string(), log))
             }
             Err(e) => return Err(anyhow!("cannot read state file {}: {e}", path.display())),
         };
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => Ok(Some(value)),
-            Err(e) => self.set_aside(path, &e.to_string(), log).map(|()| None),
-        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| self.set_aside(path, &e.to_string(), log))
     }
 
-    fn set_aside(&self, path: &Path, why: &str, log: &Log) -> Result<()> {
+    /// Moves a corrupt file aside; returns the error to stop the stage with.
+    fn set_aside(&self, path: &Path, why: &str, log: &Log) -> anyhow::Error {
+        let corrupt = format!("state file {} is corrupt ({why})", path.display());
+        if self.read_only {
+            return anyhow!("{corrupt}; a real run would move it aside");
+        }
         let aside = path.with_file_name(format!(
             "{}.corrupt-{}",
             path.file_name()
@@ -223,23 +273,26 @@ impl StateDir {
                 .unwrap_or_default(),
             now_unix_ms()
         ));
-        fs::rename(path, &aside).with_context(|| {
-            format!(
-                "state file {} is corrupt ({why}) and cannot be moved aside",
-                path.display()
-            )
-        })?;
-        log.warn(format!(
-            "state file {} is corrupt ({why}); moved it to {} and carried on without it",
-            path.display(),
-            aside.display()
-        ));
-        Ok(())
+        match fs::rename(path, &aside) {
+            Ok(()) => {
+                log.warn(format!("moved {} to {}", path.display(), aside.display()));
+                anyhow!(
+                    "{corrupt}; nothing was changed. It is moved to {}; run the stage again to go on without it",
+                    aside.display()
+                )
+            }
+            Err(e) => anyhow!(
+                "{corrupt} and cannot be moved aside ({e}); nothing was changed. Remove it by hand to go on"
+            ),
+        }
     }
 
     /// Appends one line to the history. Lines are short and written with one
     /// `write` on an O_APPEND file, so concurrent stages do not interleave them.
     pub fn append_history(&self, line: &HistoryLine) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         let mut text = serde_json::to_string(line)?;
         text.push('\n');
         let path = self.history_path();
@@ -280,6 +333,7 @@ mod tests {
             boot_id: "b".into(),
             last_stage: "stop".into(),
             finished: false,
+            running: None,
         }
     }
 
@@ -299,13 +353,21 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_state_is_set_aside_not_trusted() {
+    fn corrupt_state_is_an_error_and_set_aside() {
         let dir = temp_dir("corrupt");
         let state = StateDir::open(&dir).unwrap();
         fs::write(state.plan_path(), b"{\"deployment_id\": \"d-1\", \"li").unwrap();
-        let back: Option<Plan> = state.read(&state.plan_path(), &Log::new("test")).unwrap();
-        assert_eq!(back, None);
+        let err = state
+            .read::<Plan>(&state.plan_path(), &Log::new("test"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plan.json is corrupt") && err.contains("nothing was changed"),
+            "{err}"
+        );
         assert!(!state.plan_path().exists());
+        let back: Option<Plan> = state.read(&state.plan_path(), &Log::new("test")).unwrap();
+        assert_eq!(back, None, "the second run goes on without it");
         let aside = fs::read_dir(&dir)
             .unwrap()
             .filter(|e| {

@@ -11,14 +11,14 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::http;
 use nonstop_common::log::{quote_untrusted, tail_for_message};
 use nonstop_common::procs::is_same_alive;
 use nonstop_common::state::Launched;
 use nonstop_common::time::secs;
+use nonstop_common::{detect, signals};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("health");
@@ -51,6 +51,9 @@ where
     let args = Args::try_parse_from(args)?;
     run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
+        if ctx.dry_run {
+            return dry_run(ctx, &target, args.no_switch);
+        }
         wait_healthy(ctx, &target)?;
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
@@ -62,10 +65,33 @@ where
     })
 }
 
+/// Says what a real run would do: one try of the health rule now, then the
+/// switch's steps.
+fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
+    let config = &ctx.config;
+    let url = detect::health_url(config, target);
+    let expect = quote_untrusted(&config.expected_health_body(target), 60);
+    match detect::check_health(config, target) {
+        Ok(()) => LOG.say(format!("{url} answers {expect} now")),
+        Err(why) => LOG.say(format!("{url} does not answer {expect} now ({why})")),
+    }
+    LOG.say(format!(
+        "would check {url} every {} for at most {}",
+        secs(config.health.interval),
+        secs(config.health.timeout)
+    ));
+    if no_switch {
+        LOG.say("would leave nginx as it is (--no-switch)");
+        Ok(())
+    } else {
+        nonstop_switch::dry_run(ctx, target)
+    }
+}
+
 /// Polls the target's health URL until it answers as expected.
 pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;
-    let url = format!("http://127.0.0.1:{}{}", target.port, config.health.path);
+    let url = detect::health_url(config, target);
     let expect = config.expected_health_body(target);
     let launched: Option<Launched> = ctx
         .state
@@ -84,8 +110,8 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
     loop {
         attempt += 1;
         let tried_at = Instant::now();
-        let last = match http::get(&url, config.health.request_timeout) {
-            Ok(a) if a.is_success() && a.body.trim() == expect => {
+        let last = match detect::check_health(config, target) {
+            Ok(()) => {
                 LOG.say(format!(
                     "{} answers {} after {} (attempt {attempt})",
                     target.name,
@@ -94,11 +120,6 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
                 ));
                 return Ok(());
             }
-            Ok(a) => format!(
-                "HTTP {}, body {}",
-                a.status,
-                quote_untrusted(a.body.trim(), 60)
-            ),
             Err(why) => why,
         };
         if let Some(l) = &launched {
@@ -134,6 +155,7 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             .interval
             .saturating_sub(tried_at.elapsed())
             .min(config.health.timeout.saturating_sub(started.elapsed()));
-        std::thread::sleep(pause);
+        signals::pause(pause)
+            .with_context(|| format!("{} was not switched to; nginx is as it was", target.name))?;
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The book's profile.sh, with its rules fixed (see `nonstop_common::detect`).
 //! It changes nothing and takes no lock, so an operator can run it at any
-//! time, even while a deployment holds the lock.
+//! time, even while a deployment holds the lock (`--dry-run` is accepted
+//! like on every stage, and changes nothing more).
 //!
 //! - `profile` prints the idle profile's name;
 //! - `profile --port` prints the idle port;

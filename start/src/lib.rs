@@ -22,9 +22,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::config::render;
+use nonstop_common::config::{render, wildcard_match};
 use nonstop_common::log::tail_for_message;
-use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time, wait_for};
+use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time};
+use nonstop_common::signals::{self, wait_for};
 use nonstop_common::state::Launched;
 use nonstop_common::time::{now_unix_ms, secs};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
@@ -94,6 +95,30 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     }
 
     let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
+    if ctx.dry_run {
+        let dest = config.app.dir.join(&target.name).join(
+            source
+                .file_name()
+                .ok_or_else(|| anyhow!("{} has no file name", source.display()))?,
+        );
+        LOG.say(format!(
+            "would copy {} to {}",
+            source.display(),
+            dest.display()
+        ));
+        LOG.say(format!(
+            "would run `{}` in {}, its output appended to {}",
+            command_for(ctx, target, &dest).join(" "),
+            config.app.dir.display(),
+            config.log_path(target).display()
+        ));
+        LOG.say(format!(
+            "would watch it for up to {} and fail if it exits",
+            secs(config.app.start_grace)
+        ));
+        return Ok(());
+    }
+    signals::check().context("nothing was changed")?;
     let artifact = install(
         &config.app.dir,
         target,
@@ -105,6 +130,8 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         source.display(),
         artifact.display()
     ));
+    signals::check()
+        .with_context(|| format!("{} is in place but was not started", artifact.display()))?;
 
     let log_path = config.log_path(target);
     if let Some(dir) = log_path.parent() {
@@ -118,23 +145,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         .with_context(|| format!("cannot open the app log {}", log_path.display()))?;
     let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
 
-    let port_text = port.to_string();
-    let artifact_text = artifact.to_string_lossy().into_owned();
-    let argv: Vec<String> = config
-        .app
-        .command
-        .iter()
-        .map(|arg| {
-            render(
-                arg,
-                &[
-                    ("profile", &target.name),
-                    ("port", &port_text),
-                    ("artifact", &artifact_text),
-                ],
-            )
-        })
-        .collect();
+    let argv = command_for(ctx, target, &artifact);
     // A marker in the app's log, so an operator can tell the runs apart.
     let _ = writeln!(
         log,
@@ -183,7 +194,13 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         listening(port)
             .map(|l| l.pids.contains(&pid))
             .unwrap_or(false)
-    });
+    })
+    .with_context(|| {
+        format!(
+            "{} (pid {pid}) was started and keeps running; `stop --profile {}` stops it, `health --profile {} --no-switch` checks it",
+            target.name, target.name, target.name
+        )
+    })?;
     if let Some(status) = exited {
         return Err(anyhow!(
             "{} (pid {pid}) exited at once ({status}); {}",
@@ -199,6 +216,27 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         )),
     }
     Ok(())
+}
+
+/// The configured command with `{profile}`, `{port}` and `{artifact}` filled in.
+fn command_for(ctx: &Context, target: &Profile, artifact: &Path) -> Vec<String> {
+    let port = target.port.to_string();
+    let artifact = artifact.to_string_lossy();
+    ctx.config
+        .app
+        .command
+        .iter()
+        .map(|arg| {
+            render(
+                arg,
+                &[
+                    ("profile", &target.name),
+                    ("port", &port),
+                    ("artifact", &artifact),
+                ],
+            )
+        })
+        .collect()
 }
 
 /// Starts `argv` in a new session, stdin from /dev/null, stdout and stderr to
@@ -296,44 +334,9 @@ fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Re
     Ok(dest)
 }
 
-/// Matches a file name against a pattern with `*` (any run) and `?` (one character).
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.jar", "app-1.0.jar"));
-        assert!(!wildcard_match("*.jar", "app.jar.tmp"));
-        assert!(!wildcard_match("*.jar", ".app.jar.nonstop-1.tmp"));
-        assert!(wildcard_match("app-?.jar", "app-2.jar"));
-        assert!(!wildcard_match("app-?.jar", "app-10.jar"));
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("a*b*c", "aXbYbZc"));
-    }
 
     #[test]
     fn newest_artifact_wins_by_mtime() {

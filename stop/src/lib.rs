@@ -6,6 +6,12 @@
 //! stage waits for the event itself (the process gone and the port free),
 //! sends SIGKILL after `app.stop_timeout_secs`, and refuses outright to touch
 //! the profile nginx routes to.
+//!
+//! It also refuses to signal a process on the idle port that is not ours: one
+//! nonstop did not launch (no `launched-*.json` names it or its parent) and
+//! whose command line is not the configured command for that profile. That
+//! is somebody else's service on a port set by mistake, and killing it is not
+//! a deployment's business unless the operator says `--force`.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -14,8 +20,10 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 use nix::sys::signal::Signal;
 
+use nonstop_common::config::{render, wildcard_match};
 use nonstop_common::detect;
-use nonstop_common::procs::{self, cmdline, is_alive, is_same_alive, listening, wait_for};
+use nonstop_common::procs::{self, cmdline, is_alive, is_same_alive, listening};
+use nonstop_common::signals::{self, wait_for};
 use nonstop_common::state::Launched;
 use nonstop_common::time::secs;
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
@@ -37,6 +45,10 @@ pub struct Args {
     /// Stop this profile instead of the idle one (never the live one)
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+
+    /// Also stop a process on the port that nonstop did not start and that does not run the configured command
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Entry point of the `stop` binary.
@@ -56,7 +68,7 @@ where
                 target.port
             ));
         }
-        stop_profile(ctx, &target, live.as_ref())
+        stop_profile(ctx, &target, live.as_ref(), args.force)
     })
 }
 
@@ -76,8 +88,13 @@ fn live_now(ctx: &Context, explicit: bool) -> Result<Option<Profile>> {
 /// Stops every process listening on the target's port, plus the process
 /// `start` launched for it if that is still starting up. `live` is the
 /// profile nginx routes to now: a process that also listens on its port is
-/// never signalled.
-pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> Result<()> {
+/// never signalled. A process that is not ours is refused unless `force`.
+pub fn stop_profile(
+    ctx: &Context,
+    target: &Profile,
+    live: Option<&Profile>,
+    force: bool,
+) -> Result<()> {
     let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() && seen.pids.is_empty() {
@@ -85,17 +102,23 @@ pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> 
             "port {port} is held by a process this user cannot see (another user's?); not stopping anything"
         ));
     }
+    // Every app nonstop launched and that still runs, for `is_ours`; the
+    // target's own one joins the victims even before it listens.
     let mut victims = seen.pids.clone();
-    let launched: Option<Launched> = ctx
-        .state
-        .read(&ctx.state.launched_path(&target.name), &LOG)?;
-    if let Some(l) = launched.filter(|l| l.port == port && is_same_alive(l.pid, l.start_time)) {
-        if !victims.contains(&l.pid) {
-            LOG.say(format!(
-                "{} (pid {}) started by nonstop is running but not listening yet",
-                target.name, l.pid
-            ));
-            victims.push(l.pid);
+    let mut launched_pids = Vec::new();
+    for profile in &ctx.config.profiles {
+        let record: Option<Launched> = ctx
+            .state
+            .read(&ctx.state.launched_path(&profile.name), &LOG)?;
+        if let Some(l) = record.filter(|l| is_same_alive(l.pid, l.start_time)) {
+            launched_pids.push(l.pid);
+            if profile == target && l.port == port && !victims.contains(&l.pid) {
+                LOG.say(format!(
+                    "{} (pid {}) started by nonstop is running but not listening yet",
+                    target.name, l.pid
+                ));
+                victims.push(l.pid);
+            }
         }
     }
     if victims.is_empty() {
@@ -114,7 +137,38 @@ pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> 
             ));
         }
     }
+    for &pid in &victims {
+        if is_ours(ctx, target, pid, &launched_pids) {
+            continue;
+        }
+        if force {
+            LOG.warn(format!(
+                "pid {pid} ({}) was not started by nonstop and does not run the configured command; stopping it anyway (--force)",
+                cmdline(pid)
+            ));
+        } else {
+            return Err(anyhow!(
+                "port {port} ({}) is held by pid {pid} ({}), which nonstop did not start and which does not run the configured command; not stopping it. \
+                 If it should go, run `stop --profile {} --force`",
+                target.name,
+                cmdline(pid),
+                target.name
+            ));
+        }
+    }
 
+    let timeout = ctx.config.app.stop_timeout;
+    if ctx.dry_run {
+        for &pid in &victims {
+            LOG.say(format!(
+                "would send SIGTERM to pid {pid} ({}) on {port}, then SIGKILL if it is still running after {}",
+                cmdline(pid),
+                secs(timeout)
+            ));
+        }
+        return Ok(());
+    }
+    signals::check().context("nothing was signalled")?;
     for &pid in &victims {
         LOG.say(format!(
             "{} (pid {pid}: {}) on {port}; sending SIGTERM",
@@ -127,8 +181,12 @@ pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> 
         victims.iter().all(|&p| !is_alive(p))
             && listening(port).map(|l| l.is_free()).unwrap_or(false)
     };
-    let timeout = ctx.config.app.stop_timeout;
-    if let Some(waited) = wait_for(timeout, POLL, gone) {
+    let interrupted = || {
+        format!(
+            "pids {victims:?} were sent SIGTERM and may still be shutting down; run `stop` again to finish"
+        )
+    };
+    if let Some(waited) = wait_for(timeout, POLL, gone).with_context(interrupted)? {
         LOG.say(format!(
             "exited after {}; port {port} is free",
             secs(waited)
@@ -138,16 +196,16 @@ pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> 
 
     let stubborn: Vec<i32> = victims.iter().copied().filter(|&p| is_alive(p)).collect();
     for &pid in &stubborn {
-        LOG.say(format!(
-            "pid {pid} still running after {}; sending SIGKILL",
+        LOG.warn(format!(
+            "pid {pid} still running {} after SIGTERM; sending SIGKILL",
             secs(timeout)
         ));
         procs::signal(pid, Signal::SIGKILL).with_context(|| format!("cannot signal pid {pid}"))?;
     }
-    match wait_for(KILL_WAIT, POLL, gone) {
+    match wait_for(KILL_WAIT, POLL, gone).with_context(interrupted)? {
         Some(waited) => {
             LOG.say(format!(
-                "killed; gone after {}; port {port} is free",
+                "killed pids {stubborn:?}; gone after {}; port {port} is free",
                 secs(waited)
             ));
             Ok(())
@@ -158,5 +216,83 @@ pub fn stop_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> 
                 "port {port} is still taken after SIGKILL (pids {holders:?}); look at it by hand"
             ))
         }
+    }
+}
+
+/// A process is ours when nonstop launched it or its parent (a wrapper
+/// script that forks the JVM), or when it runs the configured command for
+/// this profile (an app started before its record, or by hand the same way).
+fn is_ours(ctx: &Context, target: &Profile, pid: i32, launched: &[i32]) -> bool {
+    let mut p = Some(pid);
+    for _ in 0..8 {
+        match p {
+            Some(q) if q > 1 => {
+                if launched.contains(&q) {
+                    return true;
+                }
+                p = procs::parent(q);
+            }
+            _ => break,
+        }
+    }
+    runs_command(&ctx.config.app.command, target, &procs::argv(pid))
+}
+
+/// Whether `argv` is `command` rendered for `target`, with `{artifact}`
+/// matching any value and the program compared by its file name.
+pub fn runs_command(command: &[String], target: &Profile, argv: &[String]) -> bool {
+    let port = target.port.to_string();
+    let vars = [
+        ("profile", target.name.as_str()),
+        ("port", port.as_str()),
+        ("artifact", "*"),
+    ];
+    let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+    command.len() == argv.len()
+        && command.iter().zip(argv).enumerate().all(|(i, (c, a))| {
+            let want = render(c, &vars);
+            if i == 0 {
+                base(&want) == base(a)
+            } else {
+                wildcard_match(&want, a)
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_command_is_recognised() {
+        let command: Vec<String> = ["java", "-Dserver.port={port}", "-jar", "{artifact}"]
+            .map(String::from)
+            .to_vec();
+        let real2 = Profile {
+            name: "real2".into(),
+            port: 8082,
+        };
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(runs_command(
+            &command,
+            &real2,
+            &argv(&[
+                "/usr/bin/java",
+                "-Dserver.port=8082",
+                "-jar",
+                "/app/real2/demo-v3.jar"
+            ])
+        ));
+        assert!(!runs_command(
+            &command,
+            &real2,
+            &argv(&["java", "-Dserver.port=8081", "-jar", "/app/real1/demo.jar"])
+        ));
+        assert!(!runs_command(
+            &command,
+            &real2,
+            &argv(&["python3", "-m", "http.server", "8082"])
+        ));
+        assert!(!runs_command(&command, &real2, &[]));
     }
 }

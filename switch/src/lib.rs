@@ -11,23 +11,29 @@
 //!    0 even when the new config did not take. If the answer never comes the
 //!    previous include is restored and nginx reloaded again;
 //! 5. the active and previous profile are recorded in `switch.json`.
+//!
+//! A journal in the state directory (see `nonstop_common::nginx`) lets the
+//! next stage finish or undo a switch this process could not (SIGKILL). A
+//! SIGINT/SIGTERM is honoured between steps: before the include is written
+//! the switch just does not happen; after, the previous include is restored
+//! (and nginx reloaded if it had been), and the stage exits 128 + signal.
+//!
+//! `--rollback` points nginx back at the other profile, the one it routed
+//! to before, once that profile's app still passes the health rule.
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::cmd;
 use nonstop_common::detect::{self, Probe};
-use nonstop_common::procs::{self, wait_for};
-use nonstop_common::state::{read_capped, write_atomic, Switched};
+use nonstop_common::log::quote_untrusted;
+use nonstop_common::procs;
+use nonstop_common::state::{write_atomic, Switched};
 use nonstop_common::time::{now_unix_ms, secs};
+use nonstop_common::{nginx, signals};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
-
-/// How long nginx's own commands may take.
-const NGINX_COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
 pub const LOG: Log = Log::new("switch");
 
@@ -42,6 +48,10 @@ pub struct Args {
     /// Profile to route to [default: the idle one]
     #[arg(long, value_name = "NAME")]
     pub to: Option<String>,
+
+    /// Route back to the profile nginx routed to before the last switch, if it still passes the health rule
+    #[arg(long, conflicts_with = "to")]
+    pub rollback: bool,
 }
 
 /// Entry point of the `switch` binary.
@@ -52,20 +62,88 @@ where
 {
     let args = Args::try_parse_from(args)?;
     run_stage(LOG, &args.common, args.to.as_deref(), |ctx| {
-        let target = ctx.target(args.to.as_deref())?;
+        let target = if args.rollback {
+            rollback_target(ctx)?
+        } else {
+            ctx.target(args.to.as_deref())?
+        };
+        if ctx.dry_run {
+            return dry_run(ctx, &target);
+        }
         switch_to(ctx, &target)?;
         ctx.completes_deployment = true;
         Ok(())
     })
 }
 
-/// Routes nginx to `target`; on any failure nginx's config is left as it was.
-pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
+/// The profile to roll back to: the one that is not live now, provided its
+/// app still answers as itself. Refuses (changing nothing) otherwise.
+fn rollback_target(ctx: &Context) -> Result<Profile> {
+    let config = &ctx.config;
+    let live = detect::detect(config)
+        .context("cannot tell which profile is live, so there is nothing to roll back from; use `switch --to NAME`")?
+        .live
+        .ok_or_else(|| anyhow!("nothing is live yet, so there is nothing to roll back from"))?;
+    let back = config.other(&live).clone();
+    let recorded: Option<Switched> = ctx.state.read(&ctx.state.switched_path(), &LOG)?;
+    match recorded {
+        Some(r) if r.active == live && r.previous.as_ref() == Some(&back) => LOG.say(format!(
+            "the last switch went from {} to {}; rolling back to {}",
+            back.name, live.name, back.name
+        )),
+        _ => LOG.say(format!(
+            "{} is live; rolling back to the other profile, {}",
+            live.name, back.name
+        )),
+    }
+    detect::check_health(config, &back).map_err(|why| {
+        anyhow!(
+            "refusing to roll back to {} ({}): {} does not answer {} ({why}); nginx still routes to {}, nothing was changed. Start it first (`start --profile {}`, `health --profile {} --no-switch`)",
+            back.name,
+            back.port,
+            detect::health_url(config, &back),
+            quote_untrusted(&config.expected_health_body(&back), 60),
+            live.name,
+            back.name,
+            back.name
+        )
+    })?;
+    LOG.say(format!("{} still answers as itself", back.name));
+    Ok(back)
+}
+
+/// What a switch to `target` would do, printed and not done.
+pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;
     let include = &config.nginx.include;
     let new = config.include_line(target);
-    let old = read_capped(include, 1 << 20)
-        .with_context(|| format!("cannot read the include file {}", include.display()))?;
+    let old = nginx::read_include(config)?;
+    if old.as_deref() == Some(new.as_bytes()) {
+        LOG.say(format!(
+            "would leave {} as it is: it already routes to {} ({})",
+            include.display(),
+            target.name,
+            target.port
+        ));
+    } else {
+        LOG.say(format!("would write {}: {}", include.display(), new.trim()));
+    }
+    LOG.say(format!("would run `{}`", config.nginx.test.join(" ")));
+    LOG.say(format!("would run `{}`", config.nginx.reload.join(" ")));
+    LOG.say(format!(
+        "would wait at most {} for {} to answer {}",
+        secs(config.nginx.confirm_timeout),
+        config.probe_url,
+        target.name
+    ));
+    Ok(())
+}
+
+/// Routes nginx to `target`; on any failure nginx's config is left as it was.
+pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
+    let config = &ctx.config;
+    let new = config.include_line(target);
+    let old = nginx::read_include(config)?;
 
     if old.as_deref() == Some(new.as_bytes())
         && matches!(detect::probe(config), Probe::Answered(ref p) if p == target)
@@ -76,40 +154,61 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
         ));
         return record(ctx, target);
     }
+    signals::check().context("nothing was changed")?;
 
-    write_atomic(include, new.as_bytes()).with_context(|| {
-        format!(
-            "cannot write the include file {}; nothing changed",
+    nginx::begin(
+        &ctx.state,
+        target,
+        old.as_deref(),
+        ctx.deployment_id.as_deref(),
+    )
+    .context("nothing was changed")?;
+    let result = transaction(ctx, target, &new, old.as_deref());
+    // The journal goes once the include is settled: the new one confirmed,
+    // or the old one back. If putting it back failed, the journal stays so
+    // the next stage tries again.
+    let settled = result.is_ok() || nginx::read_include(config).ok().flatten() == old;
+    if settled {
+        nginx::end(&ctx.state, &LOG);
+    }
+    result?;
+    record(ctx, target)
+}
+
+/// Write, test, reload, confirm; undo on any failure or signal.
+fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -> Result<()> {
+    let config = &ctx.config;
+    let include = &config.nginx.include;
+    if let Err(e) = write_atomic(include, new.as_bytes()) {
+        return Err(anyhow!(
+            "cannot write the include file {}: {e}; nothing changed",
             include.display()
-        )
-    })?;
+        ));
+    }
     LOG.say(format!("wrote {}: {}", include.display(), new.trim()));
 
-    let test = cmd::run(&config.nginx.test, NGINX_COMMAND_LIMIT);
-    match test {
-        Ok(out) if out.success() => LOG.say(format!("`{}` passed", config.nginx.test.join(" "))),
-        other => {
-            let why = failure(other);
-            restore(include, old.as_deref())?;
-            return Err(anyhow!(
-                "`{}` failed, nginx was not reloaded and the include file is restored: {why}",
-                config.nginx.test.join(" ")
-            ));
-        }
+    let tested = nginx::test(config);
+    if let Err(why) = tested {
+        nginx::restore(include, old, &LOG)?;
+        return Err(anyhow!(
+            "`{}` failed, nginx was not reloaded and the include file is restored: {why}",
+            config.nginx.test.join(" ")
+        ));
+    }
+    LOG.say(format!("`{}` passed", config.nginx.test.join(" ")));
+    if let Err(i) = signals::check() {
+        nginx::restore(include, old, &LOG)?;
+        return Err(anyhow!(i).context("the include file is restored and nginx was not reloaded"));
     }
 
     let old_workers = accepting_workers(config);
     let reloaded_at = Instant::now();
-    match cmd::run(&config.nginx.reload, NGINX_COMMAND_LIMIT) {
-        Ok(out) if out.success() => {}
-        other => {
-            let why = failure(other);
-            restore(include, old.as_deref())?;
-            return Err(anyhow!(
-                "`{}` failed and the include file is restored: {why}",
-                config.nginx.reload.join(" ")
-            ));
-        }
+    if let Err(why) = nginx::reload(config) {
+        nginx::restore(include, old, &LOG)?;
+        return Err(anyhow!(
+            "`{}` failed and the include file is restored: {why}",
+            config.nginx.reload.join(" ")
+        ));
     }
     LOG.say(format!(
         "`{}` done; waiting for nginx to answer as {}",
@@ -122,7 +221,7 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
     // keeps old workers accepting for ~100 ms after it starts the new ones,
     // so one good answer alone does not prove the next request goes there too.
     let mut last = String::new();
-    let confirmed = wait_for(
+    let confirmed = signals::wait_for(
         config.nginx.confirm_timeout,
         Duration::from_millis(10),
         || {
@@ -145,7 +244,7 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
         },
     );
     match confirmed {
-        Some(_) => {
+        Ok(Some(_)) => {
             let how = if old_workers.is_some() {
                 "the old workers stopped accepting and the probe answers"
             } else {
@@ -157,16 +256,24 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
                 target.port,
                 secs(reloaded_at.elapsed())
             ));
-            record(ctx, target)
+            Ok(())
         }
-        None => {
-            restore(include, old.as_deref())?;
-            let back = reload_previous(config);
+        Ok(None) => {
+            nginx::restore(include, old, &LOG)?;
+            let back = nginx::reload_previous(config);
             Err(anyhow!(
                 "nginx did not answer as {} within {} of the reload ({last}); the include file is restored and {back}",
                 target.name,
                 secs(config.nginx.confirm_timeout)
             ))
+        }
+        Err(i) => {
+            nginx::restore(include, old, &LOG)?;
+            let back = nginx::reload_previous(config);
+            Err(anyhow!(i).context(format!(
+                "the switch to {} was undone: the include file is restored and {back}",
+                target.name
+            )))
         }
     }
 }
@@ -211,45 +318,6 @@ fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
 fn still_accepting(worker: i32) -> bool {
     let title = procs::cmdline(worker);
     procs::is_alive(worker) && title.contains("worker process") && !title.contains("shutting down")
-}
-
-fn failure(result: Result<cmd::Outcome>) -> String {
-    match result {
-        Ok(out) => format!("{} ({})", out.message(), out.status),
-        Err(e) => format!("{e:#}"),
-    }
-}
-
-/// Puts the include file back as it was (or removes it if there was none).
-fn restore(include: &Path, old: Option<&[u8]>) -> Result<()> {
-    let restored = match old {
-        Some(bytes) => write_atomic(include, bytes),
-        None => std::fs::remove_file(include).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(e),
-        }),
-    };
-    restored.with_context(|| {
-        format!(
-            "cannot restore the include file {}: check it by hand before nginx next reloads",
-            include.display()
-        )
-    })?;
-    LOG.say(format!("restored {}", include.display()));
-    Ok(())
-}
-
-/// After a restore, brings nginx back to the restored config. Returns words
-/// for the error message.
-fn reload_previous(config: &Config) -> String {
-    match cmd::run(&config.nginx.test, NGINX_COMMAND_LIMIT) {
-        Ok(out) if out.success() => {}
-        other => return format!("the restored config fails its test too: {}", failure(other)),
-    }
-    match cmd::run(&config.nginx.reload, NGINX_COMMAND_LIMIT) {
-        Ok(out) if out.success() => "nginx was reloaded with it".to_string(),
-        other => format!("reloading nginx with it failed: {}", failure(other)),
-    }
 }
 
 fn record(ctx: &Context, target: &Profile) -> Result<()> {
