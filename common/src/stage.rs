@@ -204,6 +204,14 @@ fn open(
                 drop(lock);
                 signals::pause(Duration::from_millis(100))?;
             }
+            Some(p) if !p.finished && !p.boot_id.is_empty() && p.boot_id != boot && !ours(&p) => {
+                log.warn(format!(
+                    "deployment {} never finished before the machine rebooted (its last stage was `{}`); going on without it",
+                    p.deployment_id, p.last_stage
+                ));
+                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
+                break (lock, slots, false, plan);
+            }
             Some(mut p) if ours(&p) && !p.finished => {
                 if let Some(r) = &p.running {
                     log.warn(format!(

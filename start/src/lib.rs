@@ -60,6 +60,25 @@ where
 fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;
     let port = target.port;
+    let previous: Option<Launched> = ctx
+        .state
+        .read(&ctx.state.launched_path(&target.name), &LOG)?;
+    // Run again within one deployment (after the first run was killed, say),
+    // start finds its own app and leaves it be: the deployment converges.
+    if let Some(l) = previous.as_ref().filter(|l| {
+        ctx.deployment_id.is_some()
+            && l.deployment_id == ctx.deployment_id
+            && l.port == port
+            && is_same_alive(l.pid, l.start_time)
+    }) {
+        LOG.say(format!(
+            "this deployment already started {} (pid {}, {}); not starting it twice",
+            target.name,
+            l.pid,
+            l.artifact.display()
+        ));
+        return Ok(());
+    }
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
         let who: Vec<String> = seen
@@ -77,9 +96,6 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             target.name
         ));
     }
-    let previous: Option<Launched> = ctx
-        .state
-        .read(&ctx.state.launched_path(&target.name), &LOG)?;
     if let Some(l) = previous.filter(|l| is_same_alive(l.pid, l.start_time)) {
         return Err(anyhow!(
             "the app nonstop started for {} earlier (pid {}) is still running, though not listening on {port}; run `stop` first",

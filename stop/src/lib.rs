@@ -137,21 +137,27 @@ pub fn stop_profile(
             ));
         }
     }
-    for &pid in &victims {
-        if is_ours(ctx, target, pid, &launched_pids) {
-            continue;
-        }
+    let strangers: Vec<i32> = victims
+        .iter()
+        .copied()
+        .filter(|&pid| !is_ours(ctx, target, pid, &launched_pids))
+        .collect();
+    if !strangers.is_empty() {
+        let named: Vec<String> = strangers
+            .iter()
+            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .collect();
         if force {
             LOG.warn(format!(
-                "pid {pid} ({}) was not started by nonstop and does not run the configured command; stopping it anyway (--force)",
-                cmdline(pid)
+                "{} not started by nonstop and not running the configured command; stopping anyway (--force)",
+                named.join(", ")
             ));
         } else {
             return Err(anyhow!(
-                "port {port} ({}) is held by pid {pid} ({}), which nonstop did not start and which does not run the configured command; not stopping it. \
+                "port {port} ({}) is held by {}, which nonstop did not start and which does not run the configured command; not stopping it. \
                  If it should go, run `stop --profile {} --force`",
                 target.name,
-                cmdline(pid),
+                named.join(", "),
                 target.name
             ));
         }

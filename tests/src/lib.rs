@@ -267,6 +267,7 @@ http {{
     fastcgi_temp_path {p}/tmp/fastcgi;
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
+    include {p}/conf.d/*.conf;
     server {{
         listen 127.0.0.1:{port};
         include {include};
@@ -353,8 +354,12 @@ http {{
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
+impl Nginx {
+    /// Stops it (SIGQUIT, graceful) and waits for the master to exit.
+    pub fn quit(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // SIGQUIT: graceful shutdown of the master and its workers.
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGQUIT);
         let quit = wait_until(Duration::from_secs(5), || {
@@ -364,6 +369,12 @@ impl Drop for Nginx {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.quit();
     }
 }
 
@@ -461,6 +472,18 @@ impl Bundle {
         deployment: Option<&str>,
         limit: Duration,
     ) -> Result<HookRun> {
+        self.spawn(stage, args, deployment, |_| {})?.finish(limit)
+    }
+
+    /// Starts a stage as [`Bundle::hook`] does, without waiting; `adjust`
+    /// may change the command first (another user, more environment).
+    pub fn spawn(
+        &self,
+        stage: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Spawned> {
         let mut command = Command::new(self.bin(stage));
         command
             .args(args)
@@ -473,12 +496,16 @@ impl Bundle {
         if let Some(id) = deployment {
             command.env("DEPLOYMENT_ID", id);
         }
+        adjust(&mut command);
         let started = Instant::now();
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {stage}"))?;
         let closed = Arc::new(Mutex::new(Vec::<Instant>::new()));
-        let reader = |pipe: Option<Box<dyn Read + Send>>, closed: Arc<Mutex<Vec<Instant>>>| {
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let out = {
+            let closed = closed.clone();
+            let pipe = child.stdout.take();
             std::thread::spawn(move || {
                 let mut text = Vec::new();
                 if let Some(mut p) = pipe {
@@ -488,33 +515,90 @@ impl Bundle {
                 String::from_utf8_lossy(&text).into_owned()
             })
         };
-        let out = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            closed.clone(),
-        );
-        let err = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            closed.clone(),
-        );
+        let err = {
+            let closed = closed.clone();
+            let text = stderr_text.clone();
+            let pipe = child.stderr.take();
+            std::thread::spawn(move || {
+                if let Some(mut p) = pipe {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match p.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => text
+                                .lock()
+                                .unwrap()
+                                .push_str(&String::from_utf8_lossy(&buf[..n])),
+                        }
+                    }
+                }
+                closed.lock().unwrap().push(Instant::now());
+            })
+        };
+        Ok(Spawned {
+            stage: stage.to_string(),
+            child,
+            started,
+            closed,
+            stderr: stderr_text,
+            out: Some(out),
+            err: Some(err),
+        })
+    }
+}
+
+/// A stage started by [`Bundle::spawn`] and not yet waited for.
+#[derive(Debug)]
+pub struct Spawned {
+    pub stage: String,
+    child: Child,
+    started: Instant,
+    closed: Arc<Mutex<Vec<Instant>>>,
+    stderr: Arc<Mutex<String>>,
+    out: Option<JoinHandle<String>>,
+    err: Option<JoinHandle<()>>,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `text` (true) or `limit` passes or it exits (false).
+    pub fn wait_for_stderr(&mut self, text: &str, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.stderr.lock().unwrap().contains(text)
+                || matches!(self.child.try_wait(), Ok(Some(_)))
+        }) && self.stderr.lock().unwrap().contains(text)
+    }
+
+    /// Sends it a signal.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits until it exited and both pipes closed, at most `limit`.
+    pub fn finish(mut self, limit: Duration) -> Result<HookRun> {
+        let stage = self.stage.clone();
         let mut status = None;
+        let closed = self.closed.clone();
         let exited = wait_until(limit, || {
-            if let Ok(Some(s)) = child.try_wait() {
+            if let Ok(Some(s)) = self.child.try_wait() {
                 status = Some(s);
             }
             status.is_some() && closed.lock().unwrap().len() == 2
         });
         let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
             bail!("{stage} did not exit within {limit:?}");
         };
-        let elapsed = started.elapsed();
+        let elapsed = self.started.elapsed();
         if !exited {
             bail!(
                 "{stage} exited ({status}) but its stdout/stderr stayed open for {limit:?}: \
@@ -526,16 +610,33 @@ impl Bundle {
             .unwrap()
             .iter()
             .max()
-            .map(|t| *t - started)
+            .map(|t| *t - self.started)
             .unwrap_or(elapsed);
+        let stdout = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Some(h) = self.err.take() {
+            let _ = h.join();
+        }
         Ok(HookRun {
-            stage: stage.to_string(),
+            stage,
             status,
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
+            stdout,
+            stderr: self.stderr_so_far(),
             elapsed,
             closed_after,
         })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -632,6 +733,19 @@ impl Setup {
             bundle,
             nginx,
         })
+    }
+
+    /// Rewrites the bundle's nonstop.json through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) -> Result<()> {
+        let mut config: Value = serde_json::from_str(&fs::read_to_string(&self.bundle.config)?)?;
+        edit(&mut config);
+        fs::write(&self.bundle.config, serde_json::to_string_pretty(&config)?)?;
+        Ok(())
+    }
+
+    /// The include file's bytes now.
+    pub fn include(&self) -> Vec<u8> {
+        fs::read(&self.nginx.include).unwrap_or_default()
     }
 
     /// Drops a new build into the artifact directory (newest by mtime).

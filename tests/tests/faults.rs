@@ -1,0 +1,1060 @@
+//! The fault suite: every way a deployment can go wrong, each against a real
+//! nginx and the real demo jar, with clients requesting through nginx the
+//! whole time. Each case checks what an operator would: the exit code, that
+//! the message names the cause, that the live app still runs and answers,
+//! that the include file is byte-identical where no switch may happen, and
+//! that nginx still passes its own test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use tests::{alive, free_port, HookRun, Load, Nginx, Setup, SetupOptions, TestDir};
+
+const V1: &str = "demo v1 real1";
+
+/// v1 live on real1, a client requesting through nginx, and what must not change.
+struct Scene {
+    setup: Setup,
+    load: Option<Load>,
+    live_pid: i32,
+    include: Vec<u8>,
+}
+
+impl Scene {
+    fn new(name: &str) -> Scene {
+        Scene::with(name, &SetupOptions::default())
+    }
+
+    fn with(name: &str, opts: &SetupOptions) -> Scene {
+        let setup = Setup::new(name, opts).unwrap();
+        setup.bootstrap("v1").unwrap();
+        assert_eq!(setup.get("/").unwrap(), (200, V1.to_string()));
+        let live_pid = setup.launched_pid("real1").unwrap();
+        let include = setup.include();
+        let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(5));
+        Scene {
+            setup,
+            load: Some(load),
+            live_pid,
+            include,
+        }
+    }
+
+    fn hook(&self, stage: &str, args: &[&str], id: Option<&str>) -> HookRun {
+        self.setup.hook(stage, args, id).unwrap()
+    }
+
+    /// Adds JVM options to the configured command (before `-jar`).
+    fn java_opts(&self, opts: &[&str]) {
+        self.setup
+            .edit_config(|c| {
+                let command = c["app"]["command"].as_array_mut().unwrap();
+                let at = command.len() - 2;
+                for (i, o) in opts.iter().enumerate() {
+                    command.insert(at + i, json!(o));
+                }
+            })
+            .unwrap();
+    }
+
+    /// The promise of every case where nothing may change: the exit code,
+    /// the cause named, the live app running and answering, the include
+    /// file as it was, nginx's config passing its test.
+    fn assert_kept(&self, run: &HookRun, code: i32, causes: &[&str]) {
+        assert_eq!(
+            run.code(),
+            code,
+            "{} exit code; stderr:\n{}",
+            run.stage,
+            run.stderr
+        );
+        for cause in causes {
+            assert!(
+                run.stderr.contains(cause),
+                "{}: the message must name {cause:?}; stderr:\n{}",
+                run.stage,
+                run.stderr
+            );
+        }
+        assert!(
+            alive(self.live_pid),
+            "{}: the live app was stopped",
+            run.stage
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&self.setup.include()),
+            String::from_utf8_lossy(&self.include),
+            "{}: the include file changed",
+            run.stage
+        );
+        assert!(
+            self.setup.nginx.test_config(),
+            "{}: nginx -t fails",
+            run.stage
+        );
+        assert_eq!(self.setup.get("/").unwrap(), (200, V1.to_string()));
+    }
+
+    /// Stops the clients; every request must have been answered 200 by one
+    /// of `bodies`.
+    fn finish(mut self, bodies: &[&str]) {
+        let samples = self.load.take().unwrap().finish();
+        assert!(samples.len() > 10, "the load hardly ran: {}", samples.len());
+        let bad: Vec<_> = samples
+            .iter()
+            .filter(|s| s.status != 200 || !bodies.contains(&s.body.as_str()))
+            .take(5)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{} requests failed or answered something else, first: {bad:?}",
+            samples
+                .iter()
+                .filter(|s| s.status != 200 || !bodies.contains(&s.body.as_str()))
+                .count()
+        );
+    }
+
+    /// Starts `version` on real2 by hand and checks it answers.
+    fn start_real2(&self, version: &str) {
+        self.setup.drop_jar(version).unwrap();
+        self.hook("start", &["--profile", "real2"], None)
+            .assert_ok();
+        self.hook("health", &["--profile", "real2", "--no-switch"], None)
+            .assert_ok();
+    }
+
+    fn workers(&self) -> Vec<i32> {
+        let mut w = nonstop_common::procs::children(self.setup.nginx.pid());
+        w.sort_unstable();
+        w
+    }
+
+    fn state(&self, name: &str) -> std::path::PathBuf {
+        self.setup.state_dir().join(name)
+    }
+}
+
+// ------------------------------------------------------------ the new version is bad
+
+#[test]
+fn a_version_that_never_answers_right_times_out_and_changes_nothing() {
+    let scene = Scene::new("fault-never-healthy");
+    scene.java_opts(&["-Ddemo.answer=sick"]);
+    scene
+        .setup
+        .edit_config(|c| c["health"]["timeout_secs"] = json!(3))
+        .unwrap();
+    scene.setup.drop_jar("v2").unwrap();
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    scene.hook("start", &[], Some("d-1")).assert_ok();
+    let health = scene.hook("health", &[], Some("d-1"));
+    scene.assert_kept(
+        &health,
+        1,
+        &["real2 did not answer", "within 3.00 s", "sick"],
+    );
+    assert!(health.elapsed < Duration::from_secs(10));
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_version_that_dies_during_start_up_fails_health_at_once() {
+    let scene = Scene::new("fault-dies-later");
+    // It outlives start's 1 s watch, then exits 3 before it ever answers.
+    scene.java_opts(&["-Ddemo.startup.delay.ms=2500", "-Ddemo.exit.at.startup=3"]);
+    scene.setup.drop_jar("v2").unwrap();
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    scene.hook("start", &[], Some("d-1")).assert_ok();
+    let health = scene.hook("health", &[], Some("d-1"));
+    scene.assert_kept(&health, 1, &["has exited", "without answering"]);
+    // The health timeout is 30 s: failing at once means well before it.
+    assert!(
+        health.elapsed < Duration::from_secs(8),
+        "health took {:?}",
+        health.elapsed
+    );
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_missing_jar_or_a_bad_java_option_fails_start_and_changes_nothing() {
+    let scene = Scene::new("fault-exits-at-once");
+    // No build matches the pattern.
+    scene
+        .setup
+        .edit_config(|c| c["app"]["artifact"] = json!("zip/*.war"))
+        .unwrap();
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    let start = scene.hook("start", &[], Some("d-1"));
+    scene.assert_kept(&start, 1, &["no file in", "*.war"]);
+
+    // The JVM refuses an option and exits at once.
+    scene
+        .setup
+        .edit_config(|c| c["app"]["artifact"] = json!("zip/*.jar"))
+        .unwrap();
+    scene.java_opts(&["-XX:+NoSuchOptionAnywhere"]);
+    scene.setup.drop_jar("v2").unwrap();
+    scene.hook("stop", &[], Some("d-2")).assert_ok();
+    let start = scene.hook("start", &[], Some("d-2"));
+    scene.assert_kept(&start, 1, &["exited at once", "NoSuchOptionAnywhere"]);
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ nginx says no
+
+#[test]
+fn a_broken_template_fails_nginx_test_restores_the_include_and_never_reloads() {
+    let scene = Scene::new("fault-bad-template");
+    scene.start_real2("v2");
+    // Valid for nonstop (it has {port}), invalid for nginx (no semicolon).
+    scene
+        .setup
+        .edit_config(|c| c["nginx"]["template"] = json!("set $service_url http://127.0.0.1:{port}"))
+        .unwrap();
+    let workers = scene.workers();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(&switch, 1, &["-t` failed", "not reloaded", "restored"]);
+    assert_eq!(
+        scene.workers(),
+        workers,
+        "nginx must not have been reloaded"
+    );
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_broken_unrelated_file_fails_nginx_test_and_nothing_moves() {
+    let scene = Scene::new("fault-broken-neighbour");
+    scene.start_real2("v2");
+    let neighbour = scene.setup.nginx.prefix.join("conf.d/other-site.conf");
+    fs::write(&neighbour, "server { listen 127.0.0.1:1 broken }\n").unwrap();
+    let workers = scene.workers();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    // nginx's own message points at the culprit file.
+    assert!(
+        switch.stderr.contains("other-site.conf"),
+        "{}",
+        switch.stderr
+    );
+    fs::remove_file(&neighbour).unwrap();
+    scene.assert_kept(&switch, 1, &["-t` failed", "restored"]);
+    assert_eq!(
+        scene.workers(),
+        workers,
+        "nginx must not have been reloaded"
+    );
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_failing_reload_or_one_that_moves_no_traffic_restores_the_include() {
+    let scene = Scene::new("fault-reload");
+    scene.start_real2("v2");
+
+    scene
+        .setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(["false"]))
+        .unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(&switch, 1, &["`false` failed", "restored"]);
+
+    // "Succeeds" but changes nothing: the probe never answers real2.
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["reload"] = json!(["true"]);
+            c["nginx"]["confirm_timeout_secs"] = json!(2);
+        })
+        .unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(
+        &switch,
+        1,
+        &[
+            "did not answer as real2 within 2.00 s",
+            "of the previous configuration still accepts",
+            "restored",
+        ],
+    );
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn nginx_not_running_fails_the_switch_and_restores_the_include() {
+    let mut scene = Scene::new("fault-nginx-down");
+    scene.start_real2("v2");
+    // Requests fail while nginx is down: this case says so.
+    let load = scene.load.take().unwrap();
+    drop(load.finish());
+    scene.setup.nginx.quit();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(
+        switch.stderr.contains("-s reload` failed") && switch.stderr.contains("restored"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(scene.setup.include(), scene.include);
+    assert!(scene.setup.nginx.test_config());
+    assert!(alive(scene.live_pid));
+}
+
+// ------------------------------------------------------------ the probe lies
+
+/// What a fake probe endpoint does with each connection.
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    Status500,
+    Silent,
+    Garbage,
+    Huge,
+    Answers(&'static str),
+}
+
+/// A loopback HTTP endpoint misbehaving on purpose, stopped on drop.
+struct FakeProbe {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeProbe {
+    fn start(mode: Fake) -> FakeProbe {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 2048];
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = conn.read(&mut buf);
+                let _ = match mode {
+                    Fake::Status500 => conn.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\nreal1",
+                    ),
+                    Fake::Silent => {
+                        let until = Instant::now() + Duration::from_secs(5);
+                        while Instant::now() < until && !flag.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Ok(())
+                    }
+                    Fake::Garbage => conn.write_all(b"\x00\xffSSH-2.0-not-http\r\n\r\n"),
+                    Fake::Huge => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            10 << 20
+                        );
+                        let chunk = vec![b'a'; 64 * 1024];
+                        conn.write_all(head.as_bytes())
+                            .and_then(|()| (0..160).try_for_each(|_| conn.write_all(&chunk)))
+                    }
+                    Fake::Answers(body) => conn.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    ),
+                };
+            }
+        });
+        FakeProbe {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn whatever_the_probe_answers_the_live_app_is_never_stopped() {
+    let scene = Scene::new("fault-probe");
+    let cases: [(Fake, &str); 6] = [
+        (Fake::Status500, "HTTP 500"),
+        (Fake::Silent, "timed out"),
+        (Fake::Garbage, "127.0.0.1"),
+        (Fake::Huge, "4096"),
+        (Fake::Answers("real3"), "not a configured profile"),
+        (Fake::Answers("<script>real1"), "not a configured profile"),
+    ];
+    for (mode, cause) in cases {
+        let fake = FakeProbe::start(mode);
+        scene
+            .setup
+            .edit_config(|c| {
+                c["probe_url"] = json!(format!("http://127.0.0.1:{}/profile", fake.port));
+                c["probe_timeout_ms"] = json!(500);
+            })
+            .unwrap();
+        // A failed probe defers to the include file: real1 stays live, and
+        // stop goes to real2 (where nothing runs).
+        // Run as an operator would (no deployment id), so every run detects afresh.
+        let stop = scene.hook("stop", &[], None);
+        scene.assert_kept(&stop, 0, &["probe through nginx failed", cause]);
+        assert!(
+            stop.stderr.contains("nothing listens on"),
+            "{mode:?}: {}",
+            stop.stderr
+        );
+        drop(fake);
+    }
+    // A port nothing listens on: refused.
+    let closed = free_port();
+    scene
+        .setup
+        .edit_config(|c| c["probe_url"] = json!(format!("http://127.0.0.1:{closed}/profile")))
+        .unwrap();
+    let stop = scene.hook("stop", &[], None);
+    scene.assert_kept(&stop, 0, &["probe through nginx failed", "refused"]);
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn when_probe_and_include_disagree_nothing_is_stopped() {
+    let scene = Scene::new("fault-disagree");
+    scene.start_real2("v2");
+    let real2 = scene.setup.launched_pid("real2").unwrap();
+    let fake = FakeProbe::start(Fake::Answers("real2"));
+    scene
+        .setup
+        .edit_config(|c| c["probe_url"] = json!(format!("http://127.0.0.1:{}/profile", fake.port)))
+        .unwrap();
+    for stage in ["stop", "start", "health", "switch"] {
+        let run = scene.hook(stage, &[], Some("d-1"));
+        scene.assert_kept(
+            &run,
+            1,
+            &["answers as real2", "routes to real1", "refusing to guess"],
+        );
+        assert!(alive(real2), "{stage} stopped real2");
+    }
+    drop(fake);
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ processes in the way
+
+#[test]
+fn a_stranger_on_the_idle_port_is_refused_unless_forced() {
+    let scene = Scene::new("fault-stranger");
+    // Another nginx squats real2's port: not ours, not the configured command.
+    let dir = TestDir::new("fault-stranger-squatter");
+    let include = dir.join("squat.inc");
+    fs::write(&include, "set $service_url http://127.0.0.1:1;\n").unwrap();
+    let mut squatter = Nginx::start(&dir.join("nginx"), scene.setup.ports[1], &include).unwrap();
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    let pid = squatter.pid().to_string();
+    scene.assert_kept(&stop, 1, &["nonstop did not start", &pid, "--force"]);
+    assert!(alive(squatter.pid()), "the stranger must not be signalled");
+
+    let forced = scene.hook("stop", &["--profile", "real2", "--force"], None);
+    scene.assert_kept(&forced, 0, &["--force", "port"]);
+    assert!(
+        tests::wait_until(Duration::from_secs(5), || !alive(squatter.pid())),
+        "--force must stop it"
+    );
+    squatter.quit();
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn an_app_that_ignores_sigterm_is_killed_after_the_timeout() {
+    let scene = Scene::new("fault-ignore-term");
+    scene.java_opts(&["-Ddemo.ignore.term=true"]);
+    scene
+        .setup
+        .edit_config(|c| c["app"]["stop_timeout_secs"] = json!(2))
+        .unwrap();
+    scene.start_real2("v2");
+    let stubborn = scene.setup.launched_pid("real2").unwrap();
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 0, &["SIGKILL", "port"]);
+    assert!(!alive(stubborn));
+    assert!(stop.elapsed >= Duration::from_secs(2), "{:?}", stop.elapsed);
+    assert!(nonstop_common::procs::listening(scene.setup.ports[1])
+        .unwrap()
+        .is_free());
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ two at once
+
+#[test]
+fn two_deployments_at_once_never_interleave() {
+    let scene = Scene::new("fault-two-at-once");
+    scene
+        .setup
+        .edit_config(|c| c["lock_timeout_secs"] = json!(120))
+        .unwrap();
+    scene.setup.drop_jar("v2").unwrap();
+    let results: Vec<Vec<HookRun>> = std::thread::scope(|s| {
+        let chains: Vec<_> = ["d-a", "d-b"]
+            .into_iter()
+            .map(|id| {
+                let scene = &scene;
+                s.spawn(move || {
+                    ["stop", "start", "health"]
+                        .into_iter()
+                        .map(|stage| scene.hook(stage, &[], Some(id)))
+                        .take_while(|r| r.status.success())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chains.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for chain in &results {
+        assert_eq!(chain.len(), 3, "both deployments run, one after the other");
+    }
+    // The history: one deployment's three stages, then the other's.
+    let history = fs::read_to_string(scene.state("history.jsonl")).unwrap();
+    let ids: Vec<String> = history
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|v| v["deployment_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 6, "{history}");
+    assert!(
+        ids[..3].iter().all(|i| *i == ids[0]) && ids[3..].iter().all(|i| *i == ids[3]),
+        "stages interleaved: {ids:?}"
+    );
+    let waited = results.iter().flatten().any(|r| {
+        r.stderr.contains("is in progress") || r.stderr.contains("waiting for the lock held by `")
+    });
+    assert!(
+        waited,
+        "the second deployment must say whom it waited for: {:#?}",
+        results
+            .iter()
+            .flatten()
+            .map(|r| &r.stderr)
+            .collect::<Vec<_>>()
+    );
+    // v2 went to real2, then (second deployment) to real1.
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real1".into()));
+    scene.finish(&[V1, "demo v2 real2", "demo v2 real1"]);
+}
+
+// ------------------------------------------------------------ killed half-way
+
+#[test]
+fn sigkill_at_each_step_then_running_again_converges() {
+    let scene = Scene::with(
+        "fault-sigkill",
+        &SetupOptions {
+            startup_delay_ms: 3000,
+            ..SetupOptions::default()
+        },
+    );
+    let setup = &scene.setup;
+    // Something slow to stop on real2, so stop can be killed while it waits.
+    let plain: Value =
+        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    scene.java_opts(&["-Ddemo.ignore.term=true"]);
+    setup
+        .edit_config(|c| c["app"]["stop_timeout_secs"] = json!(2))
+        .unwrap();
+    scene.start_real2("v1");
+    setup
+        .edit_config(|c| c["app"]["command"] = plain["app"]["command"].clone())
+        .unwrap();
+    setup.drop_jar("v2").unwrap();
+    let kill_at = |stage: &str, id: &str, line: &str| {
+        let mut run = setup.bundle.spawn(stage, &[], Some(id), |_| {}).unwrap();
+        assert!(
+            run.wait_for_stderr(line, Duration::from_secs(30)),
+            "{stage} never printed {line:?}: {}",
+            run.stderr_so_far()
+        );
+        run.signal(Signal::SIGKILL);
+        let killed = run.finish(Duration::from_secs(10)).unwrap();
+        assert_eq!(killed.status.code(), None, "{stage} must have been killed");
+    };
+
+    // stop, killed while it waits for the app to exit; run again.
+    kill_at("stop", "d-1", "sending SIGTERM");
+    let again = scene.hook("stop", &[], Some("d-1"));
+    again.assert_ok();
+    assert!(again.stderr.contains("SIGKILL"), "{}", again.stderr);
+    // start, killed once it launched the app; run again: it finds its own app.
+    kill_at("start", "d-1", "started real2");
+    let again = scene.hook("start", &[], Some("d-1"));
+    again.assert_ok();
+    assert!(
+        again.stderr.contains("not starting it twice"),
+        "{}",
+        again.stderr
+    );
+    // health, killed while it waits; run again: the dead holder is reported.
+    kill_at("health", "d-1", "checking");
+    let again = scene.hook("health", &[], Some("d-1"));
+    again.assert_ok();
+    assert!(
+        again.stderr.contains("taking over the lock from `health`"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // The next deployment: its switch is killed after it wrote the include
+    // and while `nginx -t` runs (slowed down), before any reload.
+    let before = setup.include();
+    let nginx_test = setup.nginx.command(&["-t"]);
+    setup
+        .edit_config(|c| {
+            let mut slow = vec![
+                json!("sh"),
+                json!("-c"),
+                json!("sleep 1 && exec \"$0\" \"$@\""),
+            ];
+            slow.extend(nginx_test.iter().map(|a| json!(a)));
+            c["nginx"]["test"] = json!(slow);
+        })
+        .unwrap();
+    setup.drop_jar("v3").unwrap();
+    scene.hook("stop", &[], Some("d-2")).assert_ok();
+    scene.hook("start", &[], Some("d-2")).assert_ok();
+    kill_at("health", "d-2", "wrote ");
+    assert_ne!(setup.include(), before, "the include was written");
+    // The deployment after it finds the half-done switch and undoes it, then
+    // goes on as if it had never begun: real2 is still live.
+    let stop = scene.hook("stop", &[], Some("d-3"));
+    stop.assert_ok();
+    assert!(
+        stop.stderr.contains("a switch to real1")
+            && stop.stderr.contains("was interrupted")
+            && stop.stderr.contains("restored the include file"),
+        "{}",
+        stop.stderr
+    );
+    assert!(
+        stop.stderr.contains("deployment d-2 is abandoned"),
+        "{}",
+        stop.stderr
+    );
+    assert_eq!(setup.include(), before);
+    assert!(setup.nginx.test_config());
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    scene.hook("start", &[], Some("d-3")).assert_ok();
+    scene.hook("health", &[], Some("d-3")).assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+    scene.finish(&[V1, "demo v2 real2", "demo v3 real1"]);
+}
+
+#[test]
+fn a_lock_and_a_plan_from_before_a_reboot_are_taken_over_with_a_message() {
+    let scene = Scene::new("fault-reboot");
+    let state = scene.setup.state_dir();
+    fs::write(
+        state.join("lock"),
+        r#"{"pid":999999,"stage":"switch","deployment_id":"d-old","since_unix_ms":1,"boot_id":"another-boot"}"#,
+    )
+    .unwrap();
+    fs::write(
+        state.join("plan.json"),
+        r#"{"deployment_id":"d-old","live":null,"idle":{"name":"real1","port":1},"created_unix_ms":1,
+            "expires_unix_ms":99999999999999,"boot_id":"another-boot","last_stage":"start","finished":false}"#,
+    )
+    .unwrap();
+    let stop = scene.hook("stop", &[], Some("d-new"));
+    scene.assert_kept(
+        &stop,
+        0,
+        &[
+            "taking over the lock from `switch` (pid 999999) of deployment d-old",
+            "rebooted",
+            "deployment d-old never finished before the machine rebooted",
+        ],
+    );
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ signals
+
+#[test]
+fn sigterm_and_sigint_end_a_stage_cleanly_with_128_plus_the_signal() {
+    let scene = Scene::with(
+        "fault-signals",
+        &SetupOptions {
+            startup_delay_ms: 4000,
+            ..SetupOptions::default()
+        },
+    );
+    let setup = &scene.setup;
+    let interrupt = |stage: &str, args: &[&str], id: &str, line: &str, sig: Signal| {
+        let mut run = setup.bundle.spawn(stage, args, Some(id), |_| {}).unwrap();
+        assert!(
+            run.wait_for_stderr(line, Duration::from_secs(30)),
+            "{stage} never printed {line:?}: {}",
+            run.stderr_so_far()
+        );
+        run.signal(sig);
+        run.finish(Duration::from_secs(20)).unwrap()
+    };
+    let assert_clean = |run: &HookRun| {
+        assert_eq!(
+            fs::read(setup.state_dir().join("lock")).unwrap(),
+            b"",
+            "the lock must be released with no holder left"
+        );
+        let stray: Vec<_> = [setup.state_dir(), setup.nginx.prefix.join("conf.d")]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") || n == "switching.json")
+            .collect();
+        assert!(stray.is_empty(), "{}: left {stray:?}", run.stage);
+    };
+
+    // health, waiting for an app that takes 4 s to come up: SIGTERM.
+    setup.drop_jar("v2").unwrap();
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    scene.hook("start", &[], Some("d-1")).assert_ok();
+    let health = interrupt("health", &[], "d-1", "checking", Signal::SIGTERM);
+    scene.assert_kept(&health, 143, &["interrupted by SIGTERM", "not switched"]);
+    assert_clean(&health);
+
+    // switch, after the reload while it waits for a confirmation that
+    // cannot come (the reload command does nothing): SIGINT undoes it.
+    scene
+        .hook("health", &["--profile", "real2", "--no-switch"], None)
+        .assert_ok();
+    setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(["true"]))
+        .unwrap();
+    let switch = interrupt(
+        "switch",
+        &["--to", "real2"],
+        "d-2",
+        "waiting for nginx",
+        Signal::SIGINT,
+    );
+    scene.assert_kept(
+        &switch,
+        130,
+        &["interrupted by SIGINT", "undone", "restored"],
+    );
+    assert_clean(&switch);
+
+    // stop, waiting for an app that ignores SIGTERM: SIGTERM to stop itself.
+    let real2 = setup.launched_pid("real2").unwrap();
+    scene.java_opts(&["-Ddemo.ignore.term=true"]);
+    scene
+        .hook("stop", &["--profile", "real2"], None)
+        .assert_ok();
+    assert!(!alive(real2));
+    scene
+        .hook("start", &["--profile", "real2"], None)
+        .assert_ok();
+    scene
+        .hook("health", &["--profile", "real2", "--no-switch"], None)
+        .assert_ok();
+    let stubborn = setup.launched_pid("real2").unwrap();
+    let stop = interrupt("stop", &[], "d-3", "sending SIGTERM", Signal::SIGTERM);
+    scene.assert_kept(&stop, 143, &["interrupted by SIGTERM", "run `stop` again"]);
+    assert_clean(&stop);
+    assert!(alive(stubborn), "it ignores SIGTERM and was not killed");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(stubborn), Signal::SIGKILL);
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ state and permissions
+
+#[test]
+fn corrupt_state_files_stop_the_stage_before_it_changes_anything() {
+    let scene = Scene::new("fault-corrupt-state");
+    scene.setup.drop_jar("v2").unwrap();
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    let plan = scene.state("plan.json");
+    let text = fs::read_to_string(&plan).unwrap();
+    fs::write(&plan, &text[..text.len() / 2]).unwrap();
+    let start = scene.hook("start", &[], Some("d-1"));
+    scene.assert_kept(&start, 1, &["plan.json is corrupt", "nothing was changed"]);
+    assert!(
+        scene.setup.launched_pid("real2").is_none(),
+        "nothing was started"
+    );
+    // The corrupt file was moved aside: the next run goes on.
+    scene.hook("start", &[], Some("d-1")).assert_ok();
+
+    // The live app's record, garbled: stop will not guess.
+    let record = scene.state("launched-real1.json");
+    fs::write(&record, "{\"profile\": \"real1\", \"pid\": \"x").unwrap();
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 1, &["launched-real1.json is corrupt"]);
+    assert!(alive(scene.setup.launched_pid("real2").unwrap()));
+    scene.finish(&[V1]);
+}
+
+/// Runs a stage as an unprivileged user when the tests run as root (root
+/// writes anywhere), else as ourselves.
+fn as_nobody(cmd: &mut std::process::Command) {
+    use std::os::unix::fs::MetadataExt;
+    let root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+}
+
+fn make_read_only(dir: &Path) {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+#[test]
+fn an_unwritable_state_dir_or_include_dir_fails_before_anything_changes() {
+    let scene = Scene::new("fault-permissions");
+    scene.start_real2("v2");
+    let real2 = scene.setup.launched_pid("real2").unwrap();
+    let state = scene.setup.state_dir();
+    let conf_d = scene.setup.nginx.prefix.join("conf.d");
+    make_read_only(&state);
+    make_read_only(&conf_d);
+    let run_as = |stage: &str| {
+        scene
+            .setup
+            .bundle
+            .spawn(stage, &[], Some("d-1"), as_nobody)
+            .unwrap()
+            .finish(Duration::from_secs(30))
+            .unwrap()
+    };
+    let stop = run_as("stop");
+    scene.assert_kept(&stop, 1, &["state directory", "not writable"]);
+    assert!(alive(real2));
+
+    // The state dir is writable; the include's directory is not.
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    for entry in fs::read_dir(&state).unwrap() {
+        fs::set_permissions(entry.unwrap().path(), fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let stop = run_as("stop");
+    scene.assert_kept(
+        &stop,
+        1,
+        &[
+            "include file's directory",
+            "not writable",
+            "nothing was changed",
+        ],
+    );
+    assert!(alive(real2), "stop must fail before it stops the idle app");
+    fs::set_permissions(&conf_d, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ config
+
+#[test]
+fn bad_configs_exit_2_naming_the_key_and_touch_nothing() {
+    let dir = TestDir::new("fault-config");
+    let app = dir.join("app");
+    let base = json!({"app": {"dir": app, "command": ["java", "-jar", "{artifact}"]}});
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "app.comand",
+            json!({"app": {"dir": app, "comand": ["java"]}}),
+        ),
+        (
+            "nginx.tmplate",
+            json!({"app": {"dir": app}, "nginx": {"tmplate": "x"}}),
+        ),
+        (
+            "profiles[1].port",
+            json!({"profiles": [{"name": "a", "port": 9001}, {"name": "b", "port": 9001}], "app": base["app"]}),
+        ),
+        (
+            "profiles[1].name",
+            json!({"profiles": [{"name": "a", "port": 9001}, {"name": "a", "port": 9002}], "app": base["app"]}),
+        ),
+        (
+            "nginx.template",
+            json!({"app": base["app"], "nginx": {"template": "set $u http://127.0.0.1:8081;"}}),
+        ),
+        (
+            "nginx.template",
+            json!({"app": base["app"], "nginx": {"template": "proxy_pass http://127.0.0.1:{prot};"}}),
+        ),
+        ("app.dir", json!({"app": {"command": ["java"]}})),
+        ("app.dir", json!({"app": {"dir": "relative/app"}})),
+        ("app.command", json!({"app": {"dir": app, "command": []}})),
+        ("app.command", json!({"app": {"dir": app, "command": [""]}})),
+    ];
+    for (key, config) in cases {
+        let bundle = tests::Bundle::new(&dir.join("bundle"), &config).unwrap();
+        for stage in tests::STAGES {
+            let run = bundle
+                .hook(stage, &[], Some("d-1"), Duration::from_secs(10))
+                .unwrap();
+            assert_eq!(run.code(), 2, "{key}, {stage}: {}", run.stderr);
+            assert!(
+                run.stderr.contains(&format!("`{key}`")),
+                "{key}, {stage}: {}",
+                run.stderr
+            );
+        }
+        assert!(
+            !app.exists(),
+            "{key}: a config error must not create anything"
+        );
+    }
+}
+
+// ------------------------------------------------------------ rollback and dry run
+
+#[test]
+fn rollback_goes_back_only_to_an_app_that_still_answers() {
+    let scene = Scene::new("fault-rollback");
+    let setup = &scene.setup;
+    setup.drop_jar("v2").unwrap();
+    for stage in ["stop", "start", "health"] {
+        scene.hook(stage, &[], Some("d-1")).assert_ok();
+    }
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    let forward = setup.include();
+
+    let back = scene.hook("switch", &["--rollback"], None);
+    back.assert_ok();
+    assert!(
+        back.stderr
+            .contains("the last switch went from real1 to real2"),
+        "{}",
+        back.stderr
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, V1.into()));
+    assert_eq!(setup.include(), scene.include);
+
+    // Forward again, then take the old app away: rollback must refuse.
+    scene.hook("switch", &["--to", "real2"], None).assert_ok();
+    scene
+        .hook("stop", &["--profile", "real1"], None)
+        .assert_ok();
+    let refused = scene.hook("switch", &["--rollback"], None);
+    assert_eq!(refused.code(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("refusing to roll back to real1")
+            && refused.stderr.contains("nothing was changed"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(setup.include(), forward);
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    scene.finish(&[V1, "demo v2 real2"]);
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
+    let scene = Scene::new("fault-dry-run");
+    scene.start_real2("v2");
+    let real2 = scene.setup.launched_pid("real2").unwrap();
+    scene.setup.drop_jar("v3").unwrap();
+    let state = snapshot(&scene.setup.state_dir());
+    let workers = scene.workers();
+    let include_line = String::from_utf8_lossy(&scene.include).replace(
+        &scene.setup.ports[0].to_string(),
+        &scene.setup.ports[1].to_string(),
+    );
+    let expect: [(&str, Vec<String>); 5] = [
+        ("profile", vec![]),
+        (
+            "stop",
+            vec![
+                format!("would send SIGTERM to pid {real2}"),
+                "then SIGKILL".into(),
+            ],
+        ),
+        ("start", vec!["port".into(), "already taken".into()]),
+        (
+            "health",
+            vec![
+                "answers \"real2\" now".into(),
+                format!(
+                    "would write {}: {}",
+                    scene.setup.nginx.include.display(),
+                    include_line.trim()
+                ),
+                "would run `".into(),
+                "-s reload`".into(),
+            ],
+        ),
+        (
+            "switch",
+            vec![
+                format!("would write {}", scene.setup.nginx.include.display()),
+                "-t`".into(),
+            ],
+        ),
+    ];
+    for (stage, words) in expect {
+        let run = scene.hook(stage, &["--dry-run"], Some("d-dry"));
+        // start refuses (real2's port is taken) exactly as a real run would.
+        let code = if stage == "start" { 1 } else { 0 };
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        scene.assert_kept(&run, code, &words);
+        assert!(alive(real2), "{stage} --dry-run stopped real2");
+        assert_eq!(
+            snapshot(&scene.setup.state_dir()),
+            state,
+            "{stage} --dry-run wrote state"
+        );
+        assert_eq!(scene.workers(), workers, "{stage} --dry-run reloaded nginx");
+    }
+    // With real2 stopped, start's dry run names the copy and the command.
+    scene
+        .hook("stop", &["--profile", "real2"], None)
+        .assert_ok();
+    let start = scene.hook("start", &["--dry-run"], Some("d-dry"));
+    scene.assert_kept(&start, 0, &["would copy", "demo-v3.jar", "would run `java"]);
+    assert!(scene.setup.launched_pid("real2").is_none_or(|p| !alive(p)));
+    assert!(!scene.setup.app_dir.join("real2/demo-v3.jar").exists());
+    scene.finish(&[V1]);
+}
