@@ -206,7 +206,8 @@ pub fn probe(config: &Config) -> Probe {
     classify_answer(config, http::get(&config.probe_url, config.probe_timeout))
 }
 
-fn classify_answer(config: &Config, answer: Result<http::Answer, String>) -> Probe {
+/// What an HTTP answer (or its failure) at the probe URL says.
+pub fn classify_answer(config: &Config, answer: Result<http::Answer, String>) -> Probe {
     match answer {
         Err(why) => Probe::Failed(format!("{}: {why}", config.probe_url)),
         Ok(a) if !a.is_success() => {
