@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh Debian machine: installs nginx and a JDK
 # when missing, checks formatting and lints, builds the stage binaries and
 # runs every test (unit tests and the end-to-end tests against a real nginx
-# and a real `java -jar`).
+# and a real `java -jar`), then a short benchmark run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +12,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the stage binaries as the CodeDeploy agent would.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The benchmark, short: two deployments under load through the release
+# binaries. It prints its figures and fails on any 5xx, failed new connection
+# or failed slow request; timings are not asserted.
+cargo build --release --workspace --bins --locked
+target/release/bench --deploys 2 --runs 5 --out target/bench-ci

@@ -346,7 +346,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         health: Health {
             path: health_path,
             expect,
-            interval: ms("health.interval_ms", health.interval_ms, 200)?,
+            interval: ms("health.interval_ms", health.interval_ms, 100)?,
             timeout: secs("health.timeout_secs", health.timeout_secs, 60)?,
             request_timeout: ms("health.request_timeout_ms", health.request_timeout_ms, 1000)?,
         },
@@ -586,7 +586,7 @@ mod tests {
             Path::new("/etc/nginx/conf.d/service-url.inc")
         );
         assert_eq!(c.health.expect, "{profile}");
-        assert_eq!(c.health.interval, Duration::from_millis(200));
+        assert_eq!(c.health.interval, Duration::from_millis(100));
         assert_eq!(c.app.stop_timeout, Duration::from_secs(30));
         assert_eq!(
             c.log_path(&c.profiles[1]),

@@ -2,8 +2,10 @@
 //! is still the process we started, signals, and bounded waits for an event.
 //!
 //! The host may have no lsof, ss or curl (the book's scripts need lsof), so
-//! the listener is found the way those tools find it: LISTEN sockets in
-//! /proc/net/tcp{,6}, then the process whose fd table holds that socket inode.
+//! the listener is found the way `ss` finds it: the kernel lists its LISTEN
+//! sockets over NETLINK_SOCK_DIAG (or, where netlink is not allowed, they are
+//! read from /proc/net/tcp{,6}), then the process whose fd table holds that
+//! socket inode is looked up in /proc.
 
 use std::collections::HashSet;
 use std::fs;
@@ -30,6 +32,25 @@ impl Listening {
 
 /// Who listens on `port`, over IPv4 and IPv6.
 pub fn listening(port: u16) -> io::Result<Listening> {
+    let mut inodes = match sock_diag::listen_inodes(port) {
+        Ok(inodes) => inodes,
+        Err(_) => listen_inodes_from_proc(port)?,
+    };
+    inodes.sort_unstable();
+    inodes.dedup();
+    let pids = if inodes.is_empty() {
+        Vec::new()
+    } else {
+        pids_holding(&inodes.iter().copied().collect())
+    };
+    Ok(Listening { inodes, pids })
+}
+
+/// The LISTEN sockets on `port` from /proc/net/tcp{,6}. Slow on a busy
+/// server: the tables list every socket, TIME_WAIT included (tens of
+/// thousands of lines under load, 50-150 ms for the kernel to print), so this
+/// is only the fallback for where netlink is not allowed.
+fn listen_inodes_from_proc(port: u16) -> io::Result<Vec<u64>> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match fs::read_to_string(table) {
@@ -39,14 +60,7 @@ pub fn listening(port: u16) -> io::Result<Listening> {
             Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
         }
     }
-    inodes.sort_unstable();
-    inodes.dedup();
-    let pids = if inodes.is_empty() {
-        Vec::new()
-    } else {
-        pids_holding(&inodes.iter().copied().collect())
-    };
-    Ok(Listening { inodes, pids })
+    Ok(inodes)
 }
 
 /// Parses a /proc/net/tcp table: the inodes of LISTEN (state 0A) sockets on `port`.
@@ -64,6 +78,153 @@ fn listen_inodes(table: &str, port: u16) -> Vec<u64> {
             (*state == "0A" && local_port == port && inode != 0).then_some(inode)
         })
         .collect()
+}
+
+/// The kernel's socket diagnostics (what `ss` uses): a dump of TCP sockets
+/// in LISTEN state only, filtered by the kernel, so its cost does not grow
+/// with the connections a loaded server has open.
+mod sock_diag {
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{
+        recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+        SockType,
+    };
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const IPPROTO_TCP: u8 = 6;
+    const TCP_LISTEN: u8 = 10;
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    const HEADER: usize = 16;
+    /// struct inet_diag_msg: family, state, timer, retrans, a 48-byte
+    /// socket id (source port first, big-endian), expires, rqueue, wqueue,
+    /// uid, inode.
+    const MSG_LEN: usize = 72;
+    const INODE_AT: usize = 68;
+
+    /// A request for every TCP socket of `family` in LISTEN state: struct
+    /// nlmsghdr, then struct inet_diag_req_v2 with a zero socket id.
+    fn request(family: u8, seq: u32) -> Vec<u8> {
+        let len = HEADER + 56;
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+        req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        req.resize(len, 0);
+        req
+    }
+
+    fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn malformed() -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer")
+    }
+
+    pub(super) fn listen_inodes(port: u16) -> io::Result<Vec<u64>> {
+        let sock = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        let fd = sock.as_raw_fd();
+        let mut inodes = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
+            sendto(
+                fd,
+                &request(family, seq),
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            )?;
+            'dump: loop {
+                let n = recv(fd, &mut buf, MsgFlags::empty())?;
+                let mut off = 0;
+                while off + HEADER <= n {
+                    let len = u32_at(&buf, off).ok_or_else(malformed)? as usize;
+                    let kind = u16_at(&buf, off + 4).ok_or_else(malformed)?;
+                    if len < HEADER || off + len > n {
+                        return Err(malformed());
+                    }
+                    let body = &buf[off + HEADER..off + len];
+                    match kind {
+                        NLMSG_DONE => break 'dump,
+                        NLMSG_ERROR => {
+                            let errno = u32_at(body, 0).ok_or_else(malformed)? as i32;
+                            // A kernel without IPv6 says so for AF_INET6 only.
+                            if errno == 0 || family == AF_INET6 {
+                                break 'dump;
+                            }
+                            return Err(io::Error::from_raw_os_error(-errno));
+                        }
+                        SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
+                            let state = body[1];
+                            let sport = u16::from_be_bytes([body[4], body[5]]);
+                            let inode = u32_at(body, INODE_AT).unwrap_or(0);
+                            if state == TCP_LISTEN && sport == port && inode != 0 {
+                                inodes.push(u64::from(inode));
+                            }
+                        }
+                        _ => {}
+                    }
+                    // Messages are 4-byte aligned.
+                    off += (len + 3) & !3;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(inodes)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn finds_a_listener_like_proc_does() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let from_netlink = listen_inodes(port).unwrap();
+            let from_proc = super::super::listen_inodes_from_proc(port).unwrap();
+            assert_eq!(from_netlink.len(), 1, "{from_netlink:?}");
+            assert_eq!(from_netlink, from_proc);
+            drop(listener);
+            assert_eq!(listen_inodes(port).unwrap(), Vec::<u64>::new());
+            // IPv6 too, where the machine has it.
+            if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+                let port = v6.local_addr().unwrap().port();
+                assert_eq!(listen_inodes(port).unwrap().len(), 1);
+            }
+        }
+
+        #[test]
+        fn an_established_connection_is_not_a_listener() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_server, _) = listener.accept().unwrap();
+            drop(listener);
+            assert_eq!(listen_inodes(port).unwrap(), Vec::<u64>::new());
+        }
+    }
 }
 
 fn pids_holding(inodes: &HashSet<u64>) -> Vec<i32> {

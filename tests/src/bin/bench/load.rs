@@ -1,0 +1,269 @@
+//! The benchmark's load generator: constant traffic through nginx, recorded
+//! request by request.
+//!
+//! Two kinds of clients, because nginx treats them differently at a reload:
+//! - *fresh* clients open a new connection per request. Any failure here
+//!   (refused, reset, 5xx) is a request a deployment dropped;
+//! - *kept-alive* clients reuse one connection, as browsers and wrk do. At a
+//!   reload nginx's old workers close their idle kept-alive connections; a
+//!   request written onto one of those at that moment reads EOF. It never
+//!   reached nginx and an HTTP client retries it, so it is counted apart
+//!   (`keepalive_read_errors`), as the issue asks, not as a failure.
+//!
+//! And one *slow* request (`/slow`) per switch, sent by [`slow_request`].
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a request was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Fresh,
+    KeptAlive,
+    Slow,
+}
+
+/// What came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP answer; `profile` is the last word of the body (the demo app
+    /// ends every answer with its profile).
+    Answered { status: u16, profile: String },
+    /// A new connection failed (connect, write or read) before any answer.
+    ConnectionError(String),
+    /// A reused connection gave no answer: closed under us by nginx.
+    KeepAliveReadError(String),
+}
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When it was sent, since the load began.
+    pub at: Duration,
+    pub latency: Duration,
+    pub kind: Kind,
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    pub fn status(&self) -> Option<u16> {
+        match &self.outcome {
+            Outcome::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The profile that answered with a 2xx, if one did.
+    pub fn served_by(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Answered { status, profile } if (200..300).contains(status) => Some(profile),
+            _ => None,
+        }
+    }
+}
+
+/// Clients requesting `path` through nginx on `port` until [`Load::finish`].
+#[derive(Debug)]
+pub struct Load {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Sample>>>,
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each client is bounded in samples too, so a runaway run cannot eat memory.
+const MAX_SAMPLES_PER_CLIENT: usize = 2_000_000;
+
+impl Load {
+    pub fn start(port: u16, path: &str, fresh: usize, kept_alive: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let kinds = std::iter::repeat_n(Kind::Fresh, fresh)
+            .chain(std::iter::repeat_n(Kind::KeptAlive, kept_alive));
+        let threads = kinds
+            .map(|kind| {
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || client(port, &path, kind, pause, started, &stop))
+            })
+            .collect();
+        Load {
+            started,
+            stop,
+            threads,
+        }
+    }
+
+    /// When the load began: every [`Sample::at`] counts from here.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Stops the clients; every sample, in the order they were sent.
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Sample> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect();
+        all.sort_by_key(|s| s.at);
+        all
+    }
+}
+
+fn client(
+    port: u16,
+    path: &str,
+    kind: Kind,
+    pause: Duration,
+    t0: Instant,
+    stop: &AtomicBool,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) && samples.len() < MAX_SAMPLES_PER_CLIENT {
+        let sent = Instant::now();
+        let reused = conn.is_some();
+        let result = match conn.take() {
+            Some(c) => Ok(c),
+            None => connect(port),
+        }
+        .and_then(|mut c| {
+            let keep = kind == Kind::KeptAlive;
+            exchange(&mut c, path, keep).map(|(status, body, open)| {
+                if keep && open {
+                    conn = Some(c);
+                }
+                (status, body)
+            })
+        });
+        let outcome = match result {
+            Ok((status, body)) => Outcome::Answered {
+                status,
+                profile: last_word(&body),
+            },
+            Err(e) if reused => Outcome::KeepAliveReadError(e),
+            Err(e) => Outcome::ConnectionError(e),
+        };
+        samples.push(Sample {
+            at: sent - t0,
+            latency: sent.elapsed(),
+            kind,
+            outcome,
+        });
+        std::thread::sleep(pause);
+    }
+    samples
+}
+
+/// One request on a connection of its own, sent now; for the slow request
+/// in flight during a switch.
+pub fn slow_request(port: u16, path: &str, t0: Instant) -> JoinHandle<Sample> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let sent = Instant::now();
+        let outcome = match connect(port).and_then(|mut c| exchange(&mut c, &path, false)) {
+            Ok((status, body, _)) => Outcome::Answered {
+                status,
+                profile: last_word(&body),
+            },
+            Err(e) => Outcome::ConnectionError(e),
+        };
+        Sample {
+            at: sent - t0,
+            latency: sent.elapsed(),
+            kind: Kind::Slow,
+            outcome,
+        }
+    })
+}
+
+fn last_word(body: &str) -> String {
+    body.split_whitespace().last().unwrap_or("").to_string()
+}
+
+fn connect(port: u16) -> Result<BufReader<TcpStream>, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(|e| format!("socket: {e}"))?;
+    Ok(BufReader::new(stream))
+}
+
+/// Writes one GET and reads its answer: status, body, and whether the
+/// connection may carry another request.
+fn exchange(
+    conn: &mut BufReader<TcpStream>,
+    path: &str,
+    keep_alive: bool,
+) -> Result<(u16, String, bool), String> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\nUser-Agent: nonstop-bench\r\n\r\n"
+    );
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+
+    let mut line = String::new();
+    match conn.read_line(&mut line) {
+        Ok(0) => return Err("read: connection closed before an answer".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("read: {e}")),
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {:?}", line.trim_end()))?;
+    let mut length: Option<usize> = None;
+    let mut open = keep_alive;
+    loop {
+        line.clear();
+        match conn.read_line(&mut line) {
+            Ok(0) => return Err("read: connection closed in the headers".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().ok();
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
+            {
+                open = false;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Not produced by the demo app or nginx's error pages; read to EOF.
+                length = None;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) if n <= 1 << 20 => {
+            body.resize(n, 0);
+            conn.read_exact(&mut body)
+                .map_err(|e| format!("read body: {e}"))?;
+        }
+        _ => {
+            open = false;
+            conn.by_ref()
+                .take(1 << 20)
+                .read_to_end(&mut body)
+                .map_err(|e| format!("read body: {e}"))?;
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), open))
+}
