@@ -247,6 +247,8 @@ pub struct Summary {
     pub median_switch_s: f64,
     pub median_profile_s: f64,
     pub median_old_app_shutdown_s: Option<f64>,
+    /// `stop` over the deployments that had an old app to stop.
+    pub median_stop_with_app_s: Option<f64>,
     pub median_stop_after_exit_s: Option<f64>,
     pub median_health_notice_s: f64,
     pub median_switch_confirmed_s: f64,
@@ -301,6 +303,7 @@ pub fn summarise(results: &[DeploymentFigures], samples: &[Sample]) -> Summary {
         median_switch_s: z(m(&|d| d.stage("switch"))),
         median_profile_s: z(m(&|d| d.stage("profile"))),
         median_old_app_shutdown_s: m(&|d| d.old_app_shutdown_s),
+        median_stop_with_app_s: m(&|d| d.old_app_shutdown_s.and(d.stage("stop"))),
         median_stop_after_exit_s: m(&|d| d.stop_after_exit_s),
         median_health_notice_s: z(m(&|d| Some(d.health_notice_s))),
         median_switch_confirmed_s: z(m(&|d| Some(d.switch_confirmed_s))),
@@ -539,9 +542,10 @@ pub fn markdown(
     }
     let _ = writeln!(
         out,
-        "\nWhere the time goes (medians): profile {}, stop {} (of which the old app's own shutdown {}), start {}, health {}, switch {}; app start-up {}; only the new profile answers {} after the include is written.",
+        "\nWhere the time goes (medians): profile {}, stop {} (when it stopped an app: {}, of which the app's own shutdown {}), start {}, health {}, switch {}; app start-up {}; only the new profile answers {} after the include is written.",
         ms(summary.median_profile_s),
         ms(summary.median_stop_s),
+        opt_ms(summary.median_stop_with_app_s),
         opt_ms(summary.median_old_app_shutdown_s),
         ms(summary.median_start_s),
         ms(summary.median_health_s),
