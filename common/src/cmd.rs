@@ -1,7 +1,7 @@
 //! Running an external command (nginx -t, nginx -s reload, ssh ...) as an
 //! argv, never through a shell, with a time limit and its output captured.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -36,16 +36,40 @@ impl Outcome {
 /// Runs `argv` with stdin closed, waiting at most `limit`. A command that
 /// cannot be started or runs too long is an error naming it.
 pub fn run(argv: &[String], limit: Duration) -> Result<Outcome> {
+    run_inner(argv, None, limit)
+}
+
+/// [`run`], with `input` written to the command's stdin (then closed).
+pub fn run_with_input(argv: &[String], input: &[u8], limit: Duration) -> Result<Outcome> {
+    run_inner(argv, Some(input), limit)
+}
+
+fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<Outcome> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
     let shown = argv.join(" ");
     let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run `{shown}`"))?;
     // Drain both pipes on threads so a chatty command cannot block on a full pipe.
+    // Written from a thread, so a command that does not read its stdin
+    // cannot block us past `limit`.
+    let feeder = match (child.stdin.take(), input) {
+        (Some(mut stdin), Some(bytes)) => {
+            let bytes = bytes.to_vec();
+            Some(std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            }))
+        }
+        _ => None,
+    };
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = Vec::new();
@@ -89,6 +113,9 @@ pub fn run(argv: &[String], limit: Duration) -> Result<Outcome> {
             ));
         }
     };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
     Ok(Outcome {
         status,
         stdout: out.join().unwrap_or_default(),
@@ -111,6 +138,12 @@ mod tests {
         assert_eq!(ok.message(), "hi");
         let bad = run(&argv(&["false"]), Duration::from_secs(5)).unwrap();
         assert!(!bad.success());
+    }
+
+    #[test]
+    fn input_reaches_stdin() {
+        let out = run_with_input(&argv(&["cat"]), b"set x;\n", Duration::from_secs(5)).unwrap();
+        assert_eq!(out.stdout, "set x;\n");
     }
 
     #[test]

@@ -55,19 +55,63 @@ pub struct App {
     pub log: String,
     pub stop_timeout: Duration,
     pub start_grace: Duration,
+    /// Stop the previous app once a switch is confirmed and nginx has let go
+    /// of it. Off by default (the book keeps it for a quick rollback); always
+    /// on in upstream-pair mode.
+    pub retire: bool,
+}
+
+/// What counts as a healthy answer. Whatever the rule, only a 2xx can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthMatch {
+    /// The body, trimmed, equals `expect` (the book: the profile's name).
+    Exact,
+    /// The body contains `expect` (a `/health` page with a word in it).
+    Contains,
+    /// A JSON object whose `status` is `"UP"` (Spring Boot's `/actuator/health`).
+    Actuator,
+    /// Any 2xx.
+    AnySuccess,
 }
 
 #[derive(Debug, Clone)]
 pub struct Health {
     pub path: String,
+    pub rule: HealthMatch,
     pub expect: String,
     pub interval: Duration,
     pub timeout: Duration,
     pub request_timeout: Duration,
 }
 
+/// How nginx is told which profile to route to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The book's: an include file holding one line per the template.
+    Include,
+    /// One site file per profile and a symlink to the live one (the
+    /// sites-enabled/sites-available layout). `sites` is in profile order.
+    Symlink { link: PathBuf, sites: Vec<PathBuf> },
+    /// nginx's upstream lists both ports and is never edited: the new app is
+    /// started beside the old one, checked on its port, and the old one retired.
+    UpstreamPair,
+}
+
+/// nginx on another host, reached with the system's `ssh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ssh {
+    pub destination: String,
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    /// More `ssh` arguments, placed before the destination.
+    pub options: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Nginx {
+    pub mode: Mode,
+    /// Set when nginx (its files and commands) is on another host.
+    pub ssh: Option<Ssh>,
     pub include: PathBuf,
     pub template: String,
     pub test: Vec<String>,
@@ -76,6 +120,9 @@ pub struct Nginx {
     /// stop accepting after a reload. Empty: go by the probe alone.
     pub pid_file: Option<PathBuf>,
     pub confirm_timeout: Duration,
+    /// With `app.retire`: how long to wait for nginx to let go of the old
+    /// app (its old workers gone, or no connection left) before stopping it.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -110,12 +157,15 @@ struct RawApp {
     log: Option<String>,
     stop_timeout_secs: Option<u64>,
     start_grace_ms: Option<u64>,
+    retire: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     path: Option<String>,
+    #[serde(rename = "match")]
+    rule: Option<String>,
     expect: Option<String>,
     interval_ms: Option<u64>,
     timeout_secs: Option<u64>,
@@ -125,12 +175,27 @@ struct RawHealth {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawNginx {
+    mode: Option<String>,
+    link: Option<String>,
+    sites: Option<std::collections::BTreeMap<String, String>>,
+    ssh: Option<RawSsh>,
+    drain_timeout_secs: Option<u64>,
     include: Option<String>,
     template: Option<String>,
     test: Option<Vec<String>>,
     reload: Option<Vec<String>>,
     pid_file: Option<String>,
     confirm_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    destination: String,
+    port: Option<i64>,
+    identity: Option<String>,
+    #[serde(default)]
+    options: Vec<String>,
 }
 
 /// Finds the config: `--config` / `NONSTOP_CONFIG` when given, else
@@ -272,8 +337,19 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             "key `health.path`: {health_path:?} must start with '/' and contain no spaces"
         ));
     }
+    let rule = match health.rule.as_deref().unwrap_or("exact") {
+        "exact" => HealthMatch::Exact,
+        "contains" => HealthMatch::Contains,
+        "actuator" => HealthMatch::Actuator,
+        "any-2xx" => HealthMatch::AnySuccess,
+        other => {
+            return Err(format!(
+                "key `health.match`: {other:?} is not one of \"exact\", \"contains\", \"actuator\", \"any-2xx\""
+            ))
+        }
+    };
     let expect = health.expect.unwrap_or_else(|| "{profile}".into());
-    if expect.trim().is_empty() {
+    if expect.trim().is_empty() && matches!(rule, HealthMatch::Exact | HealthMatch::Contains) {
         return Err("key `health.expect`: empty; an empty answer must not count as healthy".into());
     }
     check_placeholders("health.expect", &expect, &["profile", "port"])?;
@@ -309,6 +385,115 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         ));
     }
 
+    let absolute = |key: &str, p: &str| -> Result<PathBuf, String> {
+        let path = PathBuf::from(p);
+        if path.is_absolute() && path.file_name().is_some() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "key `{key}`: {p:?} must be an absolute path to a file"
+            ))
+        }
+    };
+    let mode = match nginx.mode.as_deref().unwrap_or("include") {
+        "include" => Mode::Include,
+        "symlink" => {
+            let link = nginx
+                .link
+                .as_deref()
+                .ok_or("key `nginx.link` is missing: the symlink nginx includes (say /etc/nginx/sites-enabled/default)")?;
+            let link = absolute("nginx.link", link)?;
+            let sites = nginx.sites.clone().ok_or(
+                "key `nginx.sites` is missing: the site file of each profile, as {\"PROFILE\": \"/etc/nginx/sites-available/FILE\"}",
+            )?;
+            if let Some(unknown) = sites
+                .keys()
+                .find(|k| !profiles.iter().any(|p| &p.name == *k))
+            {
+                return Err(format!(
+                    "key `nginx.sites.{unknown}`: not a configured profile"
+                ));
+            }
+            let mut paths = Vec::new();
+            for p in &profiles {
+                let site = sites.get(&p.name).ok_or_else(|| {
+                    format!("key `nginx.sites`: no site file for profile {}", p.name)
+                })?;
+                paths.push(absolute(&format!("nginx.sites.{}", p.name), site)?);
+            }
+            if paths[0] == paths[1] {
+                return Err("key `nginx.sites`: both profiles name the same site file".into());
+            }
+            if paths.contains(&link) {
+                return Err("key `nginx.link`: it is one of the site files; it must be the symlink that points at one".into());
+            }
+            Mode::Symlink { link, sites: paths }
+        }
+        "upstream-pair" => Mode::UpstreamPair,
+        other => return Err(format!(
+            "key `nginx.mode`: {other:?} is not one of \"include\", \"symlink\", \"upstream-pair\""
+        )),
+    };
+    if !matches!(mode, Mode::Symlink { .. }) {
+        if nginx.link.is_some() {
+            return Err("key `nginx.link`: only used with \"mode\": \"symlink\"".into());
+        }
+        if nginx.sites.is_some() {
+            return Err("key `nginx.sites`: only used with \"mode\": \"symlink\"".into());
+        }
+    }
+    let ssh = match nginx.ssh {
+        None => None,
+        Some(raw) => {
+            if mode == Mode::UpstreamPair {
+                return Err(
+                    "key `nginx.ssh`: upstream-pair mode never touches nginx, so it needs no ssh"
+                        .into(),
+                );
+            }
+            let destination = raw.destination.trim().to_string();
+            if destination.is_empty()
+                || destination.starts_with('-')
+                || destination.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "key `nginx.ssh.destination`: {:?} must be a host or user@host (no spaces, not starting with '-')",
+                    raw.destination
+                ));
+            }
+            let port = match raw.port {
+                None => None,
+                Some(p) => Some(
+                    u16::try_from(p)
+                        .ok()
+                        .filter(|&p| p != 0)
+                        .ok_or_else(|| format!("key `nginx.ssh.port`: {p} is outside 1-65535"))?,
+                ),
+            };
+            let identity = raw.identity.as_deref().map(resolve);
+            if let Some(bad) = raw.options.iter().find(|o| o.trim().is_empty()) {
+                return Err(format!("key `nginx.ssh.options`: {bad:?} is empty"));
+            }
+            Some(Ssh {
+                destination,
+                port,
+                identity,
+                options: raw.options,
+            })
+        }
+    };
+    if ssh.is_some() {
+        let include = nginx
+            .include
+            .as_deref()
+            .unwrap_or("/etc/nginx/conf.d/service-url.inc");
+        if mode == Mode::Include && !Path::new(include).is_absolute() {
+            return Err(format!(
+                "key `nginx.include`: {include:?} is on the nginx host, so it must be an absolute path"
+            ));
+        }
+    }
+
     let pid_file = match nginx.pid_file.as_deref().unwrap_or("/run/nginx.pid") {
         "" => None,
         p => Some(resolve(p)),
@@ -341,22 +526,27 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             log,
             stop_timeout: secs("app.stop_timeout_secs", app.stop_timeout_secs, 30)?,
             start_grace: Duration::from_millis(app.start_grace_ms.unwrap_or(1000)),
+            retire: app.retire.unwrap_or(false) || mode == Mode::UpstreamPair,
             dir,
         },
         health: Health {
             path: health_path,
+            rule,
             expect,
             interval: ms("health.interval_ms", health.interval_ms, 100)?,
             timeout: secs("health.timeout_secs", health.timeout_secs, 60)?,
             request_timeout: ms("health.request_timeout_ms", health.request_timeout_ms, 1000)?,
         },
         nginx: Nginx {
+            mode,
+            ssh,
             include,
             template,
             test,
             reload,
             pid_file,
             confirm_timeout: secs("nginx.confirm_timeout_secs", nginx.confirm_timeout_secs, 10)?,
+            drain_timeout: secs("nginx.drain_timeout_secs", nginx.drain_timeout_secs, 60)?,
         },
     })
 }

@@ -21,15 +21,14 @@
 //! trimming, and nothing else: the body is never used in a path, a command
 //! or a config line.
 
-use std::io;
-use std::path::Path;
-
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, HealthMatch, Mode, Profile};
 use crate::http;
 use crate::log::quote_untrusted;
+use crate::procs;
+use crate::route;
 use crate::state::read_capped;
 
 /// What the probe through nginx said.
@@ -166,19 +165,61 @@ fn mentions_port(text: &str, port: u16) -> bool {
 /// that exists but cannot be read is an error, since guessing could stop
 /// the live app.
 pub fn read_include(config: &Config) -> Result<Include> {
-    read_include_at(config, &config.nginx.include)
+    Ok(match route::read(config)? {
+        None => Include::Missing,
+        Some(bytes) => route::classify(config, &bytes),
+    })
 }
 
-fn read_include_at(config: &Config, path: &Path) -> Result<Include> {
-    match read_capped(path, 64 * 1024) {
-        Ok(None) => Ok(Include::Missing),
-        Ok(Some(bytes)) => Ok(classify_include(config, &String::from_utf8_lossy(&bytes))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Include::Missing),
-        Err(e) => Err(anyhow!(
-            "cannot read the include file {}: {e}",
-            path.display()
-        )),
+/// Upstream-pair mode: nginx balances over both ports and is never edited,
+/// so the witnesses are which ports listen and, when both do (a deployment
+/// between its start and the retiring of the old app), which one the last
+/// deployment made live.
+pub fn decide_pair(
+    profiles: &[Profile],
+    listening: &[bool],
+    newer: Option<&Profile>,
+) -> Result<Detection, String> {
+    let [a, b] = profiles else {
+        return Err("no profiles configured".into());
+    };
+    let live_is = |live: &Profile, warnings: Vec<String>| Detection {
+        idle: if live == a { b.clone() } else { a.clone() },
+        live: Some(live.clone()),
+        warnings,
+    };
+    match listening {
+        [false, false] => Ok(Detection {
+            live: None,
+            idle: a.clone(),
+            warnings: vec!["neither port listens: first deployment, nothing is live".into()],
+        }),
+        [true, false] => Ok(live_is(a, vec![])),
+        [false, true] => Ok(live_is(b, vec![])),
+        _ => match newer {
+            Some(n) if n == a || n == b => Ok(live_is(
+                n,
+                vec![format!(
+                    "both ports listen; {} is the newer (the last deployment's), {} the older",
+                    n.name,
+                    if n == a { &b.name } else { &a.name }
+                )],
+            )),
+            _ => Err(format!(
+                "both {} ({}) and {} ({}) listen and no deployment record says which is newer; \
+                 stop the older one by hand (`stop --profile NAME --force`)",
+                a.name, a.port, b.name, b.port
+            )),
+        },
     }
+}
+
+/// The profile the last switch made live, from `switch.json`, if readable.
+fn last_switched(config: &Config) -> Option<Profile> {
+    let bytes = read_capped(&config.state_dir.join("switch.json"), 64 * 1024).ok()??;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let name = v.get("active")?.get("name")?.as_str()?;
+    config.profile(name).cloned()
 }
 
 /// The URL the health rule asks, on the profile's own port (not through nginx).
@@ -189,15 +230,46 @@ pub fn health_url(config: &Config, target: &Profile) -> String {
 /// One try of the health rule: the app on `target`'s port answers 2xx with a
 /// body that, trimmed, equals `health.expect`. `Err` says what it did instead.
 pub fn check_health(config: &Config, target: &Profile) -> Result<(), String> {
-    let expect = config.expected_health_body(target);
-    match http::get(&health_url(config, target), config.health.request_timeout) {
-        Ok(a) if a.is_success() && a.body.trim() == expect => Ok(()),
-        Ok(a) => Err(format!(
+    let answer = http::get(&health_url(config, target), config.health.request_timeout)?;
+    if healthy(config, target, &answer) {
+        Ok(())
+    } else {
+        Err(format!(
             "HTTP {}, body {}",
-            a.status,
-            quote_untrusted(a.body.trim(), 60)
-        )),
-        Err(why) => Err(why),
+            answer.status,
+            quote_untrusted(answer.body.trim(), 60)
+        ))
+    }
+}
+
+/// The health rule in words, for messages: `"real1"`, `a body containing
+/// "UP"`, ...
+pub fn health_words(config: &Config, target: &Profile) -> String {
+    let expect = quote_untrusted(&config.expected_health_body(target), 60);
+    match config.health.rule {
+        HealthMatch::Exact => expect,
+        HealthMatch::Contains => format!("a body containing {expect}"),
+        HealthMatch::Actuator => "{\"status\":\"UP\"}".to_string(),
+        HealthMatch::AnySuccess => "any 2xx".to_string(),
+    }
+}
+
+/// The health rule (`health.match`) applied to one answer. Only a 2xx can
+/// pass, whatever the rule: a redirect to a login page, a 404 from a
+/// half-started app or a 503 while it warms up never counts.
+pub fn healthy(config: &Config, target: &Profile, answer: &http::Answer) -> bool {
+    if !answer.is_success() {
+        return false;
+    }
+    let expect = config.expected_health_body(target);
+    match config.health.rule {
+        HealthMatch::Exact => answer.body.trim() == expect,
+        HealthMatch::Contains => answer.body.contains(&expect),
+        HealthMatch::Actuator => serde_json::from_str::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v.get("status")?.as_str().map(|s| s == "UP"))
+            .unwrap_or(false),
+        HealthMatch::AnySuccess => true,
     }
 }
 
@@ -234,6 +306,20 @@ pub struct Observed {
 
 /// Probes nginx, reads the include file and decides.
 pub fn observe(config: &Config) -> Result<Observed> {
+    if config.nginx.mode == Mode::UpstreamPair {
+        let mut listens = Vec::new();
+        for p in &config.profiles {
+            let l = procs::listening(p.port)
+                .with_context(|| format!("cannot read who listens on {}", p.port))?;
+            listens.push(!l.is_free());
+        }
+        let decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
+        return Ok(Observed {
+            probe: probe(config),
+            include: Include::Missing,
+            decision,
+        });
+    }
     let include = read_include(config)?;
     let probe = probe(config);
     let decision = decide(&config.profiles, &probe, &include);
@@ -268,6 +354,7 @@ impl From<&Profile> for SlotView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn profiles() -> Vec<Profile> {
         vec![
@@ -292,6 +379,60 @@ mod tests {
 
     fn failed() -> Probe {
         Probe::Failed("HTTP 502".into())
+    }
+
+    #[test]
+    fn health_rules_never_pass_a_non_2xx() {
+        let answer = |status: u16, body: &str| http::Answer {
+            status,
+            body: body.to_string(),
+        };
+        let with = |rule: &str, expect: &str| {
+            crate::config::parse(
+                &format!(
+                    r#"{{"app": {{"dir": "/a"}}, "health": {{"match": "{rule}", "expect": "{expect}"}}}}"#
+                ),
+                Path::new("t.json"),
+            )
+            .unwrap()
+        };
+        let real1 = p(0);
+        let exact = with("exact", "{profile}");
+        assert!(healthy(&exact, &real1, &answer(200, "real1\n")));
+        assert!(!healthy(&exact, &real1, &answer(200, "real10")));
+        assert!(!healthy(&exact, &real1, &answer(500, "real1")));
+
+        let contains = with("contains", "healthy");
+        assert!(healthy(
+            &contains,
+            &real1,
+            &answer(200, "<p>I am healthy</p>")
+        ));
+        assert!(!healthy(&contains, &real1, &answer(200, "sick")));
+        assert!(!healthy(&contains, &real1, &answer(302, "healthy")));
+
+        let actuator = with("actuator", "-");
+        assert!(healthy(
+            &actuator,
+            &real1,
+            &answer(200, r#"{"status":"UP","groups":["liveness"]}"#)
+        ));
+        assert!(!healthy(
+            &actuator,
+            &real1,
+            &answer(200, r#"{"status":"DOWN"}"#)
+        ));
+        assert!(!healthy(&actuator, &real1, &answer(200, "UP")));
+        assert!(!healthy(
+            &actuator,
+            &real1,
+            &answer(503, r#"{"status":"UP"}"#)
+        ));
+
+        let any = with("any-2xx", "-");
+        assert!(healthy(&any, &real1, &answer(204, "")));
+        assert!(!healthy(&any, &real1, &answer(301, "")));
+        assert!(!healthy(&any, &real1, &answer(404, "real1")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod log;
 pub mod nginx;
 pub mod procs;
+pub mod route;
 pub mod signals;
 pub mod stage;
 pub mod state;

@@ -13,7 +13,6 @@
 //! so the next deployment is not stopped by "they disagree".
 
 use std::io;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -23,14 +22,12 @@ use crate::cmd;
 use crate::config::{Config, Profile};
 use crate::detect::{self, Probe};
 use crate::log::Log;
+use crate::route;
 use crate::state::{read_capped, write_atomic, StateDir};
 use crate::time::now_unix_ms;
 
 /// How long nginx's own commands (test, reload) may take.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
-
-/// The largest include file nonstop will read or keep.
-pub const MAX_INCLUDE: u64 = 1 << 20;
 
 /// A switch in progress, as recorded in `switching.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -44,14 +41,10 @@ pub struct Journal {
     pub started_unix_ms: u64,
 }
 
-/// Reads the include file (`None`: it does not exist).
+/// Reads the route's content (`None`: it does not exist): the include
+/// file's bytes, or the symlink's target.
 pub fn read_include(config: &Config) -> Result<Option<Vec<u8>>> {
-    read_capped(&config.nginx.include, MAX_INCLUDE).with_context(|| {
-        format!(
-            "cannot read the include file {}",
-            config.nginx.include.display()
-        )
-    })
+    route::read(config)
 }
 
 /// Records that a switch to `target` begins, with the include's current bytes.
@@ -90,22 +83,10 @@ pub fn end(state: &StateDir, log: &Log) {
     }
 }
 
-/// Puts the include file back as it was (or removes it if there was none).
-pub fn restore(include: &Path, old: Option<&[u8]>, log: &Log) -> Result<()> {
-    let restored = match old {
-        Some(bytes) => write_atomic(include, bytes),
-        None => std::fs::remove_file(include).or_else(|e| match e.kind() {
-            io::ErrorKind::NotFound => Ok(()),
-            _ => Err(e),
-        }),
-    };
-    restored.with_context(|| {
-        format!(
-            "cannot restore the include file {}: check it by hand before nginx next reloads",
-            include.display()
-        )
-    })?;
-    log.say(format!("restored {}", include.display()));
+/// Puts the route back as it was (or removes it if there was none).
+pub fn restore(config: &Config, old: Option<&[u8]>, log: &Log) -> Result<()> {
+    route::restore(config, old)?;
+    log.say(format!("restored {}", route::describe(config)));
     Ok(())
 }
 
@@ -119,7 +100,7 @@ pub fn failure(result: Result<cmd::Outcome>) -> String {
 
 /// Runs `nginx.test`; `Err` carries words for a message.
 pub fn test(config: &Config) -> Result<(), String> {
-    match cmd::run(&config.nginx.test, COMMAND_LIMIT) {
+    match route::run_nginx(config, &config.nginx.test, COMMAND_LIMIT) {
         Ok(out) if out.success() => Ok(()),
         other => Err(failure(other)),
     }
@@ -127,7 +108,7 @@ pub fn test(config: &Config) -> Result<(), String> {
 
 /// Runs `nginx.reload`; `Err` carries words for a message.
 pub fn reload(config: &Config) -> Result<(), String> {
-    match cmd::run(&config.nginx.reload, COMMAND_LIMIT) {
+    match route::run_nginx(config, &config.nginx.reload, COMMAND_LIMIT) {
         Ok(out) if out.success() => Ok(()),
         other => Err(failure(other)),
     }
@@ -152,7 +133,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
     };
     let previous = if journal.had_previous {
         let backup = state.include_backup_path();
-        match read_capped(&backup, MAX_INCLUDE) {
+        match read_capped(&backup, route::MAX_CONTENT) {
             Ok(Some(bytes)) => Some(bytes),
             Ok(None) => {
                 return Err(anyhow!(
@@ -161,7 +142,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
                     journal.target.name,
                     state.journal_path().display(),
                     backup.display(),
-                    config.nginx.include.display(),
+                    route::describe(config),
                     state.journal_path().display()
                 ))
             }
@@ -182,13 +163,13 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
     );
     let now = read_include(config)?;
     let target = config.profile(&journal.target.name).cloned();
-    let new_line = target.as_ref().map(|t| config.include_line(t));
+    let new_line = target.as_ref().map(|t| route::content_for(config, t));
     if now == previous {
         log.warn(format!(
             "{who} before it changed the include file; nothing to undo"
         ));
     } else if let (Some(t), Some(line)) = (&target, &new_line) {
-        let took = now.as_deref() == Some(line.as_bytes())
+        let took = now.as_deref() == Some(line.as_slice())
             && matches!(detect::probe(config), Probe::Answered(ref p) if p == t);
         if took {
             log.warn(format!(
@@ -196,7 +177,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
                 t.name
             ));
         } else {
-            restore(&config.nginx.include, previous.as_deref(), log)?;
+            restore(config, previous.as_deref(), log)?;
             log.warn(format!(
                 "{who} before nginx was confirmed to answer as {}; restored the include file and {}",
                 t.name,
@@ -204,7 +185,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
             ));
         }
     } else {
-        restore(&config.nginx.include, previous.as_deref(), log)?;
+        restore(config, previous.as_deref(), log)?;
         log.warn(format!(
             "{who}, and {} is not configured any more; restored the include file and {}",
             journal.target.name,

@@ -46,6 +46,40 @@ pub fn listening(port: u16) -> io::Result<Listening> {
     Ok(Listening { inodes, pids })
 }
 
+/// How many TCP connections to local `port` are established (an app's
+/// clients, nginx among them).
+pub fn established(port: u16) -> io::Result<usize> {
+    match sock_diag::established(port) {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let mut n = 0;
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                match fs::read_to_string(table) {
+                    Ok(text) => n += count_in_state(&text, port, "01"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
+                }
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn count_in_state(table: &str, port: u16, state: &str) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&state)
+        })
+        .count()
+}
+
 /// The LISTEN sockets on `port` from /proc/net/tcp{,6}. Slow on a busy
 /// server: the tables list every socket, TIME_WAIT included (tens of
 /// thousands of lines under load, 50-150 ms for the kernel to print), so this
@@ -98,6 +132,7 @@ mod sock_diag {
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_DUMP: u16 = 0x300;
     const IPPROTO_TCP: u8 = 6;
+    const TCP_ESTABLISHED: u8 = 1;
     const TCP_LISTEN: u8 = 10;
     const AF_INET: u8 = 2;
     const AF_INET6: u8 = 10;
@@ -110,7 +145,7 @@ mod sock_diag {
 
     /// A request for every TCP socket of `family` in LISTEN state: struct
     /// nlmsghdr, then struct inet_diag_req_v2 with a zero socket id.
-    fn request(family: u8, seq: u32) -> Vec<u8> {
+    fn request(family: u8, state: u8, seq: u32) -> Vec<u8> {
         let len = HEADER + 56;
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -119,7 +154,7 @@ mod sock_diag {
         req.extend_from_slice(&seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
         req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-        req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        req.extend_from_slice(&(1u32 << state).to_ne_bytes());
         req.resize(len, 0);
         req
     }
@@ -137,6 +172,19 @@ mod sock_diag {
     }
 
     pub(super) fn listen_inodes(port: u16) -> io::Result<Vec<u64>> {
+        Ok(dump(TCP_LISTEN, port)?
+            .into_iter()
+            .filter(|&i| i != 0)
+            .collect())
+    }
+
+    /// How many connections to local `port` are established.
+    pub(super) fn established(port: u16) -> io::Result<usize> {
+        Ok(dump(TCP_ESTABLISHED, port)?.len())
+    }
+
+    /// The inodes of TCP sockets in `state` whose local port is `port`.
+    fn dump(state: u8, port: u16) -> io::Result<Vec<u64>> {
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Datagram,
@@ -149,7 +197,7 @@ mod sock_diag {
         for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
             sendto(
                 fd,
-                &request(family, seq),
+                &request(family, state, seq),
                 &NetlinkAddr::new(0, 0),
                 MsgFlags::empty(),
             )?;
@@ -174,10 +222,9 @@ mod sock_diag {
                             return Err(io::Error::from_raw_os_error(-errno));
                         }
                         SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
-                            let state = body[1];
                             let sport = u16::from_be_bytes([body[4], body[5]]);
                             let inode = u32_at(body, INODE_AT).unwrap_or(0);
-                            if state == TCP_LISTEN && sport == port && inode != 0 {
+                            if body[1] == state && sport == port {
                                 inodes.push(u64::from(inode));
                             }
                         }
@@ -220,9 +267,12 @@ mod sock_diag {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let (_server, _) = listener.accept().unwrap();
+            let (server, _) = listener.accept().unwrap();
             drop(listener);
             assert_eq!(listen_inodes(port).unwrap(), Vec::<u64>::new());
+            assert_eq!(established(port).unwrap(), 1);
+            drop(server);
+            assert_eq!(established(port).unwrap(), 0);
         }
     }
 }

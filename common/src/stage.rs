@@ -12,15 +12,16 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 
-use crate::config::{self, Config, Profile};
+use crate::config::{self, Config, Mode, Profile};
 use crate::detect;
 use crate::error::usage;
 use crate::lock::{self, Holder, Lock};
 use crate::log::Log;
 use crate::nginx;
 use crate::procs::boot_id;
+use crate::route;
 use crate::signals;
 use crate::state::{HistoryLine, Plan, Running, StateDir};
 use crate::time::{now_unix_ms, secs};
@@ -318,24 +319,34 @@ fn running(me: &Holder) -> Running {
     }
 }
 
-/// The switch writes the include through a temp file beside it, so the
-/// directory must take a new file. Checked by making (and removing) one,
-/// named like the switch's own temp files so no `include *.conf` glob sees it.
+/// The switch writes the include (or the symlink) through a temp entry
+/// beside it, so its directory must take a new one. Checked by making (and
+/// removing) a file there, named like the switch's own temp files so no
+/// `include *.conf` glob sees it; on a remote nginx host, with `test -w`.
 fn check_include_writable(config: &Config) -> Result<()> {
-    let include = &config.nginx.include;
-    let dir = include
+    let what = match config.nginx.mode {
+        Mode::UpstreamPair => return Ok(()),
+        Mode::Symlink { .. } => "symlink",
+        Mode::Include => "include file",
+    };
+    let target = route::path(config);
+    let dir = target
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    let unwritable = |why: String| {
+        anyhow!(
+            "the {what}'s directory {} is not writable ({why}), so the switch could not happen; nothing was changed",
+            dir.display()
+        )
+    };
+    if config.nginx.ssh.is_some() {
+        return route::check_writable(config).map_err(unwritable);
+    }
     let probe = dir.join(format!(".nonstop-write-test.{}.tmp", std::process::id()));
     std::fs::File::create(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
-        .with_context(|| {
-            format!(
-                "the include file's directory {} is not writable, so the switch could not happen; nothing was changed",
-                dir.display()
-            )
-        })
+        .map_err(|e| unwritable(e.to_string()))
 }
 
 fn describe(live: Option<&Profile>, idle: &Profile) -> String {

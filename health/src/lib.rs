@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::log::{quote_untrusted, tail_for_message};
+use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::is_same_alive;
 use nonstop_common::state::Launched;
 use nonstop_common::time::secs;
@@ -59,9 +59,7 @@ where
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());
         }
-        nonstop_switch::switch_to(ctx, &target)?;
-        ctx.completes_deployment = true;
-        Ok(())
+        nonstop_switch::switch_and_retire(ctx, &target)
     })
 }
 
@@ -70,7 +68,7 @@ where
 fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
     let config = &ctx.config;
     let url = detect::health_url(config, target);
-    let expect = quote_untrusted(&config.expected_health_body(target), 60);
+    let expect = detect::health_words(config, target);
     match detect::check_health(config, target) {
         Ok(()) => LOG.say(format!("{url} answers {expect} now")),
         Err(why) => LOG.say(format!("{url} does not answer {expect} now ({why})")),
@@ -92,7 +90,7 @@ fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
 pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;
     let url = detect::health_url(config, target);
-    let expect = config.expected_health_body(target);
+    let expect = detect::health_words(config, target);
     let launched: Option<Launched> = ctx
         .state
         .read::<Launched>(&ctx.state.launched_path(&target.name), &LOG)?
@@ -100,7 +98,7 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
     LOG.say(format!(
         "checking {url} every {} until it answers {} (at most {})",
         secs(config.health.interval),
-        quote_untrusted(&expect, 60),
+        expect,
         secs(config.health.timeout)
     ));
 
@@ -115,7 +113,7 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
                 LOG.say(format!(
                     "{} answers {} after {} (attempt {attempt})",
                     target.name,
-                    quote_untrusted(&expect, 60),
+                    expect,
                     secs(started.elapsed())
                 ));
                 return Ok(());
@@ -142,7 +140,7 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             return Err(anyhow!(
                 "{} did not answer {} at {url} within {} ({attempt} attempts; last: {last}){log_note}",
                 target.name,
-                quote_untrusted(&expect, 60),
+                expect,
                 secs(config.health.timeout)
             ));
         }

@@ -112,7 +112,7 @@ pub fn report(config: &Config, observed: &Observed) -> Value {
         "error": error,
         "warnings": warnings,
         "probe": probe,
-        "include": {"path": config.nginx.include, "state": state, "profile": names},
+        "include": {"path": nonstop_common::route::path(config), "describe": nonstop_common::route::describe(config), "state": state, "profile": names},
         "profiles": profiles,
     })
 }

@@ -27,15 +27,21 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
+use nonstop_common::config::Mode;
 use nonstop_common::detect::{self, Probe};
-use nonstop_common::log::quote_untrusted;
 use nonstop_common::procs;
-use nonstop_common::state::{write_atomic, Switched};
+use nonstop_common::route;
+use nonstop_common::state::Switched;
 use nonstop_common::time::{now_unix_ms, secs};
 use nonstop_common::{nginx, signals};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("switch");
+
+/// How long the probe must answer the target without a break to confirm a
+/// switch when nginx's workers cannot be seen: longer than the ~100 ms nginx
+/// keeps the previous workers accepting after a reload.
+const BLIND_CONFIRM: Duration = Duration::from_millis(300);
 
 /// Point nginx at a profile (default: the idle one), test, reload and confirm
 /// through nginx; restore the previous include on any failure.
@@ -70,10 +76,92 @@ where
         if ctx.dry_run {
             return dry_run(ctx, &target);
         }
-        switch_to(ctx, &target)?;
-        ctx.completes_deployment = true;
-        Ok(())
+        switch_and_retire(ctx, &target)
     })
+}
+
+/// What a deployment's last step does: switch to `target` and, when the
+/// config says so (`app.retire`, always in upstream-pair mode), retire the
+/// app that was live before. The deployment is complete once the switch is;
+/// a retiring that fails is still an error (exit 1) naming what to run.
+pub fn switch_and_retire(ctx: &mut Context, target: &Profile) -> Result<()> {
+    let old_workers = switch_to(ctx, target)?;
+    ctx.completes_deployment = true;
+    let previous = ctx.slots.live.clone().filter(|p| p != target);
+    match previous {
+        Some(previous) if ctx.config.app.retire => {
+            retire(ctx, &previous, target, old_workers).with_context(|| {
+                format!(
+                    "nginx routes to {} as it should, but retiring {} failed; it still runs. Stop it with `stop --profile {}`",
+                    target.name, previous.name, previous.name
+                )
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Stops the app that was live, once nginx has let go of it: the workers of
+/// nginx's previous configuration have exited (they may still be proxying a
+/// request to it), or, where they cannot be seen (a remote nginx, no pid
+/// file), no connection to its port is left. Bounded by `nginx.drain_timeout_secs`;
+/// the app then gets SIGTERM and finishes what it still has in flight.
+fn retire(
+    ctx: &Context,
+    previous: &Profile,
+    live: &Profile,
+    old_workers: Option<Vec<i32>>,
+) -> Result<()> {
+    let config = &ctx.config;
+    let limit = config.nginx.drain_timeout;
+    let every = Duration::from_millis(10);
+    if config.nginx.mode == Mode::UpstreamPair {
+        // nginx balances over both ports: it sends no new request to a port
+        // that refuses, and the app drains what it has on SIGTERM.
+        LOG.say(format!(
+            "retiring {} ({}): nginx's upstream moves its requests to {} once the port refuses",
+            previous.name, previous.port, live.name
+        ));
+    } else if let Some(workers) = old_workers.filter(|w| !w.is_empty()) {
+        LOG.say(format!(
+            "retiring {}: waiting for nginx's previous workers (pids {workers:?}) to finish their requests",
+            previous.name
+        ));
+        let gone = signals::wait_for(limit, every, || {
+            workers.iter().all(|&w| !procs::is_alive(w))
+        })
+        .context("nothing was retired")?;
+        match gone {
+            Some(t) => LOG.say(format!(
+                "nginx's previous workers exited after {}",
+                secs(t)
+            )),
+            None => LOG.warn(format!(
+                "nginx's previous workers still run after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
+                secs(limit),
+                previous.name
+            )),
+        }
+    } else {
+        LOG.say(format!(
+            "retiring {}: waiting until no connection to {} is left",
+            previous.name, previous.port
+        ));
+        let idle = signals::wait_for(limit, every, || {
+            procs::established(previous.port).is_ok_and(|n| n == 0)
+        })
+        .context("nothing was retired")?;
+        match idle {
+            Some(t) => LOG.say(format!("no connection to {} after {}", previous.port, secs(t))),
+            None => LOG.warn(format!(
+                "connections to {} remain after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
+                previous.port,
+                secs(limit),
+                previous.name
+            )),
+        }
+    }
+    nonstop_stop::stop_profile(ctx, previous, Some(live), false)
 }
 
 /// The profile to roll back to: the one that is not live now, provided its
@@ -102,7 +190,7 @@ fn rollback_target(ctx: &Context) -> Result<Profile> {
             back.name,
             back.port,
             detect::health_url(config, &back),
-            quote_untrusted(&config.expected_health_body(&back), 60),
+            detect::health_words(config, &back),
             live.name,
             back.name,
             back.name
@@ -115,44 +203,84 @@ fn rollback_target(ctx: &Context) -> Result<Profile> {
 /// What a switch to `target` would do, printed and not done.
 pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;
-    let include = &config.nginx.include;
-    let new = config.include_line(target);
-    let old = nginx::read_include(config)?;
-    if old.as_deref() == Some(new.as_bytes()) {
+    if config.nginx.mode == Mode::UpstreamPair {
         LOG.say(format!(
-            "would leave {} as it is: it already routes to {} ({})",
-            include.display(),
-            target.name,
-            target.port
+            "upstream-pair mode: would leave nginx as it is and check that {} answers",
+            detect::health_url(config, target)
         ));
     } else {
-        LOG.say(format!("would write {}: {}", include.display(), new.trim()));
+        let new = route::content_for(config, target);
+        let old = nginx::read_include(config)?;
+        if old.as_deref() == Some(new.as_slice()) {
+            LOG.say(format!(
+                "would leave {} as it is: it already routes to {} ({})",
+                route::describe(config),
+                target.name,
+                target.port
+            ));
+        } else {
+            LOG.say(format!(
+                "would write {}: {}",
+                route::describe(config),
+                String::from_utf8_lossy(&new).trim()
+            ));
+        }
+        LOG.say(format!("would run `{}`", config.nginx.test.join(" ")));
+        LOG.say(format!("would run `{}`", config.nginx.reload.join(" ")));
+        LOG.say(format!(
+            "would wait at most {} for {} to answer {}",
+            secs(config.nginx.confirm_timeout),
+            config.probe_url,
+            target.name
+        ));
     }
-    LOG.say(format!("would run `{}`", config.nginx.test.join(" ")));
-    LOG.say(format!("would run `{}`", config.nginx.reload.join(" ")));
-    LOG.say(format!(
-        "would wait at most {} for {} to answer {}",
-        secs(config.nginx.confirm_timeout),
-        config.probe_url,
-        target.name
-    ));
+    if let Some(previous) = ctx.slots.live.as_ref().filter(|p| *p != target) {
+        if config.app.retire {
+            LOG.say(format!(
+                "would then retire {} ({}): wait at most {} for nginx to let go of it, then stop it",
+                previous.name,
+                previous.port,
+                secs(config.nginx.drain_timeout)
+            ));
+        }
+    }
     Ok(())
 }
 
 /// Routes nginx to `target`; on any failure nginx's config is left as it was.
-pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
+/// Returns the nginx workers of the configuration before (when they could be
+/// seen), for [`retire`].
+pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
-    let new = config.include_line(target);
+    if config.nginx.mode == Mode::UpstreamPair {
+        // Nothing to point: the upstream already lists the target's port.
+        // Health checked it on its port; check once more right now.
+        detect::check_health(config, target).map_err(|why| {
+            anyhow!(
+                "{} does not answer {} now ({why}); nothing was changed",
+                detect::health_url(config, target),
+                detect::health_words(config, target)
+            )
+        })?;
+        LOG.say(format!(
+            "upstream-pair mode: {} ({}) answers; nginx balances over both ports and needs no change",
+            target.name, target.port
+        ));
+        record(ctx, target)?;
+        return Ok(None);
+    }
+    let new = route::content_for(config, target);
     let old = nginx::read_include(config)?;
 
-    if old.as_deref() == Some(new.as_bytes())
+    if old.as_deref() == Some(new.as_slice())
         && matches!(detect::probe(config), Probe::Answered(ref p) if p == target)
     {
         LOG.say(format!(
             "nginx already routes to {} ({}); nothing to do",
             target.name, target.port
         ));
-        return record(ctx, target);
+        record(ctx, target)?;
+        return Ok(None);
     }
     signals::check().context("nothing was changed")?;
 
@@ -171,25 +299,32 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<()> {
     if settled {
         nginx::end(&ctx.state, &LOG);
     }
-    result?;
-    record(ctx, target)
+    let old_workers = result?;
+    record(ctx, target)?;
+    Ok(old_workers)
 }
 
-/// Write, test, reload, confirm; undo on any failure or signal.
-fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -> Result<()> {
+/// Write, test, reload, confirm; undo on any failure or signal. Returns the
+/// workers of the previous configuration, when they could be seen.
+fn transaction(
+    ctx: &Context,
+    target: &Profile,
+    new: &[u8],
+    old: Option<&[u8]>,
+) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
-    let include = &config.nginx.include;
-    if let Err(e) = write_atomic(include, new.as_bytes()) {
-        return Err(anyhow!(
-            "cannot write the include file {}: {e}; nothing changed",
-            include.display()
-        ));
+    if let Err(e) = route::write(config, new) {
+        return Err(e.context("nothing changed"));
     }
-    LOG.say(format!("wrote {}: {}", include.display(), new.trim()));
+    LOG.say(format!(
+        "wrote {}: {}",
+        route::describe(config),
+        String::from_utf8_lossy(new).trim()
+    ));
 
     let tested = nginx::test(config);
     if let Err(why) = tested {
-        nginx::restore(include, old, &LOG)?;
+        nginx::restore(config, old, &LOG)?;
         return Err(anyhow!(
             "`{}` failed, nginx was not reloaded and the include file is restored: {why}",
             config.nginx.test.join(" ")
@@ -197,14 +332,14 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
     }
     LOG.say(format!("`{}` passed", config.nginx.test.join(" ")));
     if let Err(i) = signals::check() {
-        nginx::restore(include, old, &LOG)?;
+        nginx::restore(config, old, &LOG)?;
         return Err(anyhow!(i).context("the include file is restored and nginx was not reloaded"));
     }
 
     let old_workers = accepting_workers(config);
     let reloaded_at = Instant::now();
     if let Err(why) = nginx::reload(config) {
-        nginx::restore(include, old, &LOG)?;
+        nginx::restore(config, old, &LOG)?;
         return Err(anyhow!(
             "`{}` failed and the include file is restored: {why}",
             config.nginx.reload.join(" ")
@@ -220,7 +355,11 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
     // any more and a new connection through nginx reaches the target. nginx
     // keeps old workers accepting for ~100 ms after it starts the new ones,
     // so one good answer alone does not prove the next request goes there too.
+    // Where the workers cannot be seen (nginx on another host, no pid
+    // file), the probe must answer the target without a break for longer
+    // than nginx keeps old workers accepting.
     let mut last = String::new();
+    let mut streak: Option<Instant> = None;
     let confirmed = signals::wait_for(
         config.nginx.confirm_timeout,
         Duration::from_millis(10),
@@ -231,12 +370,25 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
                 return false;
             }
             match detect::probe(config) {
-                Probe::Answered(p) if &p == target => true,
+                Probe::Answered(p) if &p == target => {
+                    if old_workers.is_some() {
+                        return true;
+                    }
+                    let since = *streak.get_or_insert_with(Instant::now);
+                    last = format!(
+                        "it answers {} but only for {}",
+                        p.name,
+                        secs(since.elapsed())
+                    );
+                    since.elapsed() >= BLIND_CONFIRM
+                }
                 Probe::Answered(p) => {
+                    streak = None;
                     last = format!("it answered {}", p.name);
                     false
                 }
                 Probe::Failed(why) => {
+                    streak = None;
                     last = why;
                     false
                 }
@@ -248,7 +400,7 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
             let how = if old_workers.is_some() {
                 "the old workers stopped accepting and the probe answers"
             } else {
-                "the probe answers"
+                "the probe answers without a break"
             };
             LOG.say(format!(
                 "nginx routes to {} ({}): confirmed {} after the reload ({how})",
@@ -256,23 +408,25 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
                 target.port,
                 secs(reloaded_at.elapsed())
             ));
-            Ok(())
+            Ok(old_workers)
         }
         Ok(None) => {
-            nginx::restore(include, old, &LOG)?;
+            nginx::restore(config, old, &LOG)?;
             let back = nginx::reload_previous(config);
             Err(anyhow!(
-                "nginx did not answer as {} within {} of the reload ({last}); the include file is restored and {back}",
+                "nginx did not answer as {} within {} of the reload ({last}); {} is restored and {back}",
                 target.name,
-                secs(config.nginx.confirm_timeout)
+                secs(config.nginx.confirm_timeout),
+                route::describe(config)
             ))
         }
         Err(i) => {
-            nginx::restore(include, old, &LOG)?;
+            nginx::restore(config, old, &LOG)?;
             let back = nginx::reload_previous(config);
             Err(anyhow!(i).context(format!(
-                "the switch to {} was undone: the include file is restored and {back}",
-                target.name
+                "the switch to {} was undone: {} is restored and {back}",
+                target.name,
+                route::describe(config)
             )))
         }
     }
@@ -286,6 +440,10 @@ fn transaction(ctx: &Context, target: &Profile, new: &str, old: Option<&[u8]>) -
 /// so this works when the hooks run as the deploy user and nginx's workers
 /// as www-data.
 fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
+    if config.nginx.ssh.is_some() {
+        // Its processes are on the other host.
+        return None;
+    }
     let pid_file = config.nginx.pid_file.as_ref()?;
     let master = std::fs::read_to_string(pid_file)
         .ok()

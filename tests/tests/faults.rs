@@ -1022,7 +1022,7 @@ fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
             vec![
                 "answers \"real2\" now".into(),
                 format!(
-                    "would write {}: {}",
+                    "would write the include file {}: {}",
                     scene.setup.nginx.include.display(),
                     include_line.trim()
                 ),
@@ -1033,7 +1033,7 @@ fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
         (
             "switch",
             vec![
-                format!("would write {}", scene.setup.nginx.include.display()),
+                format!("would write the include file {}", scene.setup.nginx.include.display()),
                 "-t`".into(),
             ],
         ),
