@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what nonstop's tests, demo and benchmark need on a Debian machine:
-# nginx and a JDK (javac, jar, java), from Debian's packages, when missing.
+# nginx, a JDK (javac, jar, java) and OpenSSH (server and client), from
+# Debian's packages, when missing.
 # Rust (cargo 1.85 or newer) must already be there.
 set -euo pipefail
 
@@ -10,6 +11,13 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 if ! command -v javac >/dev/null 2>&1 || ! command -v jar >/dev/null 2>&1; then
     need+=(default-jdk-headless)
+fi
+# The remote-nginx tests reach a second private nginx through a private sshd.
+if [ ! -x /usr/sbin/sshd ]; then
+    need+=(openssh-server)
+fi
+if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+    need+=(openssh-client)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

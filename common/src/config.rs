@@ -123,6 +123,10 @@ pub struct Nginx {
     /// With `app.retire`: how long to wait for nginx to let go of the old
     /// app (its old workers gone, or no connection left) before stopping it.
     pub drain_timeout: Duration,
+    /// Upstream-pair mode: the upstream servers' `fail_timeout` in nginx's
+    /// config (nginx's default: 10 s; 0 with `max_fails=0`). See
+    /// `switch`'s retire step for why it matters.
+    pub fail_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +184,7 @@ struct RawNginx {
     sites: Option<std::collections::BTreeMap<String, String>>,
     ssh: Option<RawSsh>,
     drain_timeout_secs: Option<u64>,
+    fail_timeout_secs: Option<u64>,
     include: Option<String>,
     template: Option<String>,
     test: Option<Vec<String>>,
@@ -430,9 +435,11 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             Mode::Symlink { link, sites: paths }
         }
         "upstream-pair" => Mode::UpstreamPair,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "key `nginx.mode`: {other:?} is not one of \"include\", \"symlink\", \"upstream-pair\""
-        )),
+        ))
+        }
     };
     if !matches!(mode, Mode::Symlink { .. }) {
         if nginx.link.is_some() {
@@ -547,6 +554,14 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             pid_file,
             confirm_timeout: secs("nginx.confirm_timeout_secs", nginx.confirm_timeout_secs, 10)?,
             drain_timeout: secs("nginx.drain_timeout_secs", nginx.drain_timeout_secs, 60)?,
+            fail_timeout: match nginx.fail_timeout_secs {
+                Some(v) if v > 3600 => {
+                    return Err(format!(
+                        "key `nginx.fail_timeout_secs`: {v} is more than an hour"
+                    ))
+                }
+                v => Duration::from_secs(v.unwrap_or(10)),
+            },
         },
     })
 }

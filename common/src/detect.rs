@@ -314,8 +314,10 @@ pub fn observe(config: &Config) -> Result<Observed> {
             listens.push(!l.is_free());
         }
         let decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
+        // No probe through nginx: while a port is down, a request to it makes
+        // nginx take that server out of rotation for its fail_timeout.
         return Ok(Observed {
-            probe: probe(config),
+            probe: Probe::Failed("not used in upstream-pair mode".into()),
             include: Include::Missing,
             decision,
         });

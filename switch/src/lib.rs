@@ -43,6 +43,10 @@ pub const LOG: Log = Log::new("switch");
 /// keeps the previous workers accepting after a reload.
 const BLIND_CONFIRM: Duration = Duration::from_millis(300);
 
+/// In upstream-pair mode, how long at least to wait for nginx to send the
+/// new app a request: more than nginx's default fail_timeout (10 s).
+const PAIR_CONFIRM_MIN: Duration = Duration::from_secs(30);
+
 /// Point nginx at a profile (default: the idle one), test, reload and confirm
 /// through nginx; restore the previous include on any failure.
 #[derive(Debug, Parser)]
@@ -262,9 +266,41 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
                 detect::health_words(config, target)
             )
         })?;
+        // nginx takes a server that refused a request out of rotation for
+        // its fail_timeout (10 s by default), and the new app's port refused
+        // until a moment ago: retiring the old app before nginx sends the new
+        // one traffic would leave it with no server to send to (502).
+        wait_out_fail_timeout(ctx, target)?;
+        let limit = config.nginx.confirm_timeout.max(PAIR_CONFIRM_MIN);
+        let mut last = String::new();
+        let sent = signals::wait_for(limit, Duration::from_millis(20), || {
+            match detect::probe(config) {
+                Probe::Answered(p) if &p == target => true,
+                Probe::Answered(p) => {
+                    last = format!("it answered as {}", p.name);
+                    false
+                }
+                Probe::Failed(why) => {
+                    last = why;
+                    false
+                }
+            }
+        })
+        .context("nothing was changed")?;
+        let Some(after) = sent else {
+            return Err(anyhow!(
+                "{} answers on its port, but nginx did not send it a request within {} ({} {last}); \
+                 nothing was changed. Is its port in nginx's upstream?",
+                target.name,
+                secs(limit),
+                config.probe_url
+            ));
+        };
         LOG.say(format!(
-            "upstream-pair mode: {} ({}) answers; nginx balances over both ports and needs no change",
-            target.name, target.port
+            "upstream-pair mode: nginx sends requests to {} ({}) after {}; nginx itself needs no change",
+            target.name,
+            target.port,
+            secs(after)
         ));
         record(ctx, target)?;
         return Ok(None);
@@ -302,6 +338,34 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     let old_workers = result?;
     record(ctx, target)?;
     Ok(old_workers)
+}
+
+/// Upstream-pair mode, before the switch counts as done: each nginx worker keeps its
+/// own record of a server that refused (no `zone`), and skips it for
+/// `fail_timeout` after the last refusal. The new app refused until it
+/// listened, so a worker that has not sent it a request since may still
+/// skip it; if the old app went now, that worker would have no server left
+/// and answer 502 (measured: it does). Once `fail_timeout` has passed since
+/// the new app answered, every worker tries it again. With `max_fails=0` on
+/// the servers nginx never skips one, and `nginx.fail_timeout_secs: 0` makes
+/// this wait nothing.
+fn wait_out_fail_timeout(ctx: &Context, target: &Profile) -> Result<()> {
+    let window = ctx.config.nginx.fail_timeout;
+    if window.is_zero() {
+        return Ok(());
+    }
+    LOG.say(format!(
+        "waiting {} (nginx's fail_timeout, `nginx.fail_timeout_secs`) so that every nginx worker sends to {} again before the old app may go",
+        secs(window),
+        target.name
+    ));
+    signals::pause(window).context("nothing was changed")?;
+    detect::check_health(&ctx.config, target).map_err(|why| {
+        anyhow!(
+            "{} stopped answering ({why}) while waiting; the old app is kept",
+            target.name
+        )
+    })
 }
 
 /// Write, test, reload, confirm; undo on any failure or signal. Returns the

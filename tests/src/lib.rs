@@ -250,7 +250,70 @@ impl Nginx {
     /// Starts nginx in the foreground (`daemon off`, so its pid is ours)
     /// routing `/` to `$service_url` from `include`, which must exist.
     pub fn start(prefix: &Path, port: u16, include: &Path) -> Result<Nginx> {
+        Self::start_with(prefix, port, include, &Self::include_server(port, include))
+    }
+
+    /// The book's server block: `proxy_pass $service_url`, set by the include.
+    pub fn include_server(port: u16, include: &Path) -> String {
+        format!(
+            "server {{
+        listen 127.0.0.1:{port};
+        include {include};
+        location / {{
+            proxy_pass $service_url;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_read_timeout 30s;
+        }}
+    }}",
+            include = include.display()
+        )
+    }
+
+    /// A site file of the sites-available layout: a whole server block
+    /// proxying to one app port.
+    pub fn site(port: u16, app_port: u16) -> String {
+        format!(
+            "server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://127.0.0.1:{app_port};
+        proxy_set_header Host $host;
+        proxy_read_timeout 30s;
+    }}
+}}
+"
+        )
+    }
+
+    /// An upstream over both app ports, the way seed 002 balances: nginx
+    /// is never edited and moves a request to the other port when one refuses.
+    pub fn pair_server(port: u16, app_ports: [u16; 2]) -> String {
+        format!(
+            "upstream app {{
+        server 127.0.0.1:{a};
+        server 127.0.0.1:{b};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_next_upstream error timeout;
+            proxy_set_header Host $host;
+            proxy_read_timeout 30s;
+        }}
+    }}",
+            a = app_ports[0],
+            b = app_ports[1]
+        )
+    }
+
+    /// Starts nginx with `server` as the http block's own part (after the
+    /// common settings and `include conf.d/*.conf`); `route` is the file or
+    /// symlink a switch changes, kept for the tests.
+    pub fn start_with(prefix: &Path, port: u16, route: &Path, server: &str) -> Result<Nginx> {
         fs::create_dir_all(prefix.join("tmp"))?;
+        fs::create_dir_all(prefix.join("conf.d"))?;
         let p = prefix.display();
         let conf = prefix.join("nginx.conf");
         fs::write(
@@ -268,21 +331,12 @@ http {{
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
     include {p}/conf.d/*.conf;
-    server {{
-        listen 127.0.0.1:{port};
-        include {include};
-        location / {{
-            proxy_pass $service_url;
-            proxy_set_header Host $host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_read_timeout 30s;
-        }}
-    }}
+    {server}
 }}
-",
-                include = include.display()
+"
             ),
         )?;
+        let include = route;
         let mut child = Command::new(Self::binary())
             .arg("-p")
             .arg(prefix)
@@ -640,6 +694,129 @@ impl Drop for Spawned {
     }
 }
 
+// ---------------------------------------------------------------- sshd
+
+/// A private OpenSSH server on a free loopback port, with its own host key
+/// and one client key pair made for it; it lets in only the current user
+/// with that key. Stopped by pid on drop.
+#[derive(Debug)]
+pub struct Sshd {
+    pub port: u16,
+    pub user: String,
+    pub identity: PathBuf,
+    pub known_hosts: PathBuf,
+    child: Child,
+}
+
+impl Sshd {
+    pub fn start(dir: &Path) -> Result<Sshd> {
+        fs::create_dir_all(dir)?;
+        let keygen = |name: &str| -> Result<()> {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "nonstop-test", "-f"])
+                .arg(dir.join(name))
+                .output()
+                .context("cannot run ssh-keygen: install openssh-client")?;
+            if !out.status.success() {
+                bail!(
+                    "ssh-keygen failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        keygen("host_key")?;
+        keygen("client_key")?;
+        fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+        let user = Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+        let port = free_port();
+        let d = dir.display();
+        let conf = dir.join("sshd_config");
+        fs::write(
+            &conf,
+            format!(
+                "Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowUsers {user}
+LogLevel ERROR
+"
+            ),
+        )?;
+        // sshd run as root insists on its privilege separation directory,
+        // which Debian's package creates only when the service starts.
+        if user == "root" {
+            fs::create_dir_all("/run/sshd")?;
+        }
+        let log = fs::File::create(dir.join("sshd.log"))?;
+        let mut child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start /usr/sbin/sshd: install openssh-server")?;
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !up || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "sshd did not listen on {port}: {}",
+                fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+        }
+        let host_key = fs::read_to_string(dir.join("host_key.pub"))?;
+        let known_hosts = dir.join("known_hosts");
+        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}"))?;
+        Ok(Sshd {
+            port,
+            user,
+            identity: dir.join("client_key"),
+            known_hosts,
+            child,
+        })
+    }
+
+    /// The `nginx.ssh` section that reaches this server, host key checked.
+    pub fn config(&self) -> Value {
+        json!({
+            "destination": format!("{}@127.0.0.1", self.user),
+            "port": self.port,
+            "identity": self.identity,
+            "options": [
+                "-o", format!("UserKnownHostsFile={}", self.known_hosts.display()),
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", "IdentitiesOnly=yes"
+            ]
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        terminate(self.pid(), Duration::from_secs(5));
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------- a whole setup
 
 /// nginx, the demo jars, a bundle and an app directory, wired together: the
@@ -652,8 +829,22 @@ pub struct Setup {
     pub app_dir: PathBuf,
     pub ports: [u16; 2],
     pub bundle: Bundle,
+    /// The sshd nonstop reaches nginx through, for [`SetupOptions::remote`].
+    pub sshd: Option<Sshd>,
     // Dropped last: nginx outlives the apps' shutdown.
     pub nginx: Nginx,
+}
+
+/// How the private nginx is told where to route: the setups of the seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The book's include file with `set $service_url ...;`.
+    #[default]
+    Include,
+    /// sites-available/{blue,green} and a symlink sites-enabled/default (seed 004).
+    Symlink,
+    /// An upstream over both ports, never edited (seed 002).
+    Pair,
 }
 
 /// Knobs for [`Setup::new`].
@@ -662,6 +853,12 @@ pub struct SetupOptions {
     pub startup_delay_ms: u64,
     /// Extra `-D` options for the app.
     pub java_opts: Vec<String>,
+    pub layout: Layout,
+    /// `app.retire` in the config.
+    pub retire: bool,
+    /// nginx "on another host": its files and commands reached only through
+    /// a private sshd on a loopback port (seed 000).
+    pub remote: bool,
 }
 
 impl Default for SetupOptions {
@@ -669,6 +866,9 @@ impl Default for SetupOptions {
         SetupOptions {
             startup_delay_ms: 300,
             java_opts: Vec::new(),
+            layout: Layout::Include,
+            retire: false,
+            remote: false,
         }
     }
 }
@@ -684,14 +884,50 @@ impl Setup {
         };
         let app_dir = dir.join("app");
         fs::create_dir_all(app_dir.join("zip"))?;
-        let conf_d = dir.join("nginx/conf.d");
+        let prefix = dir.join("nginx");
+        let conf_d = prefix.join("conf.d");
         fs::create_dir_all(&conf_d)?;
         let include = conf_d.join("service-url.inc");
-        fs::write(
-            &include,
-            format!("set $service_url http://127.0.0.1:{p1};\n"),
-        )?;
-        let nginx = Nginx::start(&dir.join("nginx"), nginx_port, &include)?;
+        let sites = [
+            prefix.join("sites-available/blue"),
+            prefix.join("sites-available/green"),
+        ];
+        let link = prefix.join("sites-enabled/default");
+        let (nginx, route_config) = match opts.layout {
+            Layout::Include => {
+                fs::write(
+                    &include,
+                    format!("set $service_url http://127.0.0.1:{p1};\n"),
+                )?;
+                let nginx = Nginx::start(&prefix, nginx_port, &include)?;
+                let route = json!({
+                    "include": include,
+                    "template": "set $service_url http://127.0.0.1:{port};",
+                });
+                (nginx, route)
+            }
+            Layout::Symlink => {
+                fs::create_dir_all(prefix.join("sites-available"))?;
+                fs::create_dir_all(prefix.join("sites-enabled"))?;
+                fs::write(&sites[0], Nginx::site(nginx_port, p1))?;
+                fs::write(&sites[1], Nginx::site(nginx_port, p2))?;
+                // Relative, as `ln -s ../sites-available/blue default` makes it.
+                std::os::unix::fs::symlink("../sites-available/blue", &link)?;
+                let server = format!("include {}/sites-enabled/*;", prefix.display());
+                let nginx = Nginx::start_with(&prefix, nginx_port, &link, &server)?;
+                let route = json!({
+                    "mode": "symlink",
+                    "link": link,
+                    "sites": {"real1": sites[0], "real2": sites[1]},
+                });
+                (nginx, route)
+            }
+            Layout::Pair => {
+                let server = Nginx::pair_server(nginx_port, [p1, p2]);
+                let nginx = Nginx::start_with(&prefix, nginx_port, &include, &server)?;
+                (nginx, json!({"mode": "upstream-pair"}))
+            }
+        };
         let mut command = vec![
             "java".to_string(),
             "-Dspring.profiles.active={profile}".into(),
@@ -712,18 +948,33 @@ impl Setup {
                 "command": command,
                 "log": "logs/{profile}.log",
                 "stop_timeout_secs": 20,
-                "start_grace_ms": 1000
+                "start_grace_ms": 1000,
+                "retire": opts.retire
             },
             "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
             "nginx": {
-                "include": include,
-                "template": "set $service_url http://127.0.0.1:{port};",
                 "test": nginx.command(&["-t"]),
                 "reload": nginx.command(&["-s", "reload"]),
                 "pid_file": nginx.prefix.join("nginx.pid"),
                 "confirm_timeout_secs": 10
             }
         });
+        let mut config = config;
+        let sshd = if opts.remote {
+            let sshd = Sshd::start(&dir.join("sshd"))?;
+            config["nginx"]["ssh"] = sshd.config();
+            Some(sshd)
+        } else {
+            None
+        };
+        if let (Some(n), Some(r)) = (config["nginx"].as_object_mut(), route_config.as_object()) {
+            n.extend(r.clone());
+            if opts.layout == Layout::Pair {
+                // nginx is never edited in this mode.
+                n.remove("test");
+                n.remove("reload");
+            }
+        }
         let bundle = Bundle::new(&dir.join("bundle"), &config)?;
         Ok(Setup {
             dir,
@@ -731,6 +982,7 @@ impl Setup {
             app_dir,
             ports: [p1, p2],
             bundle,
+            sshd,
             nginx,
         })
     }

@@ -397,6 +397,7 @@ fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
     let opts = SetupOptions {
         startup_delay_ms: 0,
         java_opts: vec!["-Ddemo.exit.at.startup=3".into()],
+        ..Default::default()
     };
     let setup = Setup::new("e2e-dies-at-once", &opts).unwrap();
     setup.drop_jar("v1").unwrap();
@@ -416,6 +417,7 @@ fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
     let opts = SetupOptions {
         startup_delay_ms: 1500,
         java_opts: vec!["-Ddemo.exit.at.startup=3".into()],
+        ..Default::default()
     };
     let setup = Setup::new("e2e-dies-later", &opts).unwrap();
     setup.drop_jar("v1").unwrap();

@@ -1033,7 +1033,10 @@ fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
         (
             "switch",
             vec![
-                format!("would write the include file {}", scene.setup.nginx.include.display()),
+                format!(
+                    "would write the include file {}",
+                    scene.setup.nginx.include.display()
+                ),
                 "-t`".into(),
             ],
         ),

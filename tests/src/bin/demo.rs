@@ -52,6 +52,7 @@ fn demo() -> Result<bool> {
         &SetupOptions {
             startup_delay_ms: STARTUP_MS,
             java_opts: vec![],
+            ..Default::default()
         },
     )?;
     println!(

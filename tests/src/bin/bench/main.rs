@@ -98,6 +98,7 @@ fn bench(args: &Args) -> Result<bool> {
         &SetupOptions {
             startup_delay_ms: args.startup_ms,
             java_opts: vec![],
+            ..Default::default()
         },
     )?;
     // The figures are for what a user gets: nonstop's own defaults for the

@@ -1,0 +1,323 @@
+//! Every seed's nginx setup, end to end, with the real nginx and the demo
+//! jar under load: the sites-available symlink (seed 004), the upstream pair
+//! that nginx balances over (002), nginx on another host reached over ssh
+//! (000), and retiring the previous app once nginx has let go of it (002,
+//! 003, 004). Each runs three deployments while clients request through
+//! nginx, and every request must get 200 from one of the versions deployed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nonstop_common::procs;
+use serde_json::json;
+use tests::{alive, http_get, HookRun, Layout, Load, Sample, Setup, SetupOptions};
+
+fn setup(name: &str, layout: Layout, retire: bool, remote: bool) -> Setup {
+    Setup::new(
+        name,
+        &SetupOptions {
+            layout,
+            retire,
+            remote,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn other(profile: &str) -> &'static str {
+    if profile == "real1" {
+        "real2"
+    } else {
+        "real1"
+    }
+}
+
+/// stop, start, health (which switches) as the CodeDeploy hooks run them.
+fn deploy(setup: &Setup, id: &str, version: &str) -> HookRun {
+    setup.drop_jar(version).unwrap();
+    setup.hook("stop", &[], Some(id)).unwrap().assert_ok();
+    setup.hook("start", &[], Some(id)).unwrap().assert_ok();
+    let health = setup.hook("health", &[], Some(id)).unwrap();
+    health.assert_ok();
+    health
+}
+
+/// Every request answered 200 by one of the deployed versions.
+fn assert_all_served(samples: &[Sample], versions: &[&str]) {
+    assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
+    let allowed: Vec<String> = versions
+        .iter()
+        .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
+        .collect();
+    let bad: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
+        .take(5)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed, first: {bad:?}",
+        samples.iter().filter(|s| s.status != 200).count(),
+        samples.len()
+    );
+}
+
+fn workers(setup: &Setup) -> Vec<i32> {
+    procs::children(setup.nginx.pid())
+}
+
+fn site_of(link: &Path) -> String {
+    fs::read_link(link)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn symlink_mode_repoints_the_link_and_never_restarts_nginx() {
+    let setup = setup("setup-symlink", Layout::Symlink, false, false);
+    // Seed 000's kind of health rule: a page with a word in it.
+    setup
+        .edit_config(|c| {
+            c["health"]["path"] = json!("/");
+            c["health"]["match"] = json!("contains");
+        })
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let link = setup.nginx.include.clone();
+    assert_eq!(site_of(&link), "blue");
+    let master = setup.nginx.pid();
+
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
+        let idle = other(live);
+        let health = deploy(&setup, &format!("d-{n}"), version);
+        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+        assert!(health.stderr.contains("the symlink"), "{}", health.stderr);
+        let site = if idle == "real1" { "blue" } else { "green" };
+        assert_eq!(site_of(&link), site, "{}", health.stderr);
+        for _ in 0..10 {
+            assert_eq!(
+                setup.get("/").unwrap(),
+                (200, format!("demo {version} {idle}"))
+            );
+        }
+        assert!(setup.nginx.test_config());
+        // A reload, never a restart: the same master throughout.
+        assert_eq!(setup.nginx.pid(), master);
+        assert!(alive(master));
+        live = idle;
+    }
+    assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
+}
+
+#[test]
+fn symlink_mode_restores_the_link_when_nginx_test_fails() {
+    let setup = setup("setup-symlink-fault", Layout::Symlink, false, false);
+    setup.bootstrap("v1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup
+        .hook("start", &["--profile", "real2"], None)
+        .unwrap()
+        .assert_ok();
+    setup
+        .hook("health", &["--profile", "real2", "--no-switch"], None)
+        .unwrap()
+        .assert_ok();
+    let green = setup.nginx.prefix.join("sites-available/green");
+    fs::write(&green, "server { listen 127.0.0.1:1 broken }\n").unwrap();
+    let link = setup.nginx.include.clone();
+    let before = fs::read_link(&link).unwrap();
+    let workers_before = workers(&setup);
+
+    let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(
+        switch.stderr.contains("-t` failed") && switch.stderr.contains("restored"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(fs::read_link(&link).unwrap(), before);
+    assert_eq!(workers(&setup), workers_before, "nginx must not reload");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+    // With the site file fixed nothing stands in the way.
+    fs::write(&green, tests::Nginx::site(setup.nginx.port, setup.ports[1])).unwrap();
+    setup
+        .hook("switch", &["--to", "real2"], None)
+        .unwrap()
+        .assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+}
+
+#[test]
+fn upstream_pair_mode_starts_beside_and_retires_the_old_app() {
+    let setup = setup("setup-pair", Layout::Pair, false, false);
+    let include_untouched = setup.nginx.conf.clone();
+    let conf_before = fs::read(&include_untouched).unwrap();
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
+        let idle = other(live);
+        let old_pid = setup.launched_pid(live).unwrap();
+        let health = deploy(&setup, &format!("d-{n}"), version);
+        assert!(
+            health.stderr.contains("upstream-pair mode"),
+            "{}",
+            health.stderr
+        );
+        assert!(
+            health.stderr.contains(&format!("retiring {live}")),
+            "{}",
+            health.stderr
+        );
+        assert!(!alive(old_pid), "the old app must be retired");
+        let old_port = setup.ports[usize::from(live == "real2")];
+        assert!(procs::listening(old_port).unwrap().is_free());
+        for _ in 0..10 {
+            assert_eq!(
+                setup.get("/").unwrap(),
+                (200, format!("demo {version} {idle}"))
+            );
+        }
+        live = idle;
+    }
+    // nginx itself was never edited.
+    assert_eq!(fs::read(&include_untouched).unwrap(), conf_before);
+    assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
+}
+
+#[test]
+fn retiring_waits_for_nginx_to_let_go_of_a_request_in_flight() {
+    let setup = setup("setup-retire", Layout::Include, true, false);
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let old_pid = setup.launched_pid("real1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+
+    // A slow request to the old app, in flight when the switch happens.
+    let port = setup.nginx.port;
+    let slow = std::thread::spawn(move || {
+        http_get(port, "/slow?ms=1500", Duration::from_secs(10)).map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    health.assert_ok();
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        (200, "slow 1500 v1 real1".into())
+    );
+    assert!(
+        health.stderr.contains("previous workers exited"),
+        "{}",
+        health.stderr
+    );
+    assert!(!alive(old_pid), "real1 must be retired");
+    // The second deployment finds real1's slot empty and fills it.
+    let health = deploy(&setup, "d-2", "v3");
+    assert!(
+        health.stderr.contains("retiring real2"),
+        "{}",
+        health.stderr
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+    assert_all_served(&load.finish(), &["v1", "v2", "v3"]);
+}
+
+fn remote_include(setup: &Setup) -> PathBuf {
+    setup.nginx.include.clone()
+}
+
+#[test]
+fn remote_nginx_over_ssh_switches_there_and_restores_there() {
+    let setup = setup("setup-remote", Layout::Include, false, true);
+    let sshd_pid = setup.sshd.as_ref().unwrap().pid();
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
+        let idle = other(live);
+        let health = deploy(&setup, &format!("d-{n}"), version);
+        assert!(
+            health.stderr.contains("on root@127.0.0.1") || health.stderr.contains("@127.0.0.1"),
+            "{}",
+            health.stderr
+        );
+        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+        for _ in 0..10 {
+            assert_eq!(
+                setup.get("/").unwrap(),
+                (200, format!("demo {version} {idle}"))
+            );
+        }
+        live = idle;
+    }
+    assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
+    assert!(alive(sshd_pid));
+
+    // nginx -t fails on the other host: the include is put back there.
+    let include = remote_include(&setup);
+    let before = fs::read(&include).unwrap();
+    let broken = setup.nginx.prefix.join("conf.d/broken.conf");
+    fs::write(&broken, "server { listen 127.0.0.1:1 broken }\n").unwrap();
+    let switch = setup.hook("switch", &["--to", other(live)], None).unwrap();
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(switch.stderr.contains("restored"), "{}", switch.stderr);
+    assert_eq!(fs::read(&include).unwrap(), before);
+    fs::remove_file(&broken).unwrap();
+    assert!(setup.nginx.test_config());
+}
+
+#[test]
+fn an_unreachable_nginx_host_changes_nothing_here_or_there() {
+    let setup = setup("setup-remote-down", Layout::Include, false, true);
+    setup.bootstrap("v1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup
+        .hook("start", &["--profile", "real2"], None)
+        .unwrap()
+        .assert_ok();
+    setup
+        .hook("health", &["--profile", "real2", "--no-switch"], None)
+        .unwrap()
+        .assert_ok();
+    let real2 = setup.launched_pid("real2").unwrap();
+    let include = remote_include(&setup);
+    let before = fs::read(&include).unwrap();
+    // The nginx host's sshd is "down": nothing listens on this port.
+    let nowhere = tests::free_port();
+    setup
+        .edit_config(|c| c["nginx"]["ssh"]["port"] = json!(nowhere))
+        .unwrap();
+
+    let stop = setup.hook("stop", &[], Some("d-1")).unwrap();
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(
+        stop.stderr.contains("cannot reach nginx's host"),
+        "{}",
+        stop.stderr
+    );
+    assert!(
+        alive(real2),
+        "stop must not act without knowing what is live"
+    );
+
+    let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(
+        switch.stderr.contains("cannot reach nginx's host"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(fs::read(&include).unwrap(), before);
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+}
