@@ -20,6 +20,12 @@
 //!
 //! `--rollback` points nginx back at the other profile, the one it routed
 //! to before, once that profile's app still passes the health rule.
+//!
+//! The same sequence serves every route (`nonstop_common::route`): the
+//! include file, or a symlink between site files, on this host or over ssh.
+//! In upstream-pair mode nginx is not touched: the switch waits until nginx
+//! sends the new app requests. With `app.retire` (always in that mode) the
+//! previous app is stopped once nginx has let go of it.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};

@@ -321,3 +321,25 @@ fn an_unreachable_nginx_host_changes_nothing_here_or_there() {
     assert_eq!(fs::read(&include).unwrap(), before);
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
 }
+
+#[test]
+fn remote_symlink_with_retiring_waits_for_the_old_apps_connections() {
+    let setup = setup("setup-remote-symlink", Layout::Symlink, true, true);
+    setup.bootstrap("v1").unwrap();
+    let link = setup.nginx.include.clone();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let old_pid = setup.launched_pid("real1").unwrap();
+    let health = deploy(&setup, "d-1", "v2");
+    assert!(health.stderr.contains("the symlink"), "{}", health.stderr);
+    assert_eq!(site_of(&link), "green");
+    // nginx's workers are on "the other host": the old app goes once no
+    // connection to it is left.
+    assert!(
+        health.stderr.contains("no connection to"),
+        "{}",
+        health.stderr
+    );
+    assert!(!alive(old_pid), "real1 must be retired");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    assert_all_served(&load.finish(), &["v1", "v2"]);
+}
