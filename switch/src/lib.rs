@@ -356,12 +356,15 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
 /// the servers nginx never skips one, and `nginx.fail_timeout_secs: 0` makes
 /// this wait nothing.
 fn wait_out_fail_timeout(ctx: &Context, target: &Profile) -> Result<()> {
-    let window = ctx.config.nginx.fail_timeout;
-    if window.is_zero() {
+    if ctx.config.nginx.fail_timeout.is_zero() {
         return Ok(());
     }
+    // nginx compares in whole seconds (`now - checked <= fail_timeout` on
+    // its cached clock), so a server can stay skipped for up to a second
+    // longer than fail_timeout.
+    let window = ctx.config.nginx.fail_timeout + Duration::from_millis(1200);
     LOG.say(format!(
-        "waiting {} (nginx's fail_timeout, `nginx.fail_timeout_secs`) so that every nginx worker sends to {} again before the old app may go",
+        "waiting {} (nginx's fail_timeout, `nginx.fail_timeout_secs`, plus its clock's second) so that every nginx worker sends to {} again before the old app may go",
         secs(window),
         target.name
     ));
