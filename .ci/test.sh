@@ -7,6 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash .ci/install-deps.sh
+# The Compose backend's tests need a running engine and a compose tool. They
+# are required, not skipped: no engine fails the run here, by name.
+if ! docker info >/dev/null 2>&1; then
+    echo "test.sh: the Docker engine does not answer (docker info failed); the compose tests need it" >&2
+    exit 1
+fi
+if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
+    echo "test.sh: neither \`docker compose\` nor \`docker-compose\` runs; the compose tests need one" >&2
+    exit 1
+fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the stage binaries as the CodeDeploy agent would.

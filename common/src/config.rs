@@ -42,8 +42,33 @@ pub struct Config {
     pub nginx: Nginx,
 }
 
+/// How the app of a profile is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A process nonstop launches (`app.command`), the book's `nohup java -jar`.
+    Process,
+    /// A Docker Compose service per profile.
+    Compose(Compose),
+}
+
+/// `app.compose`: the services of a Compose project that are the profiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compose {
+    pub file: PathBuf,
+    pub project: String,
+    /// The service of each profile, in profile order.
+    pub services: Vec<String>,
+    /// `docker compose` or `docker-compose`; `None`: whichever works.
+    pub command: Option<Vec<String>>,
+    /// The docker CLI, for `ps`, `inspect` and `logs`.
+    pub docker: String,
+    /// Pull the service's image before starting it.
+    pub pull: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct App {
+    pub backend: Backend,
     pub dir: PathBuf,
     /// The directory the artifact is looked for in.
     pub artifact_dir: PathBuf,
@@ -162,6 +187,19 @@ struct RawApp {
     stop_timeout_secs: Option<u64>,
     start_grace_ms: Option<u64>,
     retire: Option<bool>,
+    backend: Option<String>,
+    compose: Option<RawCompose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompose {
+    file: String,
+    project: String,
+    services: std::collections::BTreeMap<String, String>,
+    command: Option<Vec<String>>,
+    docker: Option<String>,
+    pull: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +366,90 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         &command.join(" "),
         &["profile", "port", "artifact"],
     )?;
+
+    let backend = match app.backend.as_deref().unwrap_or("process") {
+        "process" => {
+            if app.compose.is_some() {
+                return Err("key `app.compose`: only used with \"backend\": \"compose\"".into());
+            }
+            Backend::Process
+        }
+        "compose" => {
+            let raw = app.compose.as_ref().ok_or(
+                "key `app.compose` is missing: {\"file\": ..., \"project\": ..., \"services\": {\"PROFILE\": \"SERVICE\"}}",
+            )?;
+            let plain = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 63
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    && !s.starts_with(['-', '.'])
+            };
+            if !plain(&raw.project)
+                || raw
+                    .project
+                    .chars()
+                    .any(|c| c.is_ascii_uppercase() || c == '.')
+            {
+                return Err(format!(
+                    "key `app.compose.project`: {:?} must be lowercase letters, digits, '-' or '_' (what Compose labels its containers with)",
+                    raw.project
+                ));
+            }
+            if let Some(unknown) = raw
+                .services
+                .keys()
+                .find(|k| !profiles.iter().any(|p| &p.name == *k))
+            {
+                return Err(format!(
+                    "key `app.compose.services.{unknown}`: not a configured profile"
+                ));
+            }
+            let mut services = Vec::new();
+            for p in &profiles {
+                let s = raw.services.get(&p.name).ok_or_else(|| {
+                    format!(
+                        "key `app.compose.services`: no service for profile {}",
+                        p.name
+                    )
+                })?;
+                if !plain(s) {
+                    return Err(format!(
+                        "key `app.compose.services.{}`: {s:?} is not a Compose service name",
+                        p.name
+                    ));
+                }
+                services.push(s.clone());
+            }
+            if services[0] == services[1] {
+                return Err(
+                    "key `app.compose.services`: both profiles name the same service".into(),
+                );
+            }
+            if let Some(c) = &raw.command {
+                if c.first().is_none_or(|c| c.trim().is_empty()) {
+                    return Err("key `app.compose.command`: the command is empty".into());
+                }
+            }
+            let docker = raw.docker.clone().unwrap_or_else(|| "docker".into());
+            if docker.trim().is_empty() {
+                return Err("key `app.compose.docker`: empty".into());
+            }
+            Backend::Compose(Compose {
+                file: resolve(&raw.file),
+                project: raw.project.clone(),
+                services,
+                command: raw.command.clone(),
+                docker,
+                pull: raw.pull.unwrap_or(false),
+            })
+        }
+        other => {
+            return Err(format!(
+                "key `app.backend`: {other:?} is not one of \"process\", \"compose\""
+            ))
+        }
+    };
 
     let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
     if log.trim().is_empty() {
@@ -527,6 +649,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         state_dir,
         lock_timeout: secs("lock_timeout_secs", raw.lock_timeout_secs, 60)?,
         app: App {
+            backend,
             artifact_dir,
             artifact_pattern,
             command,

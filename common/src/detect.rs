@@ -313,7 +313,10 @@ pub fn observe(config: &Config) -> Result<Observed> {
                 .with_context(|| format!("cannot read who listens on {}", p.port))?;
             listens.push(!l.is_free());
         }
-        let decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
+        let mut decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
+        if let Some(c) = crate::compose::of(config) {
+            decision = cross_check(config, c, decision);
+        }
         // No probe through nginx: while a port is down, a request to it makes
         // nginx take that server out of rotation for its fail_timeout.
         return Ok(Observed {
@@ -324,7 +327,10 @@ pub fn observe(config: &Config) -> Result<Observed> {
     }
     let include = read_include(config)?;
     let probe = probe(config);
-    let decision = decide(&config.profiles, &probe, &include);
+    let mut decision = decide(&config.profiles, &probe, &include);
+    if let Some(c) = crate::compose::of(config) {
+        decision = cross_check(config, c, decision);
+    }
     Ok(Observed {
         probe,
         include,
@@ -335,6 +341,48 @@ pub fn observe(config: &Config) -> Result<Observed> {
 /// Probes, reads and decides; a disagreement is an error (exit 1).
 pub fn detect(config: &Config) -> Result<Detection> {
     observe(config)?.decision.map_err(|e| anyhow!(e))
+}
+
+/// Compose backend: the decision must fit which services run. nginx
+/// routing to a profile whose service is stopped while the other one runs
+/// means the witnesses describe a world that is not there: refuse, as when
+/// they disagree, rather than stop the one app that serves.
+fn cross_check(
+    config: &Config,
+    compose: &crate::config::Compose,
+    decision: Result<Detection, String>,
+) -> Result<Detection, String> {
+    let mut d = decision?;
+    let Some(live) = d.live.clone() else {
+        return Ok(d);
+    };
+    let other = config.other(&live).clone();
+    let runs = |p: &Profile| {
+        let service = crate::compose::service(compose, config, p);
+        crate::compose::running(compose, service)
+            .map(|c| c.is_some())
+            .map_err(|e| format!("cannot ask docker which services run: {e:#}"))
+    };
+    let (live_runs, other_runs) = (runs(&live)?, runs(&other)?);
+    match (live_runs, other_runs) {
+        (true, _) => Ok(d),
+        (false, true) => Err(format!(
+            "nginx routes to {} ({}) but its service {} is not running, while {}'s service {} runs; refusing to guess which is live (`switch --to {}` if that one should serve)",
+            live.name,
+            live.port,
+            crate::compose::service(compose, config, &live),
+            other.name,
+            crate::compose::service(compose, config, &other),
+            other.name
+        )),
+        (false, false) => {
+            d.warnings.push(format!(
+                "nginx routes to {} but neither service runs",
+                live.name
+            ));
+            Ok(d)
+        }
+    }
 }
 
 /// A profile as shown in JSON output.

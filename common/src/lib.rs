@@ -6,6 +6,7 @@
 //! is a thin layer over it, and nothing in here exits the process.
 
 pub mod cmd;
+pub mod compose;
 pub mod config;
 pub mod detect;
 pub mod error;

@@ -135,6 +135,11 @@ pub struct Launched {
     pub log_offset: u64,
     pub started_unix_ms: u64,
     pub deployment_id: Option<String>,
+    /// Compose backend: the container and the image it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// What `switch` did last.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
+use nonstop_common::compose;
 use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::is_same_alive;
 use nonstop_common::state::Launched;
@@ -120,7 +121,25 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             }
             Err(why) => why,
         };
-        if let Some(l) = &launched {
+        if let (Some(l), Some(compose)) = (&launched, compose::of(config)) {
+            // A container: ask the engine (it may be restarting under a
+            // restart policy, which a pid alone would not show).
+            if let Some(id) = &l.container_id {
+                let state = compose::inspect(compose, id);
+                if !state.as_ref().is_some_and(|c| c.is_running()) {
+                    let how = state
+                        .map(|c| format!("{} (exit code {})", c.status, c.exit_code))
+                        .unwrap_or_else(|| "gone".to_string());
+                    return Err(anyhow!(
+                        "the container {} started for {} is {how} after {} without answering ({last}); {}",
+                        &id[..id.len().min(12)],
+                        target.name,
+                        secs(started.elapsed()),
+                        compose::logs_tail(compose, id)
+                    ));
+                }
+            }
+        } else if let Some(l) = &launched {
             if !is_same_alive(l.pid, l.start_time) {
                 return Err(anyhow!(
                     "the app started for {} (pid {}) has exited after {} without answering ({last}); {}",
@@ -135,7 +154,10 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
         if elapsed >= config.health.timeout {
             let log_note = launched
                 .as_ref()
-                .map(|l| format!("; {}", tail_for_message(&l.log, l.log_offset)))
+                .map(|l| match (&l.container_id, compose::of(config)) {
+                    (Some(id), Some(compose)) => format!("; {}", compose::logs_tail(compose, id)),
+                    _ => format!("; {}", tail_for_message(&l.log, l.log_offset)),
+                })
                 .unwrap_or_default();
             return Err(anyhow!(
                 "{} did not answer {} at {url} within {} ({attempt} attempts; last: {last}){log_note}",

@@ -16,6 +16,7 @@ use anyhow::{anyhow, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
+use nonstop_common::compose;
 use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
@@ -83,13 +84,33 @@ pub fn report(config: &Config, observed: &Observed) -> Value {
         .map(|p| {
             let seen = listening(p.port).unwrap_or_default();
             let pid = seen.pids.first().copied();
-            json!({
+            let mut view = json!({
                 "profile": p.name,
                 "port": p.port,
                 "listening": !seen.is_free(),
                 "pid": pid,
                 "command": pid.map(cmdline),
-            })
+            });
+            if let Some(c) = compose::of(config) {
+                let service = compose::service(c, config, p);
+                view["service"] = json!(service);
+                view["container"] = match compose::containers(c, service) {
+                    Ok(list) => match list.into_iter().next() {
+                        Some(k) => json!({
+                            "id": k.id,
+                            "name": k.name,
+                            "image": k.image,
+                            "image_id": k.image_id,
+                            "state": k.status,
+                            "exit_code": k.exit_code,
+                            "started_at": k.started_at,
+                        }),
+                        None => Value::Null,
+                    },
+                    Err(e) => json!({"error": format!("{e:#}")}),
+                };
+            }
+            view
         })
         .collect();
     let probe = match &observed.probe {

@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::config::{render, wildcard_match};
+use nonstop_common::compose;
+use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time};
 use nonstop_common::signals::{self, wait_for};
@@ -58,6 +59,9 @@ where
 }
 
 fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
+    if let Some(compose) = nonstop_common::compose::of(&ctx.config) {
+        return start_service(ctx, target, compose);
+    }
     let config = &ctx.config;
     let port = target.port;
     let previous: Option<Launched> = ctx
@@ -189,6 +193,8 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         log_offset,
         started_unix_ms: now_unix_ms(),
         deployment_id: ctx.deployment_id.clone(),
+        container_id: None,
+        image_id: None,
     };
     ctx.state
         .write(&ctx.state.launched_path(&target.name), &record)?;
@@ -232,6 +238,150 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         )),
     }
     Ok(())
+}
+
+/// The Compose backend: a fresh container of the profile's service only
+/// (`up -d --no-deps --force-recreate`), recorded with its container and
+/// image id, and watched for its first moments like a process.
+fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
+    let service = compose::service(compose, config, target);
+    compose::check_service(compose, service)?;
+    let previous: Option<Launched> = ctx
+        .state
+        .read(&ctx.state.launched_path(&target.name), &LOG)?;
+    let running = compose::running(compose, service)?;
+    if let Some(c) = &running {
+        let ours = previous.as_ref().is_some_and(|l| {
+            ctx.deployment_id.is_some()
+                && l.deployment_id == ctx.deployment_id
+                && l.container_id.as_deref() == Some(c.id.as_str())
+        });
+        if ours {
+            LOG.say(format!(
+                "this deployment already started {} (service {service}, container {}); not starting it twice",
+                target.name,
+                short(&c.id)
+            ));
+            return Ok(());
+        }
+        return Err(anyhow!(
+            "service {service} ({}) already runs (container {}, {}); run `stop` first",
+            target.name,
+            short(&c.id),
+            c.image
+        ));
+    }
+    let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
+    if !seen.is_free() {
+        let who: Vec<String> = seen
+            .pids
+            .iter()
+            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .collect();
+        return Err(anyhow!(
+            "port {port} ({}) is already taken by {}; service {service} could not publish it",
+            target.name,
+            if who.is_empty() {
+                "a process this user cannot see".to_string()
+            } else {
+                who.join(", ")
+            }
+        ));
+    }
+    if ctx.slots.live.as_ref() == Some(target) {
+        LOG.warn(format!(
+            "{} is the profile nginx routes to, and its service is not running: starting it again",
+            target.name
+        ));
+    }
+    if ctx.dry_run {
+        if compose.pull {
+            LOG.say(format!("would pull the image of service {service}"));
+        }
+        LOG.say(format!(
+            "would start service {service} alone (up -d --no-deps --force-recreate) from {}",
+            compose.file.display()
+        ));
+        LOG.say(format!(
+            "would watch it for up to {} and fail if its container exits",
+            secs(config.app.start_grace)
+        ));
+        return Ok(());
+    }
+    signals::check().context("nothing was changed")?;
+    if compose.pull {
+        compose::pull(compose, service)?;
+        LOG.say(format!("pulled the image of service {service}"));
+    }
+    signals::check().context("nothing was started")?;
+    compose::up(compose, service)?;
+    let container = compose::containers(compose, service)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            anyhow!("service {service} was started but no container of it is to be found")
+        })?;
+    let record = Launched {
+        profile: target.name.clone(),
+        port,
+        pid: container.pid,
+        start_time: start_time(container.pid),
+        artifact: PathBuf::from(&container.image),
+        command: vec!["up".into(), "-d".into(), service.to_string()],
+        log: PathBuf::new(),
+        log_offset: 0,
+        started_unix_ms: now_unix_ms(),
+        deployment_id: ctx.deployment_id.clone(),
+        container_id: Some(container.id.clone()),
+        image_id: Some(container.image_id.clone()),
+    };
+    ctx.state
+        .write(&ctx.state.launched_path(&target.name), &record)?;
+    LOG.say(format!(
+        "started service {service} for {} on {port}: container {} ({}, image {})",
+        target.name,
+        short(&container.id),
+        container.image,
+        short(container.image_id.trim_start_matches("sha256:"))
+    ));
+
+    let mut state = container.clone();
+    let settled = wait_for(config.app.start_grace, Duration::from_millis(20), || {
+        if let Some(now) = compose::inspect(compose, &container.id) {
+            state = now;
+        }
+        !state.is_running() || !listening(port).map(|l| l.is_free()).unwrap_or(true)
+    })
+    .with_context(|| {
+        format!(
+            "service {service} was started and keeps running; `stop --profile {}` stops it",
+            target.name
+        )
+    })?;
+    if !state.is_running() {
+        return Err(anyhow!(
+            "the container of service {service} ({}) is {} (exit code {}) right after it started; {}",
+            short(&container.id),
+            state.status,
+            state.exit_code,
+            compose::logs_tail(compose, &container.id)
+        ));
+    }
+    match settled {
+        Some(t) => LOG.say(format!("port {port} is published after {}", secs(t))),
+        None => LOG.say(format!(
+            "the container is running after {}; `health` will wait for it to answer",
+            secs(config.app.start_grace)
+        )),
+    }
+    Ok(())
+}
+
+/// The first 12 characters of a container or image id, as docker shows them.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// The configured command with `{profile}`, `{port}` and `{artifact}` filled in.

@@ -20,7 +20,8 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 use nix::sys::signal::Signal;
 
-use nonstop_common::config::{render, wildcard_match};
+use nonstop_common::compose;
+use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::detect;
 use nonstop_common::procs::{self, cmdline, is_alive, is_same_alive, listening};
 use nonstop_common::signals::{self, wait_for};
@@ -95,6 +96,9 @@ pub fn stop_profile(
     live: Option<&Profile>,
     force: bool,
 ) -> Result<()> {
+    if let Some(compose) = compose::of(&ctx.config) {
+        return stop_service(ctx, target, compose);
+    }
     let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() && seen.pids.is_empty() {
@@ -222,6 +226,77 @@ pub fn stop_profile(
                 "port {port} is still taken after SIGKILL (pids {holders:?}); look at it by hand"
             ))
         }
+    }
+}
+
+/// The Compose backend: `stop -t SECS SERVICE` for the target's service
+/// only (never `down`), then the port must be free. Something else on the
+/// port is named and left alone: it is not the service's.
+fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
+    let service = compose::service(compose, config, target);
+    compose::check_service(compose, service)?;
+    let running = compose::running(compose, service)?;
+    let Some(container) = running else {
+        let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
+        if seen.is_free() {
+            LOG.say(format!(
+                "service {service} ({}) is not running and nothing listens on {port}; nothing to stop",
+                target.name
+            ));
+            return Ok(());
+        }
+        let who: Vec<String> = seen
+            .pids
+            .iter()
+            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .collect();
+        return Err(anyhow!(
+            "service {service} ({}) is not running, yet port {port} is held by {}; that is not the service's, so it is not stopped",
+            target.name,
+            if who.is_empty() {
+                "a process this user cannot see".to_string()
+            } else {
+                who.join(", ")
+            }
+        ));
+    };
+    let timeout = config.app.stop_timeout;
+    if ctx.dry_run {
+        LOG.say(format!(
+            "would stop service {service} (container {}, {}) on {port}: SIGTERM, SIGKILL after {}",
+            &container.id[..container.id.len().min(12)],
+            container.image,
+            secs(timeout)
+        ));
+        return Ok(());
+    }
+    signals::check().context("nothing was stopped")?;
+    LOG.say(format!(
+        "{} is service {service} (container {}, {}) on {port}; stopping it",
+        target.name,
+        &container.id[..container.id.len().min(12)],
+        container.image
+    ));
+    let started = std::time::Instant::now();
+    compose::stop(compose, service, timeout)?;
+    let free = wait_for(KILL_WAIT, POLL, || {
+        listening(port).map(|l| l.is_free()).unwrap_or(false)
+    })
+    .context("the service was stopped")?;
+    match free {
+        Some(_) => {
+            LOG.say(format!(
+                "service {service} stopped after {}; port {port} is free",
+                secs(started.elapsed())
+            ));
+            Ok(())
+        }
+        None => Err(anyhow!(
+            "service {service} is stopped but port {port} is still held (pids {:?})",
+            listening(port).map(|l| l.pids).unwrap_or_default()
+        )),
     }
 }
 

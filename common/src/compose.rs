@@ -1,0 +1,313 @@
+//! The Docker Compose backend: each profile is one service of a Compose
+//! project (seeds 003 and 004 run blue and green, or backend-1 and
+//! backend-2, that way).
+//!
+//! Only ever the one service: `up -d --no-deps --force-recreate SERVICE` to
+//! start, `stop -t SECS SERVICE` to stop. Never `down`, which would take the
+//! live service and the project's database and cache with it. Which
+//! containers belong to a service is asked of the engine by its exact
+//! Compose labels (`docker ps --filter label=...`) and read as JSON
+//! (`docker inspect`), never by grepping `docker ps` (seed 004's `grep blue`
+//! would also match `blue-db`). Works with the `docker compose` plugin and
+//! the standalone `docker-compose`, picked by config or by which one runs.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{self, Outcome};
+use crate::config::{Backend, Compose, Config, Profile};
+
+/// How long one compose or docker command may take (a pull can be slow).
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// The compose settings, when the config uses that backend.
+pub fn of(config: &Config) -> Option<&Compose> {
+    match &config.app.backend {
+        Backend::Compose(c) => Some(c),
+        Backend::Process => None,
+    }
+}
+
+/// The service of a profile.
+pub fn service<'a>(compose: &'a Compose, config: &Config, profile: &Profile) -> &'a str {
+    let i = config
+        .profiles
+        .iter()
+        .position(|p| p == profile)
+        .unwrap_or(0);
+    compose.services.get(i).map(String::as_str).unwrap_or("")
+}
+
+/// `docker compose` or `docker-compose`: the configured one, else the
+/// first that answers `version`.
+fn compose_command(compose: &Compose) -> Result<Vec<String>> {
+    if let Some(c) = &compose.command {
+        return Ok(c.clone());
+    }
+    let candidates: [Vec<String>; 2] = [
+        vec![compose.docker.clone(), "compose".into()],
+        vec!["docker-compose".into()],
+    ];
+    for c in candidates {
+        let mut probe = c.clone();
+        probe.push("version".into());
+        if cmd::run(&probe, Duration::from_secs(30)).is_ok_and(|o| o.success()) {
+            return Ok(c);
+        }
+    }
+    Err(anyhow!(
+        "neither `{} compose` nor `docker-compose` runs here; install one, or set app.compose.command",
+        compose.docker
+    ))
+}
+
+fn base(compose: &Compose) -> Result<Vec<String>> {
+    let mut argv = compose_command(compose)?;
+    argv.extend([
+        "-f".to_string(),
+        compose.file.to_string_lossy().into_owned(),
+        "-p".to_string(),
+        compose.project.clone(),
+    ]);
+    Ok(argv)
+}
+
+fn run(argv: Vec<String>) -> Result<Outcome> {
+    let shown = argv.join(" ");
+    let out = cmd::run(&argv, LIMIT)?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(anyhow!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            out.message()
+        ))
+    }
+}
+
+/// The services the compose file defines.
+pub fn services(compose: &Compose) -> Result<Vec<String>> {
+    let mut argv = base(compose)?;
+    argv.extend(["config".into(), "--services".into()]);
+    let out = run(argv)
+        .with_context(|| format!("cannot read the compose file {}", compose.file.display()))?;
+    Ok(out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Fails, naming the service and what the file has, unless the compose file
+/// defines `service`. Checked before anything is started or stopped.
+pub fn check_service(compose: &Compose, service: &str) -> Result<()> {
+    let known = services(compose)?;
+    if known.iter().any(|s| s == service) {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the compose file {} has no service {service:?} (it has: {}); check app.compose.services",
+            compose.file.display(),
+            known.join(", ")
+        ))
+    }
+}
+
+/// `pull SERVICE`.
+pub fn pull(compose: &Compose, service: &str) -> Result<()> {
+    let mut argv = base(compose)?;
+    argv.extend(["pull".into(), service.into()]);
+    run(argv).map(|_| ())
+}
+
+/// `up -d --no-deps --force-recreate SERVICE`: a fresh container of that
+/// service only, from its current image.
+pub fn up(compose: &Compose, service: &str) -> Result<()> {
+    let mut argv = base(compose)?;
+    argv.extend([
+        "up".into(),
+        "-d".into(),
+        "--no-deps".into(),
+        "--force-recreate".into(),
+        service.into(),
+    ]);
+    run(argv).map(|_| ())
+}
+
+/// `stop -t SECS SERVICE`: SIGTERM, SIGKILL after the timeout, by the engine.
+pub fn stop(compose: &Compose, service: &str, timeout: Duration) -> Result<()> {
+    let mut argv = base(compose)?;
+    argv.extend([
+        "stop".into(),
+        "-t".into(),
+        timeout.as_secs().max(1).to_string(),
+        service.into(),
+    ]);
+    run(argv).map(|_| ())
+}
+
+/// One container, as `docker inspect` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// The image's id (sha256:...).
+    pub image_id: String,
+    /// The image as the compose file names it.
+    pub image: String,
+    /// created, running, restarting, exited, ...
+    pub status: String,
+    pub pid: i32,
+    pub exit_code: i64,
+    pub started_at: String,
+}
+
+impl Container {
+    pub fn is_running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspected {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    image: String,
+    state: InspectedState,
+    config: InspectedConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedState {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    pid: i32,
+    #[serde(default)]
+    exit_code: i64,
+    #[serde(default)]
+    started_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedConfig {
+    #[serde(default)]
+    image: String,
+}
+
+/// The containers of `service` in the project, newest first, by their
+/// exact Compose labels.
+pub fn containers(compose: &Compose, service: &str) -> Result<Vec<Container>> {
+    let ids = run(vec![
+        compose.docker.clone(),
+        "ps".into(),
+        "-a".into(),
+        "-q".into(),
+        "--no-trunc".into(),
+        "--filter".into(),
+        format!("label=com.docker.compose.project={}", compose.project),
+        "--filter".into(),
+        format!("label=com.docker.compose.service={service}"),
+    ])
+    .context("cannot list the containers")?;
+    let ids: Vec<String> = ids
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut argv = vec![compose.docker.clone(), "inspect".into()];
+    argv.extend(ids);
+    let out = run(argv).context("cannot inspect the containers")?;
+    let inspected: Vec<Inspected> = serde_json::from_str(&out.stdout)
+        .map_err(|e| anyhow!("`docker inspect` gave JSON nonstop cannot read: {e}"))?;
+    Ok(inspected
+        .into_iter()
+        .map(|i| Container {
+            id: i.id,
+            name: i.name.trim_start_matches('/').to_string(),
+            image_id: i.image,
+            image: i.config.image,
+            status: i.state.status,
+            pid: i.state.pid,
+            exit_code: i.state.exit_code,
+            started_at: i.state.started_at,
+        })
+        .collect())
+}
+
+/// The running container of `service`, if one runs.
+pub fn running(compose: &Compose, service: &str) -> Result<Option<Container>> {
+    Ok(containers(compose, service)?
+        .into_iter()
+        .find(Container::is_running))
+}
+
+/// One container's state now, by id (`None`: it is gone).
+pub fn inspect(compose: &Compose, id: &str) -> Option<Container> {
+    let out = cmd::run(
+        &[compose.docker.clone(), "inspect".into(), id.into()],
+        Duration::from_secs(30),
+    )
+    .ok()
+    .filter(Outcome::success)?;
+    let inspected: Vec<Inspected> = serde_json::from_str(&out.stdout).ok()?;
+    inspected.into_iter().next().map(|i| Container {
+        id: i.id,
+        name: i.name.trim_start_matches('/').to_string(),
+        image_id: i.image,
+        image: i.config.image,
+        status: i.state.status,
+        pid: i.state.pid,
+        exit_code: i.state.exit_code,
+        started_at: i.state.started_at,
+    })
+}
+
+/// The last lines the container printed, for a message.
+pub fn logs_tail(compose: &Compose, id: &str) -> String {
+    match cmd::run(
+        &[
+            compose.docker.clone(),
+            "logs".into(),
+            "--tail".into(),
+            "15".into(),
+            id.into(),
+        ],
+        Duration::from_secs(30),
+    ) {
+        Ok(out) => {
+            let text = format!("{}{}", out.stdout, out.stderr);
+            if text.trim().is_empty() {
+                format!("`docker logs {id}` is empty")
+            } else {
+                // The container's own output: shown, indented, never used.
+                let body: Vec<String> = text
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .map(|l| format!("    {}", l.chars().take(300).collect::<String>()))
+                    .collect();
+                format!("last lines of `docker logs {id}`:\n{}", body.join("\n"))
+            }
+        }
+        Err(e) => format!("its log could not be read: {e:#}"),
+    }
+}

@@ -1,0 +1,203 @@
+//! The Docker Compose backend against a real engine: images built here
+//! (`FROM scratch` + the static demo server; nothing can be pulled), a
+//! compose file with blue and green on the two ports and an unrelated
+//! blue-db that must keep running, the real nginx in front. An engine that
+//! does not answer fails these tests; it is not a skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::{HookRun, Load, Sample, Setup, SetupOptions};
+
+fn setup(name: &str) -> Setup {
+    Setup::new(
+        name,
+        &SetupOptions {
+            compose: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn other(profile: &str) -> &'static str {
+    if profile == "real1" {
+        "real2"
+    } else {
+        "real1"
+    }
+}
+
+fn service(profile: &str) -> &'static str {
+    if profile == "real1" {
+        "blue"
+    } else {
+        "green"
+    }
+}
+
+fn launched(setup: &Setup, profile: &str) -> Value {
+    let text = std::fs::read_to_string(setup.state_dir().join(format!("launched-{profile}.json")))
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn assert_all_served(samples: &[Sample], versions: &[&str]) {
+    assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
+    let allowed: Vec<String> = versions
+        .iter()
+        .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
+        .collect();
+    let bad: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
+        .take(5)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed, first: {bad:?}",
+        samples.iter().filter(|s| s.status != 200).count(),
+        samples.len()
+    );
+}
+
+#[test]
+fn three_compose_deployments_under_load_touch_only_their_service() {
+    let setup = setup("compose-cycle");
+    let project = setup.compose.as_ref().unwrap();
+    let db = project.running("blue-db").expect("blue-db runs");
+    setup.bootstrap("v1").unwrap();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
+        let idle = other(live);
+        let id = format!("d-{n}");
+        let live_container = project.running(service(live)).unwrap();
+        setup.drop_jar(version).unwrap();
+        let stop = setup.hook("stop", &[], Some(&id)).unwrap();
+        stop.assert_ok();
+        assert!(project.running(service(idle)).is_none(), "{}", stop.stderr);
+        let start = setup.hook("start", &[], Some(&id)).unwrap();
+        start.assert_ok();
+        assert!(
+            start
+                .stderr
+                .contains(&format!("started service {}", service(idle))),
+            "{}",
+            start.stderr
+        );
+        let record = launched(&setup, idle);
+        let container = project.running(service(idle)).unwrap();
+        assert_eq!(record["container_id"], json!(container));
+        assert!(record["image_id"].as_str().unwrap().starts_with("sha256:"));
+        let health: HookRun = setup.hook("health", &[], Some(&id)).unwrap();
+        health.assert_ok();
+        for _ in 0..10 {
+            assert_eq!(
+                setup.get("/").unwrap(),
+                (200, format!("demo {version} {idle}"))
+            );
+        }
+        // Only the idle service was touched: the live one and blue-db run on.
+        assert_eq!(project.running(service(live)), Some(live_container));
+        assert_eq!(project.running("blue-db"), Some(db.clone()));
+        live = idle;
+    }
+    assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
+
+    let json = setup.hook("profile", &["--json"], None).unwrap();
+    json.assert_ok();
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let blue = &v["profiles"][0];
+    assert_eq!(blue["service"], "blue");
+    assert_eq!(blue["container"]["state"], "running");
+    assert!(blue["container"]["image"]
+        .as_str()
+        .unwrap()
+        .ends_with(":current"));
+}
+
+#[test]
+fn a_container_that_exits_at_once_or_never_answers_fails_and_changes_nothing() {
+    let setup = setup("compose-faults");
+    let project = setup.compose.as_ref().unwrap();
+    // The tool named in the config rather than found (the other test finds it).
+    setup
+        .edit_config(|c| c["app"]["compose"]["command"] = json!(["docker-compose"]))
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let include = setup.include();
+    let live = project.running("blue").unwrap();
+
+    // A build that exits at once: start (or health) fails with its log.
+    let compose_file = project.file.clone();
+    let original = std::fs::read_to_string(&compose_file).unwrap();
+    std::fs::write(
+        &compose_file,
+        original.replacen(
+            "PROFILE: real2\n",
+            "PROFILE: real2\n      EXIT_AT_STARTUP: \"3\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    let start = setup.hook("start", &[], Some("d-1")).unwrap();
+    let failed = if start.code() == 0 {
+        setup.hook("health", &[], Some("d-1")).unwrap()
+    } else {
+        start
+    };
+    assert_eq!(failed.code(), 1, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("exited") && failed.stderr.contains("EXIT_AT_STARTUP=3"),
+        "{}",
+        failed.stderr
+    );
+
+    // A build that runs but never answers right: health times out.
+    std::fs::write(
+        &compose_file,
+        original.replacen(
+            "PROFILE: real2\n",
+            "PROFILE: real2\n      ANSWER: wrong\n",
+            1,
+        ),
+    )
+    .unwrap();
+    setup
+        .edit_config(|c| c["health"]["timeout_secs"] = json!(3))
+        .unwrap();
+    setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
+    let health = setup.hook("health", &[], Some("d-2")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("did not answer") && health.stderr.contains("wrong"),
+        "{}",
+        health.stderr
+    );
+
+    // The compose file lost the service nonstop was told about.
+    std::fs::write(&compose_file, original.replace("  green:", "  greeen:")).unwrap();
+    let stop = setup.hook("stop", &[], Some("d-3")).unwrap();
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(
+        stop.stderr.contains("has no service \"green\"") && stop.stderr.contains("greeen"),
+        "{}",
+        stop.stderr
+    );
+    std::fs::write(&compose_file, &original).unwrap();
+
+    // Through all of it: nginx untouched, the live container the same.
+    assert_eq!(setup.include(), include);
+    assert_eq!(project.running("blue"), Some(live));
+    assert!(setup.nginx.test_config());
+    assert_all_served(&load.finish(), &["v1"]);
+}
