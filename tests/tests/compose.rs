@@ -201,3 +201,47 @@ fn a_container_that_exits_at_once_or_never_answers_fails_and_changes_nothing() {
     assert!(setup.nginx.test_config());
     assert_all_served(&load.finish(), &["v1"]);
 }
+
+#[test]
+fn compose_with_the_symlink_switch_and_retiring() {
+    let setup = Setup::new(
+        "compose-symlink-retire",
+        &SetupOptions {
+            compose: true,
+            layout: tests::Layout::Symlink,
+            retire: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let project = setup.compose.as_ref().unwrap();
+    let db = project.running("blue-db").unwrap();
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3"].into_iter().enumerate() {
+        let idle = other(live);
+        let id = format!("d-{n}");
+        setup.drop_jar(version).unwrap();
+        for stage in ["stop", "start", "health"] {
+            let run = setup.hook(stage, &[], Some(&id)).unwrap();
+            run.assert_ok();
+            if stage == "health" {
+                assert!(
+                    run.stderr.contains(&format!("retiring {live}")),
+                    "{}",
+                    run.stderr
+                );
+            }
+        }
+        // The previous service is stopped, by compose, once nginx let go.
+        assert!(project.running(service(live)).is_none());
+        assert_eq!(
+            setup.get("/").unwrap(),
+            (200, format!("demo {version} {idle}"))
+        );
+        assert_eq!(project.running("blue-db"), Some(db.clone()));
+        live = idle;
+    }
+    assert_all_served(&load.finish(), &["v1", "v2", "v3"]);
+}
