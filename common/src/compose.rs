@@ -205,6 +205,21 @@ struct InspectedConfig {
     image: String,
 }
 
+impl From<Inspected> for Container {
+    fn from(i: Inspected) -> Container {
+        Container {
+            id: i.id,
+            name: i.name.trim_start_matches('/').to_string(),
+            image_id: i.image,
+            image: i.config.image,
+            status: i.state.status,
+            pid: i.state.pid,
+            exit_code: i.state.exit_code,
+            started_at: i.state.started_at,
+        }
+    }
+}
+
 /// The containers of `service` in the project, newest first, by their
 /// exact Compose labels.
 pub fn containers(compose: &Compose, service: &str) -> Result<Vec<Container>> {
@@ -235,19 +250,7 @@ pub fn containers(compose: &Compose, service: &str) -> Result<Vec<Container>> {
     let out = run(argv).context("cannot inspect the containers")?;
     let inspected: Vec<Inspected> = serde_json::from_str(&out.stdout)
         .map_err(|e| anyhow!("`docker inspect` gave JSON nonstop cannot read: {e}"))?;
-    Ok(inspected
-        .into_iter()
-        .map(|i| Container {
-            id: i.id,
-            name: i.name.trim_start_matches('/').to_string(),
-            image_id: i.image,
-            image: i.config.image,
-            status: i.state.status,
-            pid: i.state.pid,
-            exit_code: i.state.exit_code,
-            started_at: i.state.started_at,
-        })
-        .collect())
+    Ok(inspected.into_iter().map(Container::from).collect())
 }
 
 /// The running container of `service`, if one runs.
@@ -266,16 +269,7 @@ pub fn inspect(compose: &Compose, id: &str) -> Option<Container> {
     .ok()
     .filter(Outcome::success)?;
     let inspected: Vec<Inspected> = serde_json::from_str(&out.stdout).ok()?;
-    inspected.into_iter().next().map(|i| Container {
-        id: i.id,
-        name: i.name.trim_start_matches('/').to_string(),
-        image_id: i.image,
-        image: i.config.image,
-        status: i.state.status,
-        pid: i.state.pid,
-        exit_code: i.state.exit_code,
-        started_at: i.state.started_at,
-    })
+    inspected.into_iter().next().map(Container::from)
 }
 
 /// The last lines the container printed, for a message.

@@ -70,6 +70,7 @@ impl Drop for Lock {
 /// holder when the wait runs out.
 pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result<Lock> {
     let mut announced = false;
+    let mut first_refusal: Option<Instant> = None;
     loop {
         let file = OpenOptions::new()
             .read(true)
@@ -107,7 +108,9 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                 return Ok(Lock { flock });
             }
             Err((_, Errno::EWOULDBLOCK)) => {
-                let holder = read_holder(path)
+                let named = read_holder(path);
+                let holder = named
+                    .as_ref()
                     .map(|h| h.describe())
                     .unwrap_or_else(|| "another nonstop stage".to_string());
                 if Instant::now() >= deadline {
@@ -116,7 +119,10 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                         path.display()
                     ));
                 }
-                if !announced {
+                // The holder writes its name just after it takes the lock:
+                // give it a moment, so the message can name it.
+                let waiting = *first_refusal.get_or_insert_with(Instant::now);
+                if !announced && (named.is_some() || waiting.elapsed() >= Duration::from_secs(1)) {
                     log.say(format!("waiting for the lock held by {holder}"));
                     announced = true;
                 }

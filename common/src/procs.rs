@@ -28,6 +28,18 @@ impl Listening {
     pub fn is_free(&self) -> bool {
         self.inodes.is_empty()
     }
+
+    /// Who holds the port, for a message: "pid 12 (java -jar ...), ...".
+    pub fn holders(&self) -> String {
+        if self.pids.is_empty() {
+            return "a process this user cannot see".to_string();
+        }
+        self.pids
+            .iter()
+            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Who listens on `port`, over IPv4 and IPv6.

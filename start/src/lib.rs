@@ -25,7 +25,7 @@ use clap::Parser;
 use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::log::tail_for_message;
-use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time};
+use nonstop_common::procs::{is_same_alive, listening, start_time};
 use nonstop_common::signals::{self, wait_for};
 use nonstop_common::state::Launched;
 use nonstop_common::time::{now_unix_ms, secs};
@@ -85,16 +85,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     }
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
-        let who: Vec<String> = seen
-            .pids
-            .iter()
-            .map(|&p| format!("pid {p} ({})", cmdline(p)))
-            .collect();
-        let who = if who.is_empty() {
-            "a process this user cannot see".to_string()
-        } else {
-            who.join(", ")
-        };
+        let who = seen.holders();
         return Err(anyhow!(
             "port {port} ({}) is already taken by {who}; run `stop` first",
             target.name
@@ -275,19 +266,10 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     }
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
-        let who: Vec<String> = seen
-            .pids
-            .iter()
-            .map(|&p| format!("pid {p} ({})", cmdline(p)))
-            .collect();
         return Err(anyhow!(
             "port {port} ({}) is already taken by {}; service {service} could not publish it",
             target.name,
-            if who.is_empty() {
-                "a process this user cannot see".to_string()
-            } else {
-                who.join(", ")
-            }
+            seen.holders()
         ));
     }
     if ctx.slots.live.as_ref() == Some(target) {

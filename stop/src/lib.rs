@@ -247,19 +247,10 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
             ));
             return Ok(());
         }
-        let who: Vec<String> = seen
-            .pids
-            .iter()
-            .map(|&p| format!("pid {p} ({})", cmdline(p)))
-            .collect();
         return Err(anyhow!(
             "service {service} ({}) is not running, yet port {port} is held by {}; that is not the service's, so it is not stopped",
             target.name,
-            if who.is_empty() {
-                "a process this user cannot see".to_string()
-            } else {
-                who.join(", ")
-            }
+            seen.holders()
         ));
     };
     let timeout = config.app.stop_timeout;

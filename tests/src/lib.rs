@@ -1258,6 +1258,27 @@ impl Drop for Setup {
 
 // ---------------------------------------------------------------- load
 
+/// Fails unless every sample got 200 with a body `demo VERSION PROFILE` of
+/// one of `versions` (either profile), and the load ran at all.
+pub fn assert_all_served(samples: &[Sample], versions: &[&str]) {
+    assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
+    let allowed: Vec<String> = versions
+        .iter()
+        .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
+        .collect();
+    let bad: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
+        .take(5)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed, first: {bad:?}",
+        samples.iter().filter(|s| s.status != 200).count(),
+        samples.len()
+    );
+}
+
 /// One request's outcome.
 #[derive(Debug, Clone)]
 pub struct Sample {

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tests::{HookRun, Load, Sample, Setup, SetupOptions};
+use tests::{assert_all_served, HookRun, Load, Setup, SetupOptions};
 
 fn setup(name: &str) -> Setup {
     Setup::new(
@@ -42,25 +42,6 @@ fn launched(setup: &Setup, profile: &str) -> Value {
     let text = std::fs::read_to_string(setup.state_dir().join(format!("launched-{profile}.json")))
         .unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn assert_all_served(samples: &[Sample], versions: &[&str]) {
-    assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
-    let allowed: Vec<String> = versions
-        .iter()
-        .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
-        .collect();
-    let bad: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
-        .take(5)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} of {} requests failed, first: {bad:?}",
-        samples.iter().filter(|s| s.status != 200).count(),
-        samples.len()
-    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nonstop_common::procs;
 use serde_json::json;
-use tests::{alive, http_get, HookRun, Layout, Load, Sample, Setup, SetupOptions};
+use tests::{alive, assert_all_served, http_get, HookRun, Layout, Load, Setup, SetupOptions};
 
 fn setup(name: &str, layout: Layout, retire: bool, remote: bool) -> Setup {
     Setup::new(
@@ -44,26 +44,6 @@ fn deploy(setup: &Setup, id: &str, version: &str) -> HookRun {
     let health = setup.hook("health", &[], Some(id)).unwrap();
     health.assert_ok();
     health
-}
-
-/// Every request answered 200 by one of the deployed versions.
-fn assert_all_served(samples: &[Sample], versions: &[&str]) {
-    assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
-    let allowed: Vec<String> = versions
-        .iter()
-        .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
-        .collect();
-    let bad: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
-        .take(5)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} of {} requests failed, first: {bad:?}",
-        samples.iter().filter(|s| s.status != 200).count(),
-        samples.len()
-    );
 }
 
 fn workers(setup: &Setup) -> Vec<i32> {
