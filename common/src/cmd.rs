@@ -33,6 +33,9 @@ impl Outcome {
     }
 }
 
+/// How much of a command's stdout and stderr is kept.
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
 /// Runs `argv` with stdin closed, waiting at most `limit`. A command that
 /// cannot be started or runs too long is an error naming it.
 pub fn run(argv: &[String], limit: Duration) -> Result<Outcome> {
@@ -75,7 +78,7 @@ fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<O
             let mut text = Vec::new();
             if let Some(pipe) = pipe {
                 // A read error just ends the capture; the exit status is what counts.
-                let _ = pipe.take(64 * 1024).read_to_end(&mut text);
+                let _ = pipe.take(OUTPUT_LIMIT as u64).read_to_end(&mut text);
             }
             String::from_utf8_lossy(&text).into_owned()
         })

@@ -131,6 +131,16 @@ pub fn read(config: &Config) -> Result<Option<Vec<u8>>> {
             let reader = if symlink { "readlink" } else { "cat" };
             let out = remote(ssh, &[&[reader, "--", &path_str(target)]])?;
             if out.success() {
+                // What `cmd::run` keeps of a command's output: a file this
+                // size may have been cut, and restoring a cut copy would
+                // lose the rest.
+                if out.stdout.len() >= cmd::OUTPUT_LIMIT {
+                    return Err(anyhow!(
+                        "{} is {} bytes or more; nonstop edits only small include files",
+                        describe(config),
+                        cmd::OUTPUT_LIMIT
+                    ));
+                }
                 let mut bytes = out.stdout.into_bytes();
                 if symlink && bytes.last() == Some(&b'\n') {
                     bytes.pop();
