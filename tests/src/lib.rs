@@ -1253,7 +1253,34 @@ impl Drop for Setup {
                 }
             }
         }
+        // A test may have garbled the state files on purpose: any app still
+        // running from this setup's directory is found by its command line.
+        for pid in pids_running_from(&self.app_dir) {
+            terminate(pid, Duration::from_secs(10));
+        }
     }
+}
+
+/// Live processes whose command line mentions `dir`.
+fn pids_running_from(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != std::process::id() as i32 && alive(pid))
+        .filter(|&pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- load
