@@ -245,6 +245,11 @@ pub fn containers(compose: &Compose, service: &str) -> Result<Vec<Container>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    inspect_all(compose, ids)
+}
+
+/// `docker inspect IDS`, read as JSON.
+fn inspect_all(compose: &Compose, ids: Vec<String>) -> Result<Vec<Container>> {
     let mut argv = vec![compose.docker.clone(), "inspect".into()];
     argv.extend(ids);
     let out = run(argv).context("cannot inspect the containers")?;
@@ -262,14 +267,16 @@ pub fn running(compose: &Compose, service: &str) -> Result<Option<Container>> {
 
 /// One container's state now, by id (`None`: it is gone).
 pub fn inspect(compose: &Compose, id: &str) -> Option<Container> {
-    let out = cmd::run(
-        &[compose.docker.clone(), "inspect".into(), id.into()],
-        Duration::from_secs(30),
-    )
-    .ok()
-    .filter(Outcome::success)?;
-    let inspected: Vec<Inspected> = serde_json::from_str(&out.stdout).ok()?;
-    inspected.into_iter().next().map(Container::from)
+    inspect_all(compose, vec![id.to_string()])
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+/// The first 12 characters of a container or image id, as docker shows them.
+pub fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    id.get(..12).unwrap_or(id)
 }
 
 /// The last lines the container printed, for a message.

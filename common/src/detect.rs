@@ -29,7 +29,7 @@ use crate::http;
 use crate::log::quote_untrusted;
 use crate::procs;
 use crate::route;
-use crate::state::read_capped;
+use crate::state::{read_capped, StateDir, Switched};
 
 /// What the probe through nginx said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,11 +215,12 @@ pub fn decide_pair(
 }
 
 /// The profile the last switch made live, from `switch.json`, if readable.
+/// Read without a [`StateDir`]'s side effects: detection moves nothing aside.
 fn last_switched(config: &Config) -> Option<Profile> {
-    let bytes = read_capped(&config.state_dir.join("switch.json"), 64 * 1024).ok()??;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let name = v.get("active")?.get("name")?.as_str()?;
-    config.profile(name).cloned()
+    let path = StateDir::read_only(&config.state_dir).switched_path();
+    let bytes = read_capped(&path, 64 * 1024).ok()??;
+    let record: Switched = serde_json::from_slice(&bytes).ok()?;
+    config.profile(&record.active.name).cloned()
 }
 
 /// The URL the health rule asks, on the profile's own port (not through nginx).
@@ -227,8 +228,8 @@ pub fn health_url(config: &Config, target: &Profile) -> String {
     format!("http://127.0.0.1:{}{}", target.port, config.health.path)
 }
 
-/// One try of the health rule: the app on `target`'s port answers 2xx with a
-/// body that, trimmed, equals `health.expect`. `Err` says what it did instead.
+/// One try of the health rule ([`healthy`]) on `target`'s own port. `Err`
+/// says what it answered instead, or why nothing came.
 pub fn check_health(config: &Config, target: &Profile) -> Result<(), String> {
     let answer = http::get(&health_url(config, target), config.health.request_timeout)?;
     if healthy(config, target, &answer) {

@@ -41,12 +41,6 @@ pub struct Journal {
     pub started_unix_ms: u64,
 }
 
-/// Reads the route's content (`None`: it does not exist): the include
-/// file's bytes, or the symlink's target.
-pub fn read_include(config: &Config) -> Result<Option<Vec<u8>>> {
-    route::read(config)
-}
-
 /// Records that a switch to `target` begins, with the include's current bytes.
 pub fn begin(
     state: &StateDir,
@@ -161,7 +155,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
             .map(|d| format!(", deployment {d}"))
             .unwrap_or_default()
     );
-    let now = read_include(config)?;
+    let now = route::read(config)?;
     let target = config.profile(&journal.target.name).cloned();
     let new_line = target.as_ref().map(|t| route::content_for(config, t));
     if now == previous {

@@ -261,20 +261,28 @@ pub fn restore(config: &Config, old: Option<&[u8]>) -> Result<()> {
     })
 }
 
-/// Whether the directory that holds the route can be written, so a switch
-/// could happen. `Err` says why not.
+/// Whether the directory that holds the route takes a new entry, so a
+/// switch could happen. Checked by making (and removing) a file there, named
+/// like the switch's own temp entries so no `include *.conf` glob sees it
+/// (root passes any permission test, so only trying tells); on a remote
+/// nginx host, with `test -w`. `Err` says why not.
 pub fn check_writable(config: &Config) -> Result<(), String> {
-    let target = path(config);
-    let dir = target.parent().unwrap_or(Path::new("/"));
+    let dir = path(config)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match &config.nginx.ssh {
-        None => nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
-            .map_err(|e| format!("{}: {e}", dir.display())),
+        None => {
+            let probe = dir.join(format!(".nonstop-write-test.{}.tmp", std::process::id()));
+            fs::File::create(&probe)
+                .and_then(|_| fs::remove_file(&probe))
+                .map_err(|e| format!("{}: {e}", dir.display()))
+        }
         Some(ssh) => match remote(ssh, &[&["test", "-w", &path_str(dir)]]) {
             Ok(out) if out.success() => Ok(()),
             Ok(_) => Err(format!(
-                "{} on {} is not writable by {}",
+                "{} on {} cannot be written by that login",
                 dir.display(),
-                ssh.destination,
                 ssh.destination
             )),
             Err(e) => Err(format!("{e:#}")),

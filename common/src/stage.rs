@@ -320,33 +320,19 @@ fn running(me: &Holder) -> Running {
 }
 
 /// The switch writes the include (or the symlink) through a temp entry
-/// beside it, so its directory must take a new one. Checked by making (and
-/// removing) a file there, named like the switch's own temp files so no
-/// `include *.conf` glob sees it; on a remote nginx host, with `test -w`.
+/// beside it, so its directory must take a new one; see
+/// [`route::check_writable`].
 fn check_include_writable(config: &Config) -> Result<()> {
     let what = match config.nginx.mode {
         Mode::UpstreamPair => return Ok(()),
         Mode::Symlink { .. } => "symlink",
         Mode::Include => "include file",
     };
-    let target = route::path(config);
-    let dir = target
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let unwritable = |why: String| {
+    route::check_writable(config).map_err(|why| {
         anyhow!(
-            "the {what}'s directory {} is not writable ({why}), so the switch could not happen; nothing was changed",
-            dir.display()
+            "the {what}'s directory is not writable ({why}), so the switch could not happen; nothing was changed"
         )
-    };
-    if config.nginx.ssh.is_some() {
-        return route::check_writable(config).map_err(unwritable);
-    }
-    let probe = dir.join(format!(".nonstop-write-test.{}.tmp", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| unwritable(e.to_string()))
+    })
 }
 
 fn describe(live: Option<&Profile>, idle: &Profile) -> String {

@@ -122,22 +122,26 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             Err(why) => why,
         };
         if let (Some(l), Some(compose)) = (&launched, compose::of(config)) {
-            // A container: ask the engine (it may be restarting under a
-            // restart policy, which a pid alone would not show).
-            if let Some(id) = &l.container_id {
-                let state = compose::inspect(compose, id);
-                if !state.as_ref().is_some_and(|c| c.is_running()) {
-                    let how = state
-                        .map(|c| format!("{} (exit code {})", c.status, c.exit_code))
-                        .unwrap_or_else(|| "gone".to_string());
-                    return Err(anyhow!(
-                        "the container {} started for {} is {how} after {} without answering ({last}); {}",
-                        &id[..id.len().min(12)],
-                        target.name,
-                        secs(started.elapsed()),
-                        compose::logs_tail(compose, id)
-                    ));
-                }
+            // A container: its main process (pid and start time recorded by
+            // `start`) gone means it exited or restarted under a restart
+            // policy; only then is the engine asked what became of it.
+            if let Some(id) = l
+                .container_id
+                .as_ref()
+                .filter(|_| !is_same_alive(l.pid, l.start_time))
+            {
+                let how = match compose::inspect(compose, id) {
+                    Some(c) if c.is_running() => "restarted".to_string(),
+                    Some(c) => format!("{} (exit code {})", c.status, c.exit_code),
+                    None => "gone".to_string(),
+                };
+                return Err(anyhow!(
+                    "the container {} started for {} is {how} after {} without answering ({last}); {}",
+                    compose::short_id(id),
+                    target.name,
+                    secs(started.elapsed()),
+                    compose::logs_tail(compose, id)
+                ));
             }
         } else if let Some(l) = &launched {
             if !is_same_alive(l.pid, l.start_time) {

@@ -253,14 +253,14 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
             LOG.say(format!(
                 "this deployment already started {} (service {service}, container {}); not starting it twice",
                 target.name,
-                short(&c.id)
+                compose::short_id(&c.id)
             ));
             return Ok(());
         }
         return Err(anyhow!(
             "service {service} ({}) already runs (container {}, {}); run `stop` first",
             target.name,
-            short(&c.id),
+            compose::short_id(&c.id),
             c.image
         ));
     }
@@ -324,9 +324,9 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     LOG.say(format!(
         "started service {service} for {} on {port}: container {} ({}, image {})",
         target.name,
-        short(&container.id),
+        compose::short_id(&container.id),
         container.image,
-        short(container.image_id.trim_start_matches("sha256:"))
+        compose::short_id(&container.image_id)
     ));
 
     let mut state = container.clone();
@@ -345,7 +345,7 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     if !state.is_running() {
         return Err(anyhow!(
             "the container of service {service} ({}) is {} (exit code {}) right after it started; {}",
-            short(&container.id),
+            compose::short_id(&container.id),
             state.status,
             state.exit_code,
             compose::logs_tail(compose, &container.id)
@@ -359,11 +359,6 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
         )),
     }
     Ok(())
-}
-
-/// The first 12 characters of a container or image id, as docker shows them.
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// The configured command with `{profile}`, `{port}` and `{artifact}` filled in.

@@ -257,7 +257,7 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
     if ctx.dry_run {
         LOG.say(format!(
             "would stop service {service} (container {}, {}) on {port}: SIGTERM, SIGKILL after {}",
-            &container.id[..container.id.len().min(12)],
+            compose::short_id(&container.id),
             container.image,
             secs(timeout)
         ));
@@ -267,7 +267,7 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
     LOG.say(format!(
         "{} is service {service} (container {}, {}) on {port}; stopping it",
         target.name,
-        &container.id[..container.id.len().min(12)],
+        compose::short_id(&container.id),
         container.image
     ));
     let started = std::time::Instant::now();

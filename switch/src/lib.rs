@@ -122,10 +122,7 @@ fn retire(
     live: &Profile,
     old_workers: Option<Vec<i32>>,
 ) -> Result<()> {
-    let config = &ctx.config;
-    let limit = config.nginx.drain_timeout;
-    let every = Duration::from_millis(10);
-    if config.nginx.mode == Mode::UpstreamPair {
+    if ctx.config.nginx.mode == Mode::UpstreamPair {
         // nginx balances over both ports: it sends no new request to a port
         // that refuses, and the app drains what it has on SIGTERM.
         LOG.say(format!(
@@ -133,45 +130,51 @@ fn retire(
             previous.name, previous.port, live.name
         ));
     } else if let Some(workers) = old_workers.filter(|w| !w.is_empty()) {
-        LOG.say(format!(
-            "retiring {}: waiting for nginx's previous workers (pids {workers:?}) to finish their requests",
-            previous.name
-        ));
-        let gone = signals::wait_for(limit, every, || {
-            workers.iter().all(|&w| !procs::is_alive(w))
-        })
-        .context("nothing was retired")?;
-        match gone {
-            Some(t) => LOG.say(format!(
-                "nginx's previous workers exited after {}",
-                secs(t)
-            )),
-            None => LOG.warn(format!(
-                "nginx's previous workers still run after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
-                secs(limit),
-                previous.name
-            )),
-        }
+        drain(
+            ctx,
+            previous,
+            &format!("nginx's previous workers (pids {workers:?}) to finish their requests"),
+            "nginx's previous workers exited",
+            || workers.iter().all(|&w| !procs::is_alive(w)),
+        )?;
     } else {
-        LOG.say(format!(
-            "retiring {}: waiting until no connection to {} is left",
-            previous.name, previous.port
-        ));
-        let idle = signals::wait_for(limit, every, || {
-            procs::established(previous.port).is_ok_and(|n| n == 0)
-        })
-        .context("nothing was retired")?;
-        match idle {
-            Some(t) => LOG.say(format!("no connection to {} after {}", previous.port, secs(t))),
-            None => LOG.warn(format!(
-                "connections to {} remain after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
-                previous.port,
-                secs(limit),
-                previous.name
-            )),
-        }
+        drain(
+            ctx,
+            previous,
+            &format!("no connection to {} to be left", previous.port),
+            &format!("no connection to {} is left", previous.port),
+            || procs::established(previous.port).is_ok_and(|n| n == 0),
+        )?;
     }
     nonstop_stop::stop_profile(ctx, previous, Some(live), false)
+}
+
+/// Waits, at most `nginx.drain_timeout_secs`, until `let_go` holds: nginx
+/// no longer needs `previous`. Past the bound it warns and lets the stop go
+/// ahead (the app finishes its requests in flight on SIGTERM).
+fn drain(
+    ctx: &Context,
+    previous: &Profile,
+    waiting_for: &str,
+    done: &str,
+    let_go: impl FnMut() -> bool,
+) -> Result<()> {
+    let limit = ctx.config.nginx.drain_timeout;
+    LOG.say(format!(
+        "retiring {}: waiting for {waiting_for}",
+        previous.name
+    ));
+    match signals::wait_for(limit, Duration::from_millis(10), let_go)
+        .context("nothing was retired")?
+    {
+        Some(t) => LOG.say(format!("{done} after {}", secs(t))),
+        None => LOG.warn(format!(
+            "still waiting for {waiting_for} after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
+            secs(limit),
+            previous.name
+        )),
+    }
+    Ok(())
 }
 
 /// The profile to roll back to: the one that is not live now, provided its
@@ -220,7 +223,7 @@ pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
         ));
     } else {
         let new = route::content_for(config, target);
-        let old = nginx::read_include(config)?;
+        let old = route::read(config)?;
         if old.as_deref() == Some(new.as_slice()) {
             LOG.say(format!(
                 "would leave {} as it is: it already routes to {} ({})",
@@ -276,7 +279,9 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
         // its fail_timeout (10 s by default), and the new app's port refused
         // until a moment ago: retiring the old app before nginx sends the new
         // one traffic would leave it with no server to send to (502).
-        wait_out_fail_timeout(ctx, target)?;
+        if ctx.slots.live.as_ref().is_some_and(|l| l != target) {
+            wait_out_fail_timeout(ctx, target)?;
+        }
         let limit = config.nginx.confirm_timeout.max(PAIR_CONFIRM_MIN);
         let mut last = String::new();
         let sent = signals::wait_for(limit, Duration::from_millis(20), || {
@@ -312,7 +317,7 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
         return Ok(None);
     }
     let new = route::content_for(config, target);
-    let old = nginx::read_include(config)?;
+    let old = route::read(config)?;
 
     if old.as_deref() == Some(new.as_slice())
         && matches!(detect::probe(config), Probe::Answered(ref p) if p == target)
@@ -337,7 +342,7 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     // The journal goes once the include is settled: the new one confirmed,
     // or the old one back. If putting it back failed, the journal stays so
     // the next stage tries again.
-    let settled = result.is_ok() || nginx::read_include(config).ok().flatten() == old;
+    let settled = result.is_ok() || route::read(config).ok().flatten() == old;
     if settled {
         nginx::end(&ctx.state, &LOG);
     }
@@ -399,14 +404,18 @@ fn transaction(
     if let Err(why) = tested {
         nginx::restore(config, old, &LOG)?;
         return Err(anyhow!(
-            "`{}` failed, nginx was not reloaded and the include file is restored: {why}",
-            config.nginx.test.join(" ")
+            "`{}` failed, nginx was not reloaded and {} is restored: {why}",
+            config.nginx.test.join(" "),
+            route::describe(config)
         ));
     }
     LOG.say(format!("`{}` passed", config.nginx.test.join(" ")));
     if let Err(i) = signals::check() {
         nginx::restore(config, old, &LOG)?;
-        return Err(anyhow!(i).context("the include file is restored and nginx was not reloaded"));
+        return Err(anyhow!(i).context(format!(
+            "{} is restored and nginx was not reloaded",
+            route::describe(config)
+        )));
     }
 
     let old_workers = accepting_workers(config);
@@ -414,8 +423,9 @@ fn transaction(
     if let Err(why) = nginx::reload(config) {
         nginx::restore(config, old, &LOG)?;
         return Err(anyhow!(
-            "`{}` failed and the include file is restored: {why}",
-            config.nginx.reload.join(" ")
+            "`{}` failed and {} is restored: {why}",
+            config.nginx.reload.join(" "),
+            route::describe(config)
         ));
     }
     LOG.say(format!(
