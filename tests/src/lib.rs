@@ -380,6 +380,11 @@ http {{
         self.child.id() as i32
     }
 
+    /// The master's worker processes now (a reload replaces them all).
+    pub fn workers(&self) -> Vec<i32> {
+        nonstop_common::procs::children(self.pid())
+    }
+
     /// The argv that runs nginx against this instance, plus `extra`.
     pub fn command(&self, extra: &[&str]) -> Vec<String> {
         let mut argv = vec![
@@ -1226,13 +1231,18 @@ impl Setup {
     }
 
     /// Brings version `version` up on the first profile, as an operator would
-    /// by hand on a fresh server: `start --profile real1`, then
-    /// `health --profile real1 --no-switch`.
+    /// by hand on a fresh server.
     pub fn bootstrap(&self, version: &str) -> Result<()> {
+        self.start_by_hand("real1", version)
+    }
+
+    /// Brings `version` up on `profile` without switching, as an operator
+    /// would by hand: `start --profile P`, then `health --profile P --no-switch`.
+    pub fn start_by_hand(&self, profile: &str, version: &str) -> Result<()> {
         self.drop_jar(version)?;
-        self.hook("start", &["--profile", "real1"], None)?
+        self.hook("start", &["--profile", profile], None)?
             .assert_ok();
-        self.hook("health", &["--profile", "real1", "--no-switch"], None)?
+        self.hook("health", &["--profile", profile, "--no-switch"], None)?
             .assert_ok();
         Ok(())
     }
@@ -1318,66 +1328,98 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
-/// Clients that GET a path through nginx in a loop, each request on a new
-/// connection, `pause` apart, until stopped.
+/// Client threads that each send one request per call of their request
+/// function, `pause` apart, until [`Clients::finish`]: the scaffolding of
+/// [`Load`] and of the benchmark's load.
 #[derive(Debug)]
-pub struct Load {
+pub struct Clients<S> {
     started: Instant,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Vec<Sample>>>,
+    threads: Vec<JoinHandle<Vec<S>>>,
 }
 
-impl Load {
-    pub fn start(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
+/// Each client is bounded in samples too, so a runaway run cannot eat memory.
+const MAX_SAMPLES_PER_CLIENT: usize = 1_000_000;
+
+impl<S: Send + 'static> Clients<S> {
+    /// Starts `count` clients; `make(i)` gives client `i` its request
+    /// function, called with the moment the load began.
+    pub fn start<F>(count: usize, pause: Duration, mut make: impl FnMut(usize) -> F) -> Clients<S>
+    where
+        F: FnMut(Instant) -> S + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
-        let t0 = Instant::now();
-        let threads = (0..clients)
-            .map(|_| {
+        let started = Instant::now();
+        let threads = (0..count)
+            .map(|i| {
                 let stop = stop.clone();
-                let path = path.to_string();
+                let mut request = make(i);
                 std::thread::spawn(move || {
                     let mut samples = Vec::new();
-                    // Bounded in count as well as by the stop flag.
-                    while !stop.load(Ordering::Relaxed) && samples.len() < 1_000_000 {
-                        let sent = Instant::now();
-                        let result = http_get(port, &path, Duration::from_secs(10));
-                        let (status, body, error) = match result {
-                            Ok((s, b)) => (s, b, None),
-                            Err(e) => (0, String::new(), Some(e.to_string())),
-                        };
-                        samples.push(Sample {
-                            at: sent - t0,
-                            latency: sent.elapsed(),
-                            status,
-                            body,
-                            error,
-                        });
+                    while !stop.load(Ordering::Relaxed) && samples.len() < MAX_SAMPLES_PER_CLIENT {
+                        samples.push(request(started));
                         std::thread::sleep(pause);
                     }
                     samples
                 })
             })
             .collect();
-        Load {
-            started: t0,
+        Clients {
+            started,
             stop,
             threads,
         }
     }
 
-    /// When the load began: [`Sample::at`] counts from here.
+    /// When the load began.
     pub fn started(&self) -> Instant {
         self.started
     }
 
-    /// Stops the clients and returns every sample, in time order.
-    pub fn finish(self) -> Vec<Sample> {
+    /// Stops the clients; every sample, client by client.
+    pub fn finish(self) -> Vec<S> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut all: Vec<Sample> = self
-            .threads
+        self.threads
             .into_iter()
             .flat_map(|t| t.join().unwrap_or_default())
-            .collect();
+            .collect()
+    }
+}
+
+/// Clients that GET a path through nginx in a loop, each request on a new
+/// connection, `pause` apart, until stopped.
+#[derive(Debug)]
+pub struct Load(Clients<Sample>);
+
+impl Load {
+    pub fn start(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
+        Load(Clients::start(clients, pause, |_| {
+            let path = path.to_string();
+            move |t0: Instant| {
+                let sent = Instant::now();
+                let (status, body, error) = match http_get(port, &path, Duration::from_secs(10)) {
+                    Ok((s, b)) => (s, b, None),
+                    Err(e) => (0, String::new(), Some(e.to_string())),
+                };
+                Sample {
+                    at: sent - t0,
+                    latency: sent.elapsed(),
+                    status,
+                    body,
+                    error,
+                }
+            }
+        }))
+    }
+
+    /// When the load began: [`Sample::at`] counts from here.
+    pub fn started(&self) -> Instant {
+        self.0.started()
+    }
+
+    /// Stops the clients and returns every sample, in time order.
+    pub fn finish(self) -> Vec<Sample> {
+        let mut all = self.0.finish();
         all.sort_by_key(|s| s.at);
         all
     }

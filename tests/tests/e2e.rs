@@ -280,15 +280,7 @@ fn a_second_deployment_waits_for_the_first_and_names_it() {
 fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
     let setup = Setup::new("e2e-disagree", &SetupOptions::default()).unwrap();
     setup.bootstrap("v1").unwrap();
-    setup.drop_jar("v2").unwrap();
-    setup
-        .hook("start", &["--profile", "real2"], None)
-        .unwrap()
-        .assert_ok();
-    setup
-        .hook("health", &["--profile", "real2", "--no-switch"], None)
-        .unwrap()
-        .assert_ok();
+    setup.start_by_hand("real2", "v2").unwrap();
     let (real1, real2) = (
         setup.launched_pid("real1").unwrap(),
         setup.launched_pid("real2").unwrap(),

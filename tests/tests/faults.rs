@@ -133,17 +133,11 @@ impl Scene {
 
     /// Starts `version` on real2 by hand and checks it answers.
     fn start_real2(&self, version: &str) {
-        self.setup.drop_jar(version).unwrap();
-        self.hook("start", &["--profile", "real2"], None)
-            .assert_ok();
-        self.hook("health", &["--profile", "real2", "--no-switch"], None)
-            .assert_ok();
+        self.setup.start_by_hand("real2", version).unwrap();
     }
 
     fn workers(&self) -> Vec<i32> {
-        let mut w = nonstop_common::procs::children(self.setup.nginx.pid());
-        w.sort_unstable();
-        w
+        self.setup.nginx.workers()
     }
 
     fn state(&self, name: &str) -> std::path::PathBuf {

@@ -46,10 +46,6 @@ fn deploy(setup: &Setup, id: &str, version: &str) -> HookRun {
     health
 }
 
-fn workers(setup: &Setup) -> Vec<i32> {
-    procs::children(setup.nginx.pid())
-}
-
 fn site_of(link: &Path) -> String {
     fs::read_link(link)
         .unwrap()
@@ -102,20 +98,12 @@ fn symlink_mode_repoints_the_link_and_never_restarts_nginx() {
 fn symlink_mode_restores_the_link_when_nginx_test_fails() {
     let setup = setup("setup-symlink-fault", Layout::Symlink, false, false);
     setup.bootstrap("v1").unwrap();
-    setup.drop_jar("v2").unwrap();
-    setup
-        .hook("start", &["--profile", "real2"], None)
-        .unwrap()
-        .assert_ok();
-    setup
-        .hook("health", &["--profile", "real2", "--no-switch"], None)
-        .unwrap()
-        .assert_ok();
+    setup.start_by_hand("real2", "v2").unwrap();
     let green = setup.nginx.prefix.join("sites-available/green");
     fs::write(&green, "server { listen 127.0.0.1:1 broken }\n").unwrap();
     let link = setup.nginx.include.clone();
     let before = fs::read_link(&link).unwrap();
-    let workers_before = workers(&setup);
+    let workers_before = setup.nginx.workers();
 
     let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
     assert_eq!(switch.code(), 1, "{}", switch.stderr);
@@ -125,7 +113,11 @@ fn symlink_mode_restores_the_link_when_nginx_test_fails() {
         switch.stderr
     );
     assert_eq!(fs::read_link(&link).unwrap(), before);
-    assert_eq!(workers(&setup), workers_before, "nginx must not reload");
+    assert_eq!(
+        setup.nginx.workers(),
+        workers_before,
+        "nginx must not reload"
+    );
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
     // With the site file fixed nothing stands in the way.
     fs::write(&green, tests::Nginx::site(setup.nginx.port, setup.ports[1])).unwrap();
@@ -261,15 +253,7 @@ fn remote_nginx_over_ssh_switches_there_and_restores_there() {
 fn an_unreachable_nginx_host_changes_nothing_here_or_there() {
     let setup = setup("setup-remote-down", Layout::Include, false, true);
     setup.bootstrap("v1").unwrap();
-    setup.drop_jar("v2").unwrap();
-    setup
-        .hook("start", &["--profile", "real2"], None)
-        .unwrap()
-        .assert_ok();
-    setup
-        .hook("health", &["--profile", "real2", "--no-switch"], None)
-        .unwrap()
-        .assert_ok();
+    setup.start_by_hand("real2", "v2").unwrap();
     let real2 = setup.launched_pid("real2").unwrap();
     let include = remote_include(&setup);
     let before = fs::read(&include).unwrap();

@@ -14,10 +14,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use tests::Clients;
 
 /// How a request was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -69,65 +69,40 @@ impl Sample {
 
 /// Clients requesting `path` through nginx on `port` until [`Load::finish`].
 #[derive(Debug)]
-pub struct Load {
-    started: Instant,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Vec<Sample>>>,
-}
+pub struct Load(Clients<Sample>);
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each client is bounded in samples too, so a runaway run cannot eat memory.
-const MAX_SAMPLES_PER_CLIENT: usize = 2_000_000;
 
 impl Load {
     pub fn start(port: u16, path: &str, fresh: usize, kept_alive: usize, pause: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let kinds = std::iter::repeat_n(Kind::Fresh, fresh)
-            .chain(std::iter::repeat_n(Kind::KeptAlive, kept_alive));
-        let threads = kinds
-            .map(|kind| {
-                let stop = stop.clone();
-                let path = path.to_string();
-                std::thread::spawn(move || client(port, &path, kind, pause, started, &stop))
-            })
-            .collect();
-        Load {
-            started,
-            stop,
-            threads,
-        }
+        Load(Clients::start(fresh + kept_alive, pause, |i| {
+            let kind = if i < fresh {
+                Kind::Fresh
+            } else {
+                Kind::KeptAlive
+            };
+            client(port, path.to_string(), kind)
+        }))
     }
 
     /// When the load began: every [`Sample::at`] counts from here.
     pub fn started(&self) -> Instant {
-        self.started
+        self.0.started()
     }
 
     /// Stops the clients; every sample, in the order they were sent.
     pub fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all: Vec<Sample> = self
-            .threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect();
+        let mut all = self.0.finish();
         all.sort_by_key(|s| s.at);
         all
     }
 }
 
-fn client(
-    port: u16,
-    path: &str,
-    kind: Kind,
-    pause: Duration,
-    t0: Instant,
-    stop: &AtomicBool,
-) -> Vec<Sample> {
-    let mut samples = Vec::new();
+/// One client's request function: a kept-alive client keeps its connection
+/// from one call to the next while nginx leaves it open.
+fn client(port: u16, path: String, kind: Kind) -> impl FnMut(Instant) -> Sample {
     let mut conn: Option<BufReader<TcpStream>> = None;
-    while !stop.load(Ordering::Relaxed) && samples.len() < MAX_SAMPLES_PER_CLIENT {
+    move |t0| {
         let sent = Instant::now();
         let reused = conn.is_some();
         let result = match conn.take() {
@@ -136,7 +111,7 @@ fn client(
         }
         .and_then(|mut c| {
             let keep = kind == Kind::KeptAlive;
-            exchange(&mut c, path, keep).map(|(status, body, open)| {
+            exchange(&mut c, &path, keep).map(|(status, body, open)| {
                 if keep && open {
                     conn = Some(c);
                 }
@@ -151,15 +126,13 @@ fn client(
             Err(e) if reused => Outcome::KeepAliveReadError(e),
             Err(e) => Outcome::ConnectionError(e),
         };
-        samples.push(Sample {
+        Sample {
             at: sent - t0,
             latency: sent.elapsed(),
             kind,
             outcome,
-        });
-        std::thread::sleep(pause);
+        }
     }
-    samples
 }
 
 /// One request on a connection of its own, sent now; for the slow request
