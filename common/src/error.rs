@@ -55,8 +55,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 ///
 /// A panic anywhere in `run` is a bug, but it must not surface as Rust's
 /// exit 101, which no operator or CodeDeploy hook knows to read: it is
-/// caught here, after the unwinding ran every guard's cleanup (the lock
-/// released, a temp file removed), and becomes exit 1 with a message.
+/// caught here, after the unwinding ran every guard's cleanup (the lock is
+/// released; a switch cut short stays in its journal for the next stage,
+/// as after a kill), and becomes exit 1 with a message.
 pub fn main_with(stage: &'static str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     // The default hook is replaced by one that writes through the log,
     // which cannot itself panic on a broken stderr.
