@@ -62,6 +62,7 @@ impl std::error::Error for Interrupted {}
 /// thread inherits the mask. Without it (tests calling `run` directly) the
 /// signals keep their default action.
 pub fn install(stage: &'static str) -> nix::Result<()> {
+    ignore_sigpipe()?;
     let mut set = SigSet::empty();
     for s in HANDLED {
         set.add(s);
@@ -136,6 +137,18 @@ pub fn for_child(cmd: &mut Command) {
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None).map_err(std::io::Error::from)
         });
     }
+}
+
+/// SIGPIPE ignored, so a write to a pipe nobody reads is an EPIPE error the
+/// stage handles (see the module header) rather than its death. The Rust
+/// runtime already does this before `main`, unless a build opts out
+/// (`-Zon-broken-pipe`); saying it here keeps it true whatever the build.
+#[allow(unsafe_code)]
+fn ignore_sigpipe() -> nix::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+    // signal context; the disposition is process-wide, as intended.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }
+        .map(|_| ())
 }
 
 /// The signal received so far, if any.
