@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what nonstop's tests, demo and benchmark need on a Debian machine:
-# nginx, a JDK (javac, jar, java) and OpenSSH (server and client), from
-# Debian's packages, when missing.
+# nginx, a JDK (javac, jar, java), OpenSSH (server and client) and python3
+# (the non-JVM demo app), from Debian's packages, when missing.
 # Rust (cargo 1.85 or newer) must already be there.
 set -euo pipefail
 
@@ -18,6 +18,10 @@ if [ ! -x /usr/sbin/sshd ]; then
 fi
 if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
     need+=(openssh-client)
+fi
+# The non-JVM demo app (examples/demo-py) the end-to-end tests deploy.
+if ! command -v python3 >/dev/null 2>&1; then
+    need+=(python3)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then
@@ -52,4 +56,4 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo not found: nonstop needs Rust 1.85 or newer (rustup)" >&2
     exit 1
 fi
-echo "install-deps: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); $(javac -version 2>&1); $(cargo --version)"
+echo "install-deps: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); $(javac -version 2>&1); $(python3 --version 2>&1); $(cargo --version)"

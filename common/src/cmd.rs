@@ -50,7 +50,9 @@ pub fn run_with_input(argv: &[String], input: &[u8], limit: Duration) -> Result<
 fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<Outcome> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
     let shown = argv.join(" ");
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    crate::signals::for_child(&mut command);
+    let mut child = command
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

@@ -3,7 +3,8 @@
 //! 0: done; 1: the deployment must stop (unhealthy, nginx refused the config,
 //! switch not confirmed, a live app in the way, ...); 2: usage or config error,
 //! reported before anything was touched; 128+N: stopped cleanly by signal N
-//! (130 for SIGINT, 143 for SIGTERM).
+//! (130 for SIGINT, 143 for SIGTERM). Never 101: a panic (a bug) is caught
+//! at the binary's entry and reported as a failure, exit 1.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -51,11 +52,32 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// Runs a stage's `run` and turns its outcome into an exit status, printing
 /// the error as `stage: error: ...`. The only function a `main` calls.
+///
+/// A panic anywhere in `run` is a bug, but it must not surface as Rust's
+/// exit 101, which no operator or CodeDeploy hook knows to read: it is
+/// caught here, after the unwinding ran every guard's cleanup (the lock is
+/// released; a switch cut short stays in its journal for the next stage,
+/// as after a kill), and becomes exit 1 with a message.
 pub fn main_with(stage: &'static str, run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    // The default hook is replaced by one that writes through the log,
+    // which cannot itself panic on a broken stderr.
+    std::panic::set_hook(Box::new(move |info| {
+        crate::log::line(format_args!("{stage}: internal error: {info}"));
+    }));
     if let Err(e) = crate::signals::install(stage) {
-        eprintln!("{stage}: warning: cannot take over SIGINT/SIGTERM ({e}); a signal will end this stage abruptly");
+        crate::log::line(format_args!("{stage}: warning: cannot take over SIGINT/SIGTERM ({e}); a signal will end this stage abruptly"));
     }
-    match run() {
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            crate::log::line(format_args!(
+                "{stage}: error: stopped by a bug (the internal error above); \
+                 run `profile --json` to see where the deployment stands"
+            ));
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // clap renders its own help, version and usage messages.
@@ -64,7 +86,7 @@ pub fn main_with(stage: &'static str, run: impl FnOnce() -> anyhow::Result<()>) 
                 let _ = clap_err.print();
                 return ExitCode::from(exit_code(&err));
             }
-            eprintln!("{stage}: error: {err:#}");
+            crate::log::line(format_args!("{stage}: error: {err:#}"));
             ExitCode::from(exit_code(&err))
         }
     }
@@ -82,5 +104,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(exit_code(&err), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("unhealthy")), 1);
+    }
+
+    #[test]
+    #[allow(clippy::panic)]
+    fn a_panic_exits_1_not_101() {
+        let code = main_with("test", || panic!("a bug"));
+        // Back to the default hook for the other tests of this binary.
+        drop(std::panic::take_hook());
+        assert_eq!(code, ExitCode::from(EXIT_FAILED));
     }
 }

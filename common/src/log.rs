@@ -3,6 +3,24 @@
 //! Every line names the stage that wrote it (`stop: real2 (pid 4242) ...`), so
 //! a CodeDeploy log that interleaves hooks still reads as a story. stdout is
 //! kept for results a script may capture (`profile` prints the idle profile).
+//!
+//! Narration never aborts a stage: `eprintln!` panics when stderr is a pipe
+//! whose reader went away (exit 101, say right after the include was
+//! written and before the reload), so every line goes through [`line`],
+//! which drops write errors. Losing a log line is better than losing the
+//! step it describes.
+
+use std::io::Write as _;
+
+/// Writes one line to stderr in a single write, ignoring any error (a closed
+/// pipe, a terminal that hung up): the stage goes on either way.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut text = args.to_string();
+    text.push('\n');
+    // Nowhere left to report a failure to report; the stage's own work and
+    // exit code are what count.
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
 
 /// Writes lines prefixed with one stage's name.
 #[derive(Debug, Clone, Copy)]
@@ -20,11 +38,11 @@ impl Log {
     }
 
     pub fn say(&self, msg: impl std::fmt::Display) {
-        eprintln!("{}: {}", self.stage, msg);
+        line(format_args!("{}: {}", self.stage, msg));
     }
 
     pub fn warn(&self, msg: impl std::fmt::Display) {
-        eprintln!("{}: warning: {}", self.stage, msg);
+        line(format_args!("{}: warning: {}", self.stage, msg));
     }
 }
 

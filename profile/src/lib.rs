@@ -49,10 +49,7 @@ where
     let config = args.common.load_config()?;
     let observed = detect::observe(&config)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report(&config, &observed))?
-        );
+        print_answer(&serde_json::to_string_pretty(&report(&config, &observed))?)?;
         return observed.decision.map(|_| ()).map_err(|e| anyhow!(e));
     }
     let detection = observed.decision.map_err(|e| anyhow!(e))?;
@@ -60,11 +57,21 @@ where
         LOG.warn(warning);
     }
     if args.port {
-        println!("{}", detection.idle.port);
+        print_answer(&detection.idle.port.to_string())
     } else {
-        println!("{}", detection.idle.name);
+        print_answer(&detection.idle.name)
     }
-    Ok(())
+}
+
+/// Writes the answer and a newline to stdout. A stdout that is gone (a pipe
+/// whose reader exited) is a failure, exit 1, not a panic: the script that
+/// asked did not get its answer.
+fn print_answer(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow!("cannot print the answer ({text}) on stdout: {e}"))
 }
 
 /// The `--json` document.

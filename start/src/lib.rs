@@ -395,6 +395,8 @@ fn spawn_detached(argv: &[String], dir: &Path, log: &File) -> Result<std::proces
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
     new_session(&mut command);
+    // The app must see `stop`'s SIGTERM: not blocked as it is in this stage.
+    signals::for_child(&mut command);
     Ok(command.spawn()?)
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`TestDir`]: a private temp directory per test, removed afterwards;
 //! - [`Jars`]: the demo app (examples/demo-app) compiled with javac, one jar per version;
+//! - [`pyz`]: the Python demo app (examples/demo-py), a non-JVM app, zipped per version;
 //! - [`Nginx`]: a real nginx with its own prefix on a free loopback port;
 //! - [`Bundle`]: the five binaries and a `nonstop.json`, laid out like a
 //!   CodeDeploy bundle, run the way the agent runs hooks ([`Bundle::hook`]);
@@ -219,6 +220,39 @@ impl Jars {
         fs::rename(&tmp, dest)?;
         Ok(dest.to_path_buf())
     }
+}
+
+/// The Python demo app (examples/demo-py/server.py) and a version.txt packed
+/// by `python3 -m zipapp` into `dest`: one file that carries its version, as
+/// a jar does, run by `python3 DEST`.
+pub fn pyz(build: &Path, version: &str, dest: &Path) -> Result<PathBuf> {
+    let src = build.join(format!("py-{version}"));
+    fs::create_dir_all(&src)?;
+    fs::copy(
+        repo_root().join("examples/demo-py/server.py"),
+        src.join("server.py"),
+    )?;
+    fs::write(src.join("version.txt"), version)?;
+    let tmp = build.join(format!("{version}.pyz.tmp"));
+    let out = Command::new("python3")
+        .args(["-m", "zipapp"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .args(["-m", "server:main"])
+        .output()
+        .context("cannot run python3: install it (Debian: python3)")?;
+    if !out.status.success() {
+        bail!(
+            "python3 -m zipapp failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::rename(&tmp, dest)?;
+    Ok(dest.to_path_buf())
 }
 
 // ---------------------------------------------------------------- nginx
@@ -1006,6 +1040,8 @@ pub struct Setup {
     pub sshd: Option<Sshd>,
     /// The Compose project, for [`SetupOptions::compose`].
     pub compose: Option<ComposeProject>,
+    /// The Python demo app instead of the jar, for [`SetupOptions::python`].
+    pub python: bool,
     // Dropped last: nginx outlives the apps' shutdown.
     pub nginx: Nginx,
 }
@@ -1037,6 +1073,9 @@ pub struct SetupOptions {
     /// The app as Docker Compose services (blue, green, and an unrelated
     /// blue-db) of images built here, instead of `java -jar` processes.
     pub compose: bool,
+    /// The app as the Python demo server (examples/demo-py), a non-JVM app
+    /// that does not unblock signals itself, instead of the demo jar.
+    pub python: bool,
 }
 
 impl Default for SetupOptions {
@@ -1048,6 +1087,7 @@ impl Default for SetupOptions {
             retire: false,
             remote: false,
             compose: false,
+            python: false,
         }
     }
 }
@@ -1107,7 +1147,18 @@ impl Setup {
                 (nginx, json!({"mode": "upstream-pair"}))
             }
         };
-        let mut command = vec![
+        let mut command = if opts.python {
+            vec![
+                "python3".to_string(),
+                "{artifact}".into(),
+                "--spring.profiles.active={profile}".into(),
+                "--server.port={port}".into(),
+                format!("--demo.startup.delay.ms={}", opts.startup_delay_ms),
+            ]
+        } else {
+            Vec::new()
+        };
+        let java = vec![
             "java".to_string(),
             "-Dspring.profiles.active={profile}".into(),
             "-Dserver.port={port}".into(),
@@ -1115,15 +1166,18 @@ impl Setup {
             "-Xshare:auto".into(),
             "-XX:TieredStopAtLevel=1".into(),
         ];
-        command.extend(opts.java_opts.iter().cloned());
-        command.extend(["-jar".to_string(), "{artifact}".into()]);
+        if !opts.python {
+            command.extend(java);
+            command.extend(opts.java_opts.iter().cloned());
+            command.extend(["-jar".to_string(), "{artifact}".into()]);
+        }
         let config = json!({
             "profiles": [{"name": "real1", "port": p1}, {"name": "real2", "port": p2}],
             "probe_url": format!("http://127.0.0.1:{nginx_port}/profile"),
             "state_dir": ".nonstop",
             "app": {
                 "dir": app_dir,
-                "artifact": "zip/*.jar",
+                "artifact": if opts.python { "zip/*.pyz" } else { "zip/*.jar" },
                 "command": command,
                 "log": "logs/{profile}.log",
                 "stop_timeout_secs": 20,
@@ -1176,6 +1230,7 @@ impl Setup {
             bundle,
             sshd,
             compose,
+            python: opts.python,
             nginx,
         })
     }
@@ -1200,6 +1255,13 @@ impl Setup {
         if let Some(c) = &self.compose {
             c.release(version)?;
             return Ok(c.file.clone());
+        }
+        if self.python {
+            return pyz(
+                &self.dir.join("build"),
+                version,
+                &self.app_dir.join("zip").join(format!("demo-{version}.pyz")),
+            );
         }
         self.jars.jar(
             version,

@@ -436,3 +436,76 @@ fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
     assert_eq!(fs::read(&setup.nginx.include).unwrap(), include);
     assert!(setup.nginx.test_config());
 }
+
+/// A non-JVM app (the Python demo server, which does not unblock signals
+/// itself) is deployed through the stages like the jar, and `stop` ends it
+/// by its own graceful exit on SIGTERM: the request in flight is answered,
+/// the app logs its handler ran and that it drained, and no SIGKILL is sent.
+#[test]
+fn a_python_app_is_deployed_and_stopped_by_its_own_sigterm_handler() {
+    let setup = Setup::new(
+        "e2e-python",
+        &SetupOptions {
+            python: true,
+            startup_delay_ms: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    setup.bootstrap("v1").unwrap();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
+
+    // v2 on real2, switched to by health.
+    setup.drop_jar("v2").unwrap();
+    for stage in ["stop", "start", "health"] {
+        setup.hook(stage, &[], Some("d-2")).unwrap().assert_ok();
+    }
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".to_string()));
+
+    // The next deployment's stop takes down v1 on real1 while it answers a
+    // slow request of its own.
+    let v1 = setup.launched_pid("real1").unwrap();
+    assert!(alive(v1));
+    let log = setup.app_dir.join("logs/real1.log");
+    let port = setup.ports[0];
+    let in_flight =
+        std::thread::spawn(move || tests::http_get(port, "/slow?ms=1500", Duration::from_secs(30)));
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("slow request for 1500 ms began")),
+        "the slow request never reached the app"
+    );
+    setup.drop_jar("v3").unwrap();
+    let stop = setup.hook("stop", &[], Some("d-3")).unwrap();
+    stop.assert_ok();
+    let app_log = fs::read_to_string(&log).unwrap();
+    assert!(
+        !stop.stderr.contains("SIGKILL"),
+        "stop had to kill the app: its SIGTERM never arrived\n{}\napp log:\n{app_log}",
+        stop.stderr
+    );
+    assert!(
+        stop.stderr.contains("exited after"),
+        "{}\napp log:\n{app_log}",
+        stop.stderr
+    );
+    assert!(
+        app_log.contains("demo: SIGTERM received") && app_log.contains("demo: drained, exiting"),
+        "the app's SIGTERM handler did not run:\n{app_log}"
+    );
+    assert!(!alive(v1));
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        (200, "slow 1500 v1 real1".to_string()),
+        "the request in flight was not finished"
+    );
+    let history = fs::read_to_string(setup.state_dir().join("history.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["stage"].as_str(), last["exit_code"].as_u64()),
+        (Some("stop"), Some(0))
+    );
+    // v2 still serves, untouched.
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".to_string()));
+}

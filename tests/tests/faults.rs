@@ -1059,3 +1059,104 @@ fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
     assert!(!scene.setup.app_dir.join("real2/demo-v3.jar").exists());
     scene.finish(&[V1]);
 }
+
+// ------------------------------------------------------------ output gone
+
+/// A pipe whose reader has already gone: what a hook's stderr becomes when
+/// the agent or the terminal that ran it went away, or a `| head` exited.
+fn gone_pipe() -> std::process::Stdio {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    drop(read);
+    write.into()
+}
+
+/// Which profile's port the include names.
+fn include_names(setup: &Setup) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(&setup.include()).into_owned();
+    let names = |port: u16| text.contains(&format!("127.0.0.1:{port};"));
+    match (names(setup.ports[0]), names(setup.ports[1])) {
+        (true, false) => Some("real1"),
+        (false, true) => Some("real2"),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_stage_whose_stderr_is_gone_still_does_its_work_and_never_exits_101() {
+    let scene = Scene::new("fault-gone-stderr");
+    let setup = &scene.setup;
+    let spawn = |stage: &str, args: &[&str], id: Option<&str>, stdout_gone: bool| {
+        setup
+            .bundle
+            .spawn(stage, args, id, |c| {
+                c.stderr(gone_pipe());
+                if stdout_gone {
+                    c.stdout(gone_pipe());
+                }
+            })
+            .unwrap()
+    };
+    let run = |stage: &str, args: &[&str], id: Option<&str>, stdout_gone: bool| {
+        spawn(stage, args, id, stdout_gone)
+            .finish(Duration::from_secs(90))
+            .unwrap()
+    };
+    // Its stderr is gone: what the stage said is only in the history.
+    let last_said = || {
+        fs::read_to_string(setup.state_dir().join("history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let served_and_named = |body: &str, profile: &str| {
+        assert_eq!(setup.get("/").unwrap(), (200, body.to_string()));
+        assert_eq!(include_names(setup), Some(profile), "the include disagrees");
+        assert!(setup.nginx.test_config(), "nginx -t fails");
+    };
+
+    // profile: the answer cannot be written is a failure, exit 1, no panic;
+    // with only stderr gone, the answer is there.
+    let profile = run("profile", &[], None, true);
+    assert_eq!(profile.code(), 1, "profile with stdout gone");
+    let profile = run("profile", &[], None, false);
+    assert_eq!(profile.code(), 0, "profile with stderr gone");
+    assert_eq!(profile.stdout.trim(), "real2");
+
+    // A whole deployment, every hook's stderr gone: health switches.
+    setup.drop_jar("v2").unwrap();
+    for stage in ["stop", "start", "health"] {
+        let hook = run(stage, &[], Some("d-2"), false);
+        assert_eq!(hook.code(), 0, "{stage}: {}", last_said());
+    }
+    served_and_named("demo v2 real2", "real2");
+
+    // The terminal hangs up right after the include was written: SIGHUP,
+    // with stderr gone too. The reload does nothing here, so the switch
+    // can never be confirmed: it is undone and exits 128 + SIGHUP.
+    let include = setup.include();
+    setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(["true"]))
+        .unwrap();
+    let switch = spawn("switch", &["--to", "real1"], None, false);
+    assert!(
+        tests::wait_until(Duration::from_secs(30), || setup.include() != include),
+        "switch never wrote the include: {}",
+        last_said()
+    );
+    switch.signal(Signal::SIGHUP);
+    let switch = switch.finish(Duration::from_secs(30)).unwrap();
+    assert_eq!(switch.code(), 129, "switch on SIGHUP: {}", last_said());
+    assert_eq!(setup.include(), include, "the include was not restored");
+    served_and_named("demo v2 real2", "real2");
+
+    // And the operator's own switch back, stderr still gone, goes through.
+    setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(setup.nginx.command(&["-s", "reload"])))
+        .unwrap();
+    let switch = run("switch", &["--to", "real1"], None, false);
+    assert_eq!(switch.code(), 0, "switch: {}", last_said());
+    served_and_named(V1, "real1");
+    scene.finish(&[V1, "demo v2 real2"]);
+}
