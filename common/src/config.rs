@@ -270,12 +270,16 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-/// Reads, parses and validates a config file. Every failure is a [`usage`]
-/// error (exit 2) that names the file and the key.
+/// Reads, parses and validates a config file, and checks its waits against
+/// the hook timeouts of the appspec.yml shipped with it
+/// ([`crate::budget`]). Every failure is a [`usage`] error (exit 2) that
+/// names the file and the key.
 pub fn load(path: &Path) -> Result<Config> {
     let text = fs::read_to_string(path)
         .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
-    parse(&text, path)
+    let config = parse(&text, path)?;
+    crate::budget::check_beside(&config).map_err(usage)?;
+    Ok(config)
 }
 
 /// Parses and validates config text; `source` is only used in messages.
@@ -645,17 +649,38 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         source: source.to_path_buf(),
         profiles,
         probe_url,
-        probe_timeout: ms("probe_timeout_ms", raw.probe_timeout_ms, 2000)?,
+        probe_timeout: ms(
+            "probe_timeout_ms",
+            raw.probe_timeout_ms,
+            2000,
+            MAX_REQUEST_MS,
+        )?,
         state_dir,
-        lock_timeout: secs("lock_timeout_secs", raw.lock_timeout_secs, 60)?,
+        lock_timeout: secs(
+            "lock_timeout_secs",
+            raw.lock_timeout_secs,
+            60,
+            MAX_WAIT_SECS,
+        )?,
         app: App {
             backend,
             artifact_dir,
             artifact_pattern,
             command,
             log,
-            stop_timeout: secs("app.stop_timeout_secs", app.stop_timeout_secs, 30)?,
-            start_grace: Duration::from_millis(app.start_grace_ms.unwrap_or(1000)),
+            stop_timeout: secs(
+                "app.stop_timeout_secs",
+                app.stop_timeout_secs,
+                30,
+                MAX_WAIT_SECS,
+            )?,
+            start_grace: match app.start_grace_ms.unwrap_or(1000) {
+                // 0 is allowed: `start` then leaves the early-exit watch to `health`.
+                v if v > MAX_GRACE_MS => {
+                    return Err(too_big("app.start_grace_ms", v, MAX_GRACE_MS))
+                }
+                v => Duration::from_millis(v),
+            },
             retire: app.retire.unwrap_or(false) || mode == Mode::UpstreamPair,
             dir,
         },
@@ -663,9 +688,24 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             path: health_path,
             rule,
             expect,
-            interval: ms("health.interval_ms", health.interval_ms, 100)?,
-            timeout: secs("health.timeout_secs", health.timeout_secs, 60)?,
-            request_timeout: ms("health.request_timeout_ms", health.request_timeout_ms, 1000)?,
+            interval: ms(
+                "health.interval_ms",
+                health.interval_ms,
+                100,
+                MAX_INTERVAL_MS,
+            )?,
+            timeout: secs(
+                "health.timeout_secs",
+                health.timeout_secs,
+                60,
+                MAX_WAIT_SECS,
+            )?,
+            request_timeout: ms(
+                "health.request_timeout_ms",
+                health.request_timeout_ms,
+                1000,
+                MAX_REQUEST_MS,
+            )?,
         },
         nginx: Nginx {
             mode,
@@ -675,15 +715,24 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             test,
             reload,
             pid_file,
-            confirm_timeout: secs("nginx.confirm_timeout_secs", nginx.confirm_timeout_secs, 10)?,
-            drain_timeout: secs("nginx.drain_timeout_secs", nginx.drain_timeout_secs, 60)?,
-            fail_timeout: match nginx.fail_timeout_secs {
-                Some(v) if v > 3600 => {
-                    return Err(format!(
-                        "key `nginx.fail_timeout_secs`: {v} is more than an hour"
-                    ))
+            confirm_timeout: secs(
+                "nginx.confirm_timeout_secs",
+                nginx.confirm_timeout_secs,
+                10,
+                MAX_CONFIRM_SECS,
+            )?,
+            drain_timeout: secs(
+                "nginx.drain_timeout_secs",
+                nginx.drain_timeout_secs,
+                60,
+                MAX_WAIT_SECS,
+            )?,
+            fail_timeout: match nginx.fail_timeout_secs.unwrap_or(10) {
+                // 0 is allowed: the servers have max_fails=0.
+                v if v > MAX_WAIT_SECS => {
+                    return Err(too_big("nginx.fail_timeout_secs", v, MAX_WAIT_SECS))
                 }
-                v => Duration::from_secs(v.unwrap_or(10)),
+                v => Duration::from_secs(v),
             },
         },
     })
@@ -733,17 +782,40 @@ fn validate_profiles(list: Vec<RawProfile>) -> Result<Vec<Profile>, String> {
     Ok(out)
 }
 
-fn ms(key: &str, value: Option<u64>, default: u64) -> Result<Duration, String> {
+/// The most any one wait may be, in seconds (`lock_timeout_secs`,
+/// `app.stop_timeout_secs`, `health.timeout_secs`, `nginx.drain_timeout_secs`,
+/// `nginx.fail_timeout_secs`): CodeDeploy ends a hook after 3600 s at most,
+/// so a longer wait could never finish inside one.
+pub const MAX_WAIT_SECS: u64 = 3600;
+/// The most `nginx.confirm_timeout_secs` may be: nginx takes over a reload
+/// in well under a second; ten minutes without it is a broken nginx.
+pub const MAX_CONFIRM_SECS: u64 = 600;
+/// The most one HTTP request may take (`probe_timeout_ms`,
+/// `health.request_timeout_ms`): a minute, on loopback or to nginx.
+pub const MAX_REQUEST_MS: u64 = 60_000;
+/// The most `health.interval_ms` may be: a minute between attempts.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+/// The most `app.start_grace_ms` may be: five minutes of watching a new
+/// process in `start` (`health` waits for it to answer after that).
+pub const MAX_GRACE_MS: u64 = 300_000;
+
+/// The error for a number over its upper bound, naming key and bound.
+fn too_big(key: &str, value: u64, max: u64) -> String {
+    format!("key `{key}`: {value} is more than {max}, the most it may be")
+}
+
+fn ms(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
     match value.unwrap_or(default) {
         0 => Err(format!("key `{key}`: must be greater than 0")),
+        v if v > max => Err(too_big(key, v, max)),
         v => Ok(Duration::from_millis(v)),
     }
 }
 
-fn secs(key: &str, value: Option<u64>, default: u64) -> Result<Duration, String> {
+fn secs(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
     match value.unwrap_or(default) {
         0 => Err(format!("key `{key}`: must be greater than 0")),
-        v if v > 86_400 => Err(format!("key `{key}`: {v} is more than a day")),
+        v if v > max => Err(too_big(key, v, max)),
         v => Ok(Duration::from_secs(v)),
     }
 }
@@ -1037,5 +1109,54 @@ mod tests {
                 .contains("health.expect")
         );
         assert!(err_of("{not json").contains("/cfg/nonstop.json"));
+    }
+
+    /// Every number has an upper bound: one over it is an exit-2 error
+    /// naming the key and the bound; the bound itself is accepted.
+    #[test]
+    fn numbers_over_their_upper_bound_are_refused_naming_key_and_bound() {
+        let cases: [(&str, &str, u64); 9] = [
+            ("", "probe_timeout_ms", MAX_REQUEST_MS),
+            ("", "lock_timeout_secs", MAX_WAIT_SECS),
+            ("app", "stop_timeout_secs", MAX_WAIT_SECS),
+            ("app", "start_grace_ms", MAX_GRACE_MS),
+            ("health", "interval_ms", MAX_INTERVAL_MS),
+            ("health", "timeout_secs", MAX_WAIT_SECS),
+            ("health", "request_timeout_ms", MAX_REQUEST_MS),
+            ("nginx", "confirm_timeout_secs", MAX_CONFIRM_SECS),
+            ("nginx", "drain_timeout_secs", MAX_WAIT_SECS),
+        ];
+        let with = |section: &str, key: &str, value: u64| match section {
+            "" => format!(r#"{{"app": {{"dir": "/a"}}, "{key}": {value}}}"#),
+            "app" => format!(r#"{{"app": {{"dir": "/a", "{key}": {value}}}}}"#),
+            _ => format!(r#"{{"app": {{"dir": "/a"}}, "{section}": {{"{key}": {value}}}}}"#),
+        };
+        for (section, key, max) in cases {
+            let name = if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            };
+            let msg = err_of(&with(section, key, max + 1));
+            assert!(
+                msg.contains(&format!("`{name}`")) && msg.contains(&max.to_string()),
+                "{name}: {msg}"
+            );
+            assert!(
+                parse_str(&with(section, key, max)).is_ok(),
+                "{name} = {max}"
+            );
+        }
+        // Far out of range too, not only just over (no overflow anywhere).
+        let msg = err_of(&with("health", "timeout_secs", u64::MAX));
+        assert!(msg.contains("health.timeout_secs"), "{msg}");
+        let msg = err_of(&with("nginx", "fail_timeout_secs", MAX_WAIT_SECS + 1));
+        assert!(
+            msg.contains("nginx.fail_timeout_secs") && msg.contains("3600"),
+            "{msg}"
+        );
+        // 0 is a real choice for these two.
+        assert!(parse_str(&with("nginx", "fail_timeout_secs", 0)).is_ok());
+        assert!(parse_str(&with("app", "start_grace_ms", 0)).is_ok());
     }
 }

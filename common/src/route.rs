@@ -131,17 +131,17 @@ pub fn read(config: &Config) -> Result<Option<Vec<u8>>> {
             let reader = if symlink { "readlink" } else { "cat" };
             let out = remote(ssh, &[&[reader, "--", &path_str(target)]])?;
             if out.success() {
-                // What `cmd::run` keeps of a command's output: a file this
-                // size may have been cut, and restoring a cut copy would
-                // lose the rest.
-                if out.stdout.len() >= cmd::OUTPUT_LIMIT {
+                // Restoring a copy cut short (over `cmd::OUTPUT_LIMIT`, or
+                // ssh's output left unread past its deadline) would lose the rest.
+                if let Some(why) = &out.incomplete {
                     return Err(anyhow!(
-                        "{} is {} bytes or more; nonstop edits only small include files",
-                        describe(config),
-                        cmd::OUTPUT_LIMIT
+                        "cannot read all of {} ({why}); nonstop edits only small include files, read whole",
+                        describe(config)
                     ));
                 }
-                let mut bytes = out.stdout.into_bytes();
+                // The bytes as they are, not a UTF-8 decoding of them: a
+                // Latin-1 comment must come back unchanged on a restore.
+                let mut bytes = out.stdout_bytes;
                 if symlink && bytes.last() == Some(&b'\n') {
                     bytes.pop();
                 }
@@ -318,12 +318,26 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// The ssh options nonstop sets unless `nginx.ssh.options` sets them: a
+/// connection attempt gives up after 10 s, and a link that dies under an
+/// open connection is noticed after 2 unanswered keep-alives 5 s apart
+/// (~10 s) instead of waiting out the command's whole limit.
+pub const SSH_DEFAULTS: [&str; 3] = [
+    "ConnectTimeout=10",
+    "ServerAliveInterval=5",
+    "ServerAliveCountMax=2",
+];
+
 /// The `ssh` argv that runs `commands` (each an argv, joined by `&&`) on the
-/// nginx host. BatchMode: a deployment never waits at a password prompt.
+/// nginx host.
+///
+/// ssh keeps the *first* value it is given for an option, so the order is
+/// what decides: BatchMode=yes first (a deployment never waits at a
+/// password prompt, whatever the options say), then the config's port,
+/// identity and options, and nonstop's [`SSH_DEFAULTS`] last, so that they
+/// never shadow the user's own `ConnectTimeout` and the like.
 pub fn ssh_argv(ssh: &Ssh, commands: &[&[&str]]) -> Vec<String> {
-    let mut argv: Vec<String> = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-        .map(String::from)
-        .to_vec();
+    let mut argv: Vec<String> = ["ssh", "-o", "BatchMode=yes"].map(String::from).to_vec();
     if let Some(port) = ssh.port {
         argv.extend(["-p".to_string(), port.to_string()]);
     }
@@ -331,6 +345,9 @@ pub fn ssh_argv(ssh: &Ssh, commands: &[&[&str]]) -> Vec<String> {
         argv.extend(["-i".to_string(), path_str(identity)]);
     }
     argv.extend(ssh.options.iter().cloned());
+    for option in SSH_DEFAULTS {
+        argv.extend(["-o".to_string(), option.to_string()]);
+    }
     argv.push("--".into());
     argv.push(ssh.destination.clone());
     let script: Vec<String> = commands
@@ -399,6 +416,46 @@ mod tests {
         assert!(argv[..at].contains(&"StrictHostKeyChecking=yes".to_string()));
         assert_eq!(argv[at + 1], "'nginx' '-t' && 'true'");
         assert_eq!(argv.len(), at + 2);
+    }
+
+    /// What ssh itself makes of our argv (`ssh -G` prints the options it
+    /// would use, without connecting): the user's options win over
+    /// nonstop's defaults, BatchMode stays on, keep-alives are set.
+    #[test]
+    fn ssh_uses_the_users_options_over_nonstops_defaults() {
+        let ssh = Ssh {
+            destination: "deploy@web1".into(),
+            port: Some(2222),
+            identity: None,
+            options: ["-o", "ConnectTimeout=3", "-o", "BatchMode=no"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let mut argv = ssh_argv(&ssh, &[&["true"]]);
+        argv.insert(1, "-G".into());
+        let out = cmd::run(&argv, Duration::from_secs(10)).unwrap();
+        assert!(out.success(), "{}", out.message());
+        let effective = |key: &str| {
+            out.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key} ")))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        assert_eq!(effective("connecttimeout"), "3", "{}", out.stdout);
+        assert_eq!(effective("batchmode"), "yes");
+        assert_eq!(effective("serveraliveinterval"), "5");
+        assert_eq!(effective("serveralivecountmax"), "2");
+        assert_eq!(effective("port"), "2222");
+        // Without the user's, nonstop's own.
+        let plain = Ssh {
+            options: vec![],
+            ..ssh
+        };
+        let mut argv = ssh_argv(&plain, &[&["true"]]);
+        argv.insert(1, "-G".into());
+        let out = cmd::run(&argv, Duration::from_secs(10)).unwrap();
+        assert!(out.stdout.lines().any(|l| l == "connecttimeout 10"));
     }
 
     #[test]

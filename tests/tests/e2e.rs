@@ -7,8 +7,9 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tests::{alive, Load, Setup, SetupOptions, TestDir};
+use nonstop_common::budget;
+use serde_json::{json, Value};
+use tests::{alive, Bundle, Load, Setup, SetupOptions, TestDir};
 
 #[test]
 fn three_deployments_under_load_never_drop_a_request() {
@@ -331,8 +332,10 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
     assert_eq!(profile.stdout.trim(), "real2");
 }
 
-/// The shipped example config is valid, and each appspec hook's timeout
-/// covers the longest its stage may wait with that config.
+/// The shipped example config is valid, and with the shipped appspec.yml
+/// each hook's timeout covers the longest its stage may wait with that
+/// config: the same check (`nonstop_common::budget`) every stage makes when
+/// it loads a config that has an appspec.yml beside it.
 #[test]
 fn appspec_timeouts_cover_the_example_configs_waits() {
     let root = tests::repo_root();
@@ -344,43 +347,86 @@ fn appspec_timeouts_cover_the_example_configs_waits() {
     );
     assert!(appspec.lines().any(|l| l == "os: linux"));
 
-    let lock = config.lock_timeout.as_secs();
-    let needs = |stage: &str| -> u64 {
-        match stage {
-            "stop" => lock + config.app.stop_timeout.as_secs() + 5 + config.probe_timeout.as_secs(),
-            "start" => lock + config.app.start_grace.as_secs() + config.probe_timeout.as_secs(),
-            // Plus nginx -t and reload, well under 10 s.
-            "health" => {
-                lock + config.health.timeout.as_secs() + config.nginx.confirm_timeout.as_secs() + 10
-            }
-            other => panic!("unexpected hook {other}"),
-        }
-    };
-    let lines: Vec<&str> = appspec.lines().map(str::trim).collect();
-    let mut hooks = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if let Some(location) = line.strip_prefix("- location: ") {
-            let stage = location
-                .strip_prefix("scripts/")
-                .expect("hook locations are relative to the bundle");
-            assert!(
-                !stage.contains(' '),
-                "no arguments in a hook location: {location}"
-            );
-            let timeout: u64 = lines[i + 1]
-                .strip_prefix("timeout: ")
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!(
-                timeout >= needs(stage),
-                "{stage}: timeout {timeout} < {} s it may wait",
-                needs(stage)
-            );
-            hooks.push(stage);
-        }
+    let hooks = budget::parse_hooks(&appspec).unwrap();
+    let stages: Vec<&str> = hooks.iter().map(|h| h.stage()).collect();
+    assert_eq!(stages, ["stop", "start", "health"]);
+    for hook in &hooks {
+        assert!(
+            hook.location.strip_prefix("scripts/").is_some() && !hook.location.contains(' '),
+            "hook locations are relative to the bundle, without arguments: {}",
+            hook.location
+        );
+        let needs = budget::of(&config, hook.stage()).unwrap().total_secs();
+        assert!(
+            hook.timeout.unwrap() >= needs,
+            "{}: timeout {:?} < {needs} s it may wait",
+            hook.stage(),
+            hook.timeout
+        );
     }
-    assert_eq!(hooks, ["stop", "start", "health"]);
+    budget::check(&config, &root.join("appspec.yml"), &appspec).unwrap();
+}
+
+/// A bundle whose appspec.yml gives a hook less time than its stage may
+/// wait with the bundle's config (retiring on: `health` also drains and
+/// stops the old app, past ValidateService's 180 s): the hook exits 2
+/// before it touches anything, naming the hook, both numbers and the keys
+/// to change. With waits that fit, the same bundle runs.
+#[test]
+fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
+    let dir = TestDir::new("e2e-budget");
+    let ports = tests::free_ports(3);
+    let state = dir.join("state");
+    let mut config = json!({
+        "profiles": [{"name": "real1", "port": ports[0]}, {"name": "real2", "port": ports[1]}],
+        "probe_url": format!("http://127.0.0.1:{}/profile", ports[2]),
+        "state_dir": state,
+        "app": {"dir": dir.join("app"), "retire": true},
+        "nginx": {"include": dir.join("service-url.inc"), "pid_file": ""}
+    });
+    let bundle = Bundle::new(&dir.join("bundle"), &config).unwrap();
+    fs::copy(
+        tests::repo_root().join("appspec.yml"),
+        bundle.root.join("appspec.yml"),
+    )
+    .unwrap();
+
+    let health = bundle
+        .hook(
+            "health",
+            &["--dry-run"],
+            Some("d-1"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(health.code(), 2, "{}", health.stderr);
+    for part in [
+        "appspec.yml",
+        "ValidateService",
+        "scripts/health",
+        "timeout 180 s",
+        "can wait up to",
+        "nginx.drain_timeout_secs",
+        "app.stop_timeout_secs",
+    ] {
+        assert!(health.stderr.contains(part), "{part:?}: {}", health.stderr);
+    }
+    assert!(!state.exists(), "nothing may be touched");
+
+    // Shorter drain and stop: the waits fit in 180 s and the hook runs.
+    config["app"]["stop_timeout_secs"] = json!(5);
+    config["nginx"]["drain_timeout_secs"] = json!(10);
+    fs::write(&bundle.config, config.to_string()).unwrap();
+    let health = bundle
+        .hook(
+            "health",
+            &["--dry-run"],
+            Some("d-1"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    health.assert_ok();
+    assert!(health.stderr.contains("would"), "{}", health.stderr);
 }
 
 #[test]

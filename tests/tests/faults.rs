@@ -910,6 +910,15 @@ fn bad_configs_exit_2_naming_the_key_and_touch_nothing() {
         ("app.dir", json!({"app": {"dir": "relative/app"}})),
         ("app.command", json!({"app": {"dir": app, "command": []}})),
         ("app.command", json!({"app": {"dir": app, "command": [""]}})),
+        // Over their upper bounds (the message also names the bound).
+        (
+            "health.timeout_secs",
+            json!({"app": base["app"], "health": {"timeout_secs": 3601}}),
+        ),
+        (
+            "health.interval_ms",
+            json!({"app": base["app"], "health": {"interval_ms": 600_000}}),
+        ),
     ];
     for (key, config) in cases {
         let bundle = tests::Bundle::new(&dir.join("bundle"), &config).unwrap();

@@ -236,9 +236,14 @@ fn remote_nginx_over_ssh_switches_there_and_restores_there() {
     assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
     assert!(alive(sshd_pid));
 
-    // nginx -t fails on the other host: the include is put back there.
+    // nginx -t fails on the other host: the include is put back there,
+    // byte for byte, a Latin-1 byte in a comment included (it is read over
+    // ssh as bytes, not decoded as UTF-8 text).
     let include = remote_include(&setup);
-    let before = fs::read(&include).unwrap();
+    let mut before = b"# r\xe9serv\xe9: Latin-1, not UTF-8\n".to_vec();
+    before.extend(fs::read(&include).unwrap());
+    fs::write(&include, &before).unwrap();
+    assert!(setup.nginx.test_config());
     let broken = setup.nginx.prefix.join("conf.d/broken.conf");
     fs::write(&broken, "server { listen 127.0.0.1:1 broken }\n").unwrap();
     let switch = setup.hook("switch", &["--to", other(live)], None).unwrap();
