@@ -73,14 +73,14 @@ fn assert_served_outside_cuts(hosts: &TwoHosts, load: Load, versions: &[&str]) {
     assert_all_served(&kept, versions);
 }
 
-/// Whether `stage` (pid) is running an ssh that writes the include (the
-/// restore after a failed step).
-fn writing_over_ssh(stage: i32) -> bool {
-    procs::children(stage).into_iter().any(|child| {
-        let argv = fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        let argv = String::from_utf8_lossy(&argv);
-        argv.starts_with("ssh\0") && argv.contains("'dd' 'of=")
-    })
+/// The ssh processes `stage` (a pid) runs now: its steps on nginx's host.
+fn ssh_children(stage: i32) -> Vec<i32> {
+    procs::children(stage)
+        .into_iter()
+        .filter(|child| {
+            fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|argv| argv.starts_with(b"ssh\0"))
+        })
+        .collect()
 }
 
 #[test]
@@ -164,10 +164,14 @@ fn a_reload_whose_answer_was_lost_is_undone_by_reloading_nginx_again() {
     // Packets are lost while nginx reloads there: ssh gives the reload up
     // as failed although it ran. By the time the switch puts the include
     // back, the link works again.
+    let reload = ssh_children(health.pid());
     hosts.net.drop_packets().unwrap();
     hosts.open_gate().unwrap();
+    // The next ssh after the reload's is the one that restores the include.
     assert!(
-        wait_until(Duration::from_secs(30), || writing_over_ssh(health.pid())),
+        wait_until(Duration::from_secs(30), || ssh_children(health.pid())
+            .iter()
+            .any(|c| !reload.contains(c))),
         "{}",
         health.stderr_so_far()
     );
@@ -194,12 +198,13 @@ fn a_cut_during_the_confirmation_is_settled_by_the_next_stage() {
     // The reload returns at once and takes effect later, as nginx's does;
     // the link goes while the switch waits for nginx to answer as real2.
     hosts.defer_reload().unwrap();
-    let mut health = hosts.spawn("health", &[], Some("d-1")).unwrap();
+    let health = hosts.spawn("health", &[], Some("d-1")).unwrap();
+    // Once the reload's ssh has returned, the switch is confirming: it
+    // probes through nginx and runs nothing over ssh.
     assert!(
-        health.wait_for_stderr(
-            "waiting for nginx to answer as real2",
-            Duration::from_secs(60)
-        ),
+        hosts.wait_at_gate(Duration::from_secs(60))
+            && wait_until(Duration::from_secs(30), || ssh_children(health.pid())
+                .is_empty()),
         "{}",
         health.stderr_so_far()
     );
