@@ -473,7 +473,12 @@ impl TwoHosts {
         self.wait_link()
     }
 
-    /// Lets packets through again after [`Net::drop_packets`], waiting as [`TwoHosts::mend`] does.
+    /// Drops the packets between the hosts (see [`Net::drop_packets`]).
+    pub fn drop_packets(&self) -> Result<()> {
+        self.net.drop_packets()
+    }
+
+    /// Lets packets through again after [`TwoHosts::drop_packets`], waiting as [`TwoHosts::mend`] does.
     pub fn pass_packets(&self) -> Result<()> {
         self.net.pass_packets()?;
         self.wait_link()

@@ -165,7 +165,7 @@ fn a_reload_whose_answer_was_lost_is_undone_by_reloading_nginx_again() {
     // as failed although it ran. By the time the switch puts the include
     // back, the link works again.
     let reload = ssh_children(health.pid());
-    hosts.net.drop_packets().unwrap();
+    hosts.drop_packets().unwrap();
     hosts.open_gate().unwrap();
     // The next ssh after the reload's is the one that restores the include.
     assert!(
