@@ -2,7 +2,8 @@
 //
 // It stands in for the book's Spring Boot app with nothing but the JDK:
 // - GET /profile answers the active profile (-Dspring.profiles.active);
-// - it listens on -Dserver.port, else on its profile's port (real1 8081, real2 8082);
+// - it listens on -Dserver.port, else on its profile's port (real1 8081, real2 8082),
+//   at 127.0.0.1, or at -Ddemo.bind (0.0.0.0: an app host that nginx reaches from another host);
 // - GET / answers "demo VERSION PROFILE", VERSION coming from version.txt in the jar;
 // - GET /slow?ms=N answers after N milliseconds (a request in flight during a switch);
 // - -Ddemo.startup.delay.ms=N waits N ms before it listens (a slow start-up);
@@ -30,6 +31,7 @@ public final class Demo {
         int port = Integer.getInteger("server.port", defaultPort(profile));
         String version = readVersion();
         String answer = System.getProperty("demo.answer", profile);
+        String bind = System.getProperty("demo.bind", "127.0.0.1");
 
         if (Boolean.getBoolean("demo.ignore.term")) {
             sun.misc.Signal.handle(new sun.misc.Signal("TERM"), sig -> System.out.println("demo: ignoring SIGTERM"));
@@ -45,7 +47,7 @@ public final class Demo {
             System.exit(Integer.parseInt(exitCode));
         }
 
-        HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 512);
+        HttpServer server = HttpServer.create(new InetSocketAddress(bind, port), 512);
         server.setExecutor(Executors.newFixedThreadPool(32));
         server.createContext("/profile", counted(ex -> respond(ex, answer)));
         server.createContext("/slow", counted(ex -> {
@@ -61,7 +63,7 @@ public final class Demo {
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> drain(server)));
         server.start();
-        System.out.println("demo " + version + " (" + profile + ") listening on 127.0.0.1:" + port);
+        System.out.println("demo " + version + " (" + profile + ") listening on " + bind + ":" + port);
     }
 
     // Close the listening socket at once (stop() does that first), then wait

@@ -421,9 +421,15 @@ fn transaction(
     let old_workers = accepting_workers(config);
     let reloaded_at = Instant::now();
     if let Err(why) = nginx::reload(config) {
+        // A reload that reports failure may have taken effect all the same
+        // (ssh lost the connection after the remote reload ran; a
+        // `systemctl reload` timed out): nginx may now serve the new
+        // include. Reloading once more with the old one back makes nginx
+        // serve what the include says, whichever happened.
         nginx::restore(config, old, &LOG)?;
+        let back = nginx::reload_previous(config);
         return Err(anyhow!(
-            "`{}` failed and {} is restored: {why}",
+            "`{}` failed and {} is restored; in case the reload took effect all the same, {back}: {why}",
             config.nginx.reload.join(" "),
             route::describe(config)
         ));

@@ -7,7 +7,8 @@
 //! - [`Nginx`]: a real nginx with its own prefix on a free loopback port;
 //! - [`Bundle`]: the five binaries and a `nonstop.json`, laid out like a
 //!   CodeDeploy bundle, run the way the agent runs hooks ([`Bundle::hook`]);
-//! - [`Load`]: clients requesting through nginx the whole time, counting failures.
+//! - [`Load`]: clients requesting through nginx the whole time, counting failures;
+//! - [`netns`]: two hosts on one machine (network namespaces), for nginx on another host.
 //!
 //! Every process the harness starts is stopped by its pid when its owner is dropped.
 
@@ -27,6 +28,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+
+pub mod netns;
+
+use netns::Place;
 
 /// The five stage binaries.
 pub const STAGES: [&str; 5] = ["profile", "stop", "start", "health", "switch"];
@@ -577,7 +582,19 @@ impl Bundle {
         deployment: Option<&str>,
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Spawned> {
-        let mut command = Command::new(self.bin(stage));
+        self.spawn_in(&Place::loopback(), stage, args, deployment, adjust)
+    }
+
+    /// [`Bundle::spawn`] on another host: inside `place`'s network namespace.
+    pub fn spawn_in(
+        &self,
+        place: &Place,
+        stage: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Spawned> {
+        let mut command = place.command(self.bin(stage));
         command
             .args(args)
             .current_dir("/")
@@ -903,11 +920,12 @@ impl Drop for ComposeProject {
 
 // ---------------------------------------------------------------- sshd
 
-/// A private OpenSSH server on a free loopback port, with its own host key
-/// and one client key pair made for it; it lets in only the current user
-/// with that key. Stopped by pid on drop.
+/// A private OpenSSH server on a free loopback port (or at a namespace's
+/// address), with its own host key and one client key pair made for it; it
+/// lets in only the current user with that key. Stopped by pid on drop.
 #[derive(Debug)]
 pub struct Sshd {
+    pub address: String,
     pub port: u16,
     pub user: String,
     pub identity: PathBuf,
@@ -917,6 +935,11 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(dir: &Path) -> Result<Sshd> {
+        Self::start_in(dir, &Place::loopback(), free_port())
+    }
+
+    /// Starts it in `place`, listening on that place's address and `port`.
+    pub fn start_in(dir: &Path, place: &Place, port: u16) -> Result<Sshd> {
         fs::create_dir_all(dir)?;
         let keygen = |name: &str| -> Result<()> {
             let out = Command::new("ssh-keygen")
@@ -939,14 +962,14 @@ impl Sshd {
             .arg("-un")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
-        let port = free_port();
         let d = dir.display();
+        let address = place.address.to_string();
         let conf = dir.join("sshd_config");
         fs::write(
             &conf,
             format!(
                 "Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {address}
 HostKey {d}/host_key
 PidFile {d}/sshd.pid
 AuthorizedKeysFile {d}/authorized_keys
@@ -966,7 +989,8 @@ LogLevel ERROR
             fs::create_dir_all("/run/sshd")?;
         }
         let log = fs::File::create(dir.join("sshd.log"))?;
-        let mut child = Command::new("/usr/sbin/sshd")
+        let mut child = place
+            .command("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(&conf)
             .stdin(Stdio::null())
@@ -975,8 +999,7 @@ LogLevel ERROR
             .spawn()
             .context("cannot start /usr/sbin/sshd: install openssh-server")?;
         let up = wait_until(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                || matches!(child.try_wait(), Ok(Some(_)))
+            place.connects(place.address, port) || matches!(child.try_wait(), Ok(Some(_)))
         });
         if !up || matches!(child.try_wait(), Ok(Some(_))) {
             let _ = child.kill();
@@ -988,8 +1011,14 @@ LogLevel ERROR
         }
         let host_key = fs::read_to_string(dir.join("host_key.pub"))?;
         let known_hosts = dir.join("known_hosts");
-        fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}"))?;
+        let host = if port == 22 {
+            address.clone()
+        } else {
+            format!("[{address}]:{port}")
+        };
+        fs::write(&known_hosts, format!("{host} {host_key}"))?;
         Ok(Sshd {
+            address,
             port,
             user,
             identity: dir.join("client_key"),
@@ -1001,7 +1030,7 @@ LogLevel ERROR
     /// The `nginx.ssh` section that reaches this server, host key checked.
     pub fn config(&self) -> Value {
         json!({
-            "destination": format!("{}@127.0.0.1", self.user),
+            "destination": format!("{}@{}", self.user, self.address),
             "port": self.port,
             "identity": self.identity,
             "options": [
