@@ -23,6 +23,14 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     need+=(python3)
 fi
+# The two-host tests (tests/tests/hosts.rs) build network namespaces and cut
+# their link with `ip link` or an iptables DROP.
+if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+    need+=(iproute2)
+fi
+if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
+    need+=(iptables)
+fi
 
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
