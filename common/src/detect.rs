@@ -197,17 +197,22 @@ pub fn decide_pair(
         [true, false] => Ok(live_is(a, vec![])),
         [false, true] => Ok(live_is(b, vec![])),
         _ => match newer {
+            // Both run: a deployment between `start` and its switch, or one
+            // whose build failed and still runs. Only the last confirmed
+            // switch says which one is live; the other is not called
+            // newer, it may be the failed one.
             Some(n) if n == a || n == b => Ok(live_is(
                 n,
                 vec![format!(
-                    "both ports listen; {} is the newer (the last deployment's), {} the older",
+                    "both ports listen; {} is live (the last confirmed switch went to it), {} also runs: \
+                     a deployment in progress, or one that failed and was not stopped",
                     n.name,
                     if n == a { &b.name } else { &a.name }
                 )],
             )),
             _ => Err(format!(
-                "both {} ({}) and {} ({}) listen and no deployment record says which is newer; \
-                 stop the older one by hand (`stop --profile NAME --force`)",
+                "both {} ({}) and {} ({}) listen and no confirmed switch says which one is live; \
+                 stop the one that should not serve by hand (`stop --profile NAME --force`)",
                 a.name, a.port, b.name, b.port
             )),
         },
@@ -484,6 +489,19 @@ mod tests {
         assert!(healthy(&any, &real1, &answer(204, "")));
         assert!(!healthy(&any, &real1, &answer(301, "")));
         assert!(!healthy(&any, &real1, &answer(404, "real1")));
+    }
+
+    #[test]
+    fn upstream_pair_wording_follows_the_last_confirmed_switch() {
+        let d = decide_pair(&profiles(), &[true, true], Some(&p(0))).unwrap();
+        assert_eq!((d.live.clone(), d.idle.clone()), (Some(p(0)), p(1)));
+        // real2 may be a build that failed: it is never called the newer.
+        assert!(!d.warnings[0].contains("newer"), "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("failed"), "{:?}", d.warnings);
+        let e = decide_pair(&profiles(), &[true, true], None).unwrap_err();
+        assert!(!e.contains("newer") && e.contains("live"), "{e}");
+        let d = decide_pair(&profiles(), &[false, true], None).unwrap();
+        assert_eq!(d.live, Some(p(1)));
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Context {
     pub completes_deployment: bool,
     /// `--dry-run`: the body says what it would do and changes nothing.
     pub dry_run: bool,
+    /// What the body wants recorded in the history besides its exit code
+    /// (`retired-cutting-connections`), and how many connections that cut.
+    pub outcome: Option<(String, u64)>,
     plan: Option<Plan>,
     /// `None` in a dry run, which takes no lock.
     _lock: Option<Lock>,
@@ -250,6 +253,7 @@ fn open(
         from_plan,
         completes_deployment: false,
         dry_run,
+        outcome: None,
         plan,
         _lock: lock,
     })
@@ -389,6 +393,8 @@ fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {
         exit_code,
         message,
         elapsed_ms: elapsed.as_millis() as u64,
+        outcome: ctx.outcome.as_ref().map(|(o, _)| o.clone()),
+        cut_connections: ctx.outcome.as_ref().map(|(_, n)| *n),
     };
     if let Err(e) = ctx.state.append_history(&line) {
         ctx.log.warn(format!("{e:#}"));

@@ -307,3 +307,133 @@ fn remote_symlink_with_retiring_waits_for_the_old_apps_connections() {
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     assert_all_served(&load.finish(), &["v1", "v2"]);
 }
+
+/// The JVM option list of the bundle's command, with `opt` added before `-jar`.
+fn add_java_opt(setup: &Setup, opt: &str) {
+    setup
+        .edit_config(|c| {
+            let command = c["app"]["command"].as_array_mut().unwrap();
+            let at = command.len() - 2;
+            command.insert(at, json!(opt));
+        })
+        .unwrap();
+}
+
+/// The history's lines, parsed.
+fn history(setup: &Setup) -> Vec<serde_json::Value> {
+    fs::read_to_string(setup.state_dir().join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn upstream_pair_a_build_that_fails_health_is_taken_out_of_rotation() {
+    let setup = setup("setup-pair-fail", Layout::Pair, false, false);
+    setup
+        .edit_config(|c| c["health"]["timeout_secs"] = json!(3))
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let old_pid = setup.launched_pid("real1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    // A build that answers its health check wrong, and "/" like any other.
+    add_java_opt(&setup, "-Ddemo.answer=wrong");
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+    let failed_pid = setup.launched_pid("real2").unwrap();
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("wrong") && health.stderr.contains("failed and was stopped"),
+        "{}",
+        health.stderr
+    );
+    // Out of nginx's rotation: it no longer runs, its port refuses, and
+    // every request goes to v1 again.
+    assert!(!alive(failed_pid), "the failed build still runs");
+    assert!(procs::listening(setup.ports[1]).unwrap().is_free());
+    assert!(alive(old_pid));
+    for _ in 0..20 {
+        assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+    }
+    // While it ran it was in rotation (the mode's trade-off): v2 answers
+    // are expected, failures are not.
+    assert_all_served(&load.finish(), &["v1", "v2"]);
+}
+
+#[test]
+fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
+    let setup = setup("setup-retire-busy", Layout::Include, true, false);
+    setup
+        .edit_config(|c| {
+            c["nginx"]["drain_timeout_secs"] = json!(1);
+            c["app"]["retire_busy"] = json!("fail");
+        })
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let port = setup.nginx.port;
+    let slow_request = |old_pid: i32, old_port: u16| {
+        let slow = std::thread::spawn(move || {
+            http_get(port, "/slow?ms=5000", Duration::from_secs(30)).map_err(|e| e.to_string())
+        });
+        // In flight once the old app holds its connection.
+        assert!(tests::wait_until(Duration::from_secs(10), || {
+            procs::established_by(old_port, &[old_pid]).unwrap_or(0) >= 1
+        }));
+        slow
+    };
+
+    // "fail": the switch happens, the old app is kept, exit 1.
+    let real1 = setup.launched_pid("real1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+    let slow = slow_request(real1, setup.ports[0]);
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("1 connection open") && health.stderr.contains("kept running"),
+        "{}",
+        health.stderr
+    );
+    assert!(alive(real1), "retire_busy \"fail\" must keep the old app");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        (200, "slow 5000 v1 real1".into())
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // "stop" (the default): it goes anyway, and says and records how many
+    // connections it still had.
+    setup
+        .edit_config(|c| {
+            c["app"].as_object_mut().unwrap().remove("retire_busy");
+        })
+        .unwrap();
+    let real2 = setup.launched_pid("real2").unwrap();
+    setup.drop_jar("v3").unwrap();
+    setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
+    let slow = slow_request(real2, setup.ports[1]);
+    let health = setup.hook("health", &[], Some("d-2")).unwrap();
+    health.assert_ok();
+    assert!(
+        health.stderr.contains("1 connection open") && health.stderr.contains("stopping it anyway"),
+        "{}",
+        health.stderr
+    );
+    // The old app drains on SIGTERM: the request is still answered by it.
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        (200, "slow 5000 v2 real2".into())
+    );
+    assert!(!alive(real2), "real2 must be retired");
+    let last = history(&setup).into_iter().last().unwrap();
+    assert_eq!(last["stage"], "health", "{last}");
+    assert_eq!(last["exit_code"], 0, "{last}");
+    assert_eq!(last["outcome"], "retired-cutting-connections", "{last}");
+    assert_eq!(last["cut_connections"], 1, "{last}");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+}
