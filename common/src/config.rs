@@ -1128,8 +1128,13 @@ mod tests {
             "http://0.0.0.0:8081/",
             "http://LOCALHOST:8081/",
         ] {
-            let e = err_of(&format!(r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#));
-            assert!(e.contains("probe_url") && e.contains("own port"), "{url}: {e}");
+            let e = err_of(&format!(
+                r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#
+            ));
+            assert!(
+                e.contains("probe_url") && e.contains("own port"),
+                "{url}: {e}"
+            );
         }
         let own = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         if !own.trim().is_empty() {
@@ -1146,7 +1151,10 @@ mod tests {
             "http://nginx-host.invalid:8081/profile",
         ] {
             assert!(
-                parse_str(&format!(r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#)).is_ok(),
+                parse_str(&format!(
+                    r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#
+                ))
+                .is_ok(),
                 "{url}"
             );
         }
@@ -1158,7 +1166,8 @@ mod tests {
         assert_eq!(c.app.retire_busy, RetireBusy::Stop);
         let c = parse_str(r#"{"app": {"dir": "/a", "retire_busy": "fail"}}"#).unwrap();
         assert_eq!(c.app.retire_busy, RetireBusy::Fail);
-        assert!(err_of(r#"{"app": {"dir": "/a", "retire_busy": "wait"}}"#)
-            .contains("app.retire_busy"));
+        assert!(
+            err_of(r#"{"app": {"dir": "/a", "retire_busy": "wait"}}"#).contains("app.retire_busy")
+        );
     }
 }
