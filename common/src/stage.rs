@@ -294,7 +294,7 @@ fn fresh(
         return Ok((slots, None));
     }
     if explicit.is_none() {
-        check_include_writable(config)?;
+        check_include_writable(config, log)?;
     }
     let Some(id) = deployment_id else {
         return Ok((slots, None));
@@ -325,10 +325,11 @@ fn running(me: &Holder) -> Running {
 
 /// The switch writes the include (or the symlink) through a temp entry
 /// beside it, so its directory must take a new one; see
-/// [`route::check_writable`].
-fn check_include_writable(config: &Config) -> Result<()> {
+/// [`route::check_writable`]. In upstream-pair mode nothing is written, but
+/// nginx's upstream must be one nonstop can reason about ([`crate::upstream`]).
+fn check_include_writable(config: &Config, log: &Log) -> Result<()> {
     let what = match config.nginx.mode {
-        Mode::UpstreamPair => return Ok(()),
+        Mode::UpstreamPair => return crate::upstream::check(config, log),
         Mode::Symlink { .. } => "symlink",
         Mode::Include => "include file",
     };

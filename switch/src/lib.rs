@@ -39,6 +39,7 @@ use nonstop_common::procs;
 use nonstop_common::route;
 use nonstop_common::state::Switched;
 use nonstop_common::time::{now_unix_ms, secs};
+use nonstop_common::upstream;
 use nonstop_common::{nginx, signals};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
 
@@ -374,7 +375,8 @@ fn confirm_pair(ctx: &Context, target: &Profile) -> Result<()> {
     // until a moment ago: retiring the old app before nginx sends the new
     // one traffic would leave it with no server to send to (502).
     if ctx.slots.live.as_ref().is_some_and(|l| l != target) {
-        wait_out_fail_timeout(ctx, target)?;
+        let window = skip_window(ctx, target)?;
+        wait_out_fail_timeout(ctx, target, window)?;
     }
     let limit = config.nginx.confirm_timeout.max(PAIR_CONFIRM_MIN);
     let mut last = String::new();
@@ -410,6 +412,46 @@ fn confirm_pair(ctx: &Context, target: &Profile) -> Result<()> {
     record(ctx, target)
 }
 
+/// How long nginx may still skip the target's server: what nginx's own
+/// upstream says (`fail_timeout`, nothing with `max_fails=0`), with a note
+/// when that differs from `nginx.fail_timeout_secs`; the config's value when
+/// the upstream cannot be read. An upstream nonstop cannot reason about
+/// (changed since the deployment began) is refused.
+fn skip_window(ctx: &Context, target: &Profile) -> Result<Duration> {
+    let configured = ctx.config.nginx.fail_timeout;
+    let server = match upstream::read(&ctx.config) {
+        upstream::Read::Found(u) => {
+            if let Some(why) = upstream::refusal(&u, &ctx.config.profiles) {
+                return Err(anyhow!(why));
+            }
+            u.server(target.port).cloned().map(|s| (u.name.clone(), s))
+        }
+        upstream::Read::NotFound | upstream::Read::Unreadable(_) => None,
+    };
+    let Some((name, server)) = server else {
+        return Ok(configured);
+    };
+    let window = server.skip_window();
+    if window != configured {
+        let how = if server.max_fails == 0 {
+            "max_fails=0: nginx never skips it".to_string()
+        } else {
+            format!(
+                "max_fails={}, fail_timeout {}: nginx may skip it for {} after a refusal",
+                server.max_fails,
+                secs(server.fail_timeout),
+                secs(window)
+            )
+        };
+        LOG.say(format!(
+            "nginx's upstream {name} gives {} {how}, not nginx.fail_timeout_secs ({}); going by nginx's",
+            server.address,
+            secs(configured)
+        ));
+    }
+    Ok(window)
+}
+
 /// Upstream-pair mode, before the switch counts as done: each nginx worker keeps its
 /// own record of a server that refused (no `zone`), and skips it for
 /// `fail_timeout` after the last refusal. The new app refused until it
@@ -419,16 +461,16 @@ fn confirm_pair(ctx: &Context, target: &Profile) -> Result<()> {
 /// the new app answered, every worker tries it again. With `max_fails=0` on
 /// the servers nginx never skips one, and `nginx.fail_timeout_secs: 0` makes
 /// this wait nothing.
-fn wait_out_fail_timeout(ctx: &Context, target: &Profile) -> Result<()> {
-    if ctx.config.nginx.fail_timeout.is_zero() {
+fn wait_out_fail_timeout(ctx: &Context, target: &Profile, fail_timeout: Duration) -> Result<()> {
+    if fail_timeout.is_zero() {
         return Ok(());
     }
     // nginx compares in whole seconds (`now - checked <= fail_timeout` on
     // its cached clock), so a server can stay skipped for up to a second
     // longer than fail_timeout.
-    let window = ctx.config.nginx.fail_timeout + Duration::from_millis(1200);
+    let window = fail_timeout + Duration::from_millis(1200);
     LOG.say(format!(
-        "waiting {} (nginx's fail_timeout, `nginx.fail_timeout_secs`, plus its clock's second) so that every nginx worker sends to {} again before the old app may go",
+        "waiting {} (nginx's fail_timeout plus its clock's second) so that every nginx worker sends to {} again before the old app may go",
         secs(window),
         target.name
     ));

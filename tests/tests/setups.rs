@@ -437,3 +437,60 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     assert_eq!(last["cut_connections"], 1, "{last}");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
 }
+
+/// Rewrites the private nginx's config and reloads it; returns once none
+/// of the previous workers is left.
+fn edit_nginx(setup: &Setup, edit: impl FnOnce(String) -> String) {
+    let text = fs::read_to_string(&setup.nginx.conf).unwrap();
+    fs::write(&setup.nginx.conf, edit(text)).unwrap();
+    let before = setup.nginx.workers();
+    let argv = setup.nginx.command(&["-s", "reload"]);
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(tests::wait_until(Duration::from_secs(20), || {
+        let now = setup.nginx.workers();
+        !now.is_empty() && !now.iter().any(|w| before.contains(w))
+    }));
+}
+
+#[test]
+fn upstream_pair_follows_nginxs_upstream_and_refuses_ip_hash_before_stopping_anything() {
+    let setup = setup("setup-pair-upstream", Layout::Pair, false, false);
+    let [p1, p2] = setup.ports;
+    // max_fails=0: nginx never skips a server, so there is no fail_timeout
+    // to wait out, whatever nginx.fail_timeout_secs (10 s here) says.
+    edit_nginx(&setup, |conf| {
+        conf.replace(&format!("{p1};"), &format!("{p1} max_fails=0;"))
+            .replace(&format!("{p2};"), &format!("{p2} max_fails=0;"))
+    });
+    setup.bootstrap("v1").unwrap();
+    let health = deploy(&setup, "d-0", "v2");
+    assert!(
+        health.stderr.contains("max_fails=0: nginx never skips it"),
+        "{}",
+        health.stderr
+    );
+    assert!(!health.stderr.contains("waiting 11"), "{}", health.stderr);
+
+    // Both run now (live real2, real1 started by hand), and the upstream
+    // pins clients: every probe from 127.0.0.1 would reach one server.
+    setup.start_by_hand("real1", "v3").unwrap();
+    let idle_pid = setup.launched_pid("real1").unwrap();
+    edit_nginx(&setup, |conf| {
+        conf.replace("upstream app {", "upstream app {\n        ip_hash;")
+    });
+    for stage in ["stop", "start"] {
+        let run = setup.hook(stage, &[], Some("d-1")).unwrap();
+        assert_eq!(run.code(), 1, "{stage}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("uses `ip_hash`") && run.stderr.contains("nothing was stopped"),
+            "{stage}: {}",
+            run.stderr
+        );
+    }
+    assert!(alive(idle_pid), "nothing may be stopped");
+    assert!(alive(setup.launched_pid("real2").unwrap()));
+}
