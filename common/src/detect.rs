@@ -314,10 +314,24 @@ pub struct Observed {
 pub fn observe(config: &Config) -> Result<Observed> {
     if config.nginx.mode == Mode::UpstreamPair {
         let mut listens = Vec::new();
-        for p in &config.profiles {
-            let l = procs::listening(p.port)
-                .with_context(|| format!("cannot read who listens on {}", p.port))?;
-            listens.push(!l.is_free());
+        if let Some(c) = crate::compose::of(config) {
+            // The engine's view: with `"userland-proxy": false` no host
+            // process listens on a published port, and a paused container
+            // holds its port without answering.
+            let mut per_profile = Vec::new();
+            for p in &config.profiles {
+                let service = crate::compose::service(c, config, p);
+                let containers = crate::compose::containers(c, service)
+                    .with_context(|| format!("cannot ask docker about service {service}"))?;
+                per_profile.push((p.port, containers));
+            }
+            listens = crate::compose::ports_held(&per_profile);
+        } else {
+            for p in &config.profiles {
+                let l = procs::listening(p.port)
+                    .with_context(|| format!("cannot read who listens on {}", p.port))?;
+                listens.push(!l.is_free());
+            }
         }
         let mut decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
         if let Some(c) = crate::compose::of(config) {
@@ -365,7 +379,8 @@ fn cross_check(
     let other = config.other(&live).clone();
     let runs = |p: &Profile| {
         let service = crate::compose::service(compose, config, p);
-        crate::compose::running(compose, service)
+        // Paused and restarting containers are the service's own too.
+        crate::compose::up_container(compose, service)
             .map(|c| c.is_some())
             .map_err(|e| format!("cannot ask docker which services run: {e:#}"))
     };
