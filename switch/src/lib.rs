@@ -493,6 +493,16 @@ fn transaction(
 ) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
     if let Err(e) = route::write(config, new) {
+        if e.chain().any(|c| c.is::<route::MaybeWritten>()) {
+            // Not "nothing changed": over ssh the write may have happened.
+            return Err(e.context(format!(
+                "the state of {} is unknown until it is read back; nginx was not reloaded. \
+                 The next stage reads it first: it keeps the new route only if nginx answers as {}, \
+                 else it puts the previous one back",
+                route::describe(config),
+                target.name
+            )));
+        }
         return Err(e.context("nothing changed"));
     }
     LOG.say(format!(
