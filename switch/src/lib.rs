@@ -24,8 +24,12 @@
 //! The same sequence serves every route (`nonstop_common::route`): the
 //! include file, or a symlink between site files, on this host or over ssh.
 //! In upstream-pair mode nginx is not touched: the switch waits until nginx
-//! sends the new app requests. With `app.retire` (always in that mode) the
-//! previous app is stopped once nginx has let go of it.
+//! sends the new app requests (after the upstream's own `fail_timeout`), and
+//! a new app that fails is stopped, since it is in nginx's rotation as soon
+//! as it listens. With `app.retire` (always in that mode) the previous app
+//! is stopped once nginx has let go of it: its old workers gone and no
+//! connection to it left, within `nginx.drain_timeout_secs`;
+//! `app.retire_busy` decides what happens past that bound.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -301,10 +305,15 @@ pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
     if let Some(previous) = ctx.slots.live.as_ref().filter(|p| *p != target) {
         if config.app.retire {
             LOG.say(format!(
-                "would then retire {} ({}): wait at most {} for nginx to let go of it, then stop it",
+                "would then retire {} ({}): wait at most {} for nginx's previous workers and then for no connection to {} to be left, then stop it{}",
                 previous.name,
                 previous.port,
-                secs(config.nginx.drain_timeout)
+                secs(config.nginx.drain_timeout),
+                previous.port,
+                match config.app.retire_busy {
+                    RetireBusy::Stop => " (past that bound: anyway, saying how many connections it cuts)",
+                    RetireBusy::Fail => " (past that bound: keep it and fail)",
+                }
             ));
         }
     }

@@ -358,6 +358,12 @@ fn upstream_pair_a_build_that_fails_health_is_taken_out_of_rotation() {
     for _ in 0..20 {
         assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
     }
+    // This mode has no include file; `profile --json` shows none.
+    let json = setup.hook("profile", &["--json"], None).unwrap();
+    json.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["include"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["live"]["profile"], "real1", "{v}");
     // While it ran it was in rotation (the mode's trade-off): v2 answers
     // are expected, failures are not.
     assert_all_served(&load.finish(), &["v1", "v2"]);
@@ -493,4 +499,53 @@ fn upstream_pair_follows_nginxs_upstream_and_refuses_ip_hash_before_stopping_any
     }
     assert!(alive(idle_pid), "nothing may be stopped");
     assert!(alive(setup.launched_pid("real2").unwrap()));
+}
+
+#[test]
+fn symlink_mode_recovery_says_it_restored_the_symlink() {
+    let setup = setup("setup-symlink-recover", Layout::Symlink, false, false);
+    setup.bootstrap("v1").unwrap();
+    setup.start_by_hand("real2", "v2").unwrap();
+    let link = setup.nginx.include.clone();
+    let before = fs::read_link(&link).unwrap();
+    // A switch killed after it re-pointed the link, while `nginx -t` runs
+    // (a test that hangs), before any reload.
+    let nginx_test = setup.nginx.command(&["-t"]);
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(["sleep", "60"]))
+        .unwrap();
+    let mut run = setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    assert!(
+        run.wait_for_stderr("wrote ", Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    let mut sleeper = Vec::new();
+    assert!(tests::wait_until(Duration::from_secs(10), || {
+        sleeper = procs::children(run.pid());
+        !sleeper.is_empty()
+    }));
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.finish(Duration::from_secs(10)).unwrap();
+    for pid in sleeper {
+        tests::terminate(pid, Duration::from_secs(5));
+    }
+    assert_ne!(fs::read_link(&link).unwrap(), before, "the link was moved");
+
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(nginx_test))
+        .unwrap();
+    let next = setup.hook("switch", &["--to", "real1"], None).unwrap();
+    next.assert_ok();
+    assert!(
+        next.stderr.contains("was interrupted") && next.stderr.contains("restored the symlink"),
+        "{}",
+        next.stderr
+    );
+    assert!(!next.stderr.contains("include file"), "{}", next.stderr);
+    assert_eq!(site_of(&link), "blue");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
 }
