@@ -165,12 +165,57 @@ pub struct Container {
     pub pid: i32,
     pub exit_code: i64,
     pub started_at: String,
+    /// The host ports the engine publishes for it (`NetworkSettings.Ports`).
+    pub published: Vec<u16>,
 }
 
 impl Container {
     pub fn is_running(&self) -> bool {
         self.status == "running"
     }
+
+    /// Running, paused or restarting: the service's own container, whose
+    /// port is the service's even when no host process listens on it (a
+    /// paused one, or any with the engine's `"userland-proxy": false`).
+    pub fn is_up(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "paused" | "restarting")
+    }
+
+    /// Whether it holds `port` in the engine's view: up, and publishing it
+    /// (or publishing nothing the engine reports, as with host networking).
+    pub fn holds(&self, port: u16) -> bool {
+        self.is_up() && (self.published.is_empty() || self.published.contains(&port))
+    }
+
+    /// For a paused container, what to tell the operator: it is the
+    /// service's own, frozen, and only they know whether it should go on.
+    pub fn paused_advice(&self, service: &str) -> Option<String> {
+        (self.status == "paused").then(|| {
+            format!(
+                "service {service}'s container {} is paused (`docker pause`): it is the service's own, frozen with its \
+                 requests; run `docker unpause {}` and then this stage again",
+                short_id(&self.id),
+                short_id(&self.id)
+            )
+        })
+    }
+}
+
+/// Which of the profiles' ports the engine says their services hold, in
+/// profile order: the decision upstream-pair detection makes with the
+/// Compose backend instead of asking who listens on the host.
+pub fn ports_held(per_profile: &[(u16, Vec<Container>)]) -> Vec<bool> {
+    per_profile
+        .iter()
+        .map(|(port, containers)| containers.iter().any(|c| c.holds(*port)))
+        .collect()
+}
+
+/// The service's container that is up (running, paused or restarting), if any.
+pub fn up_container(compose: &Compose, service: &str) -> Result<Option<Container>> {
+    Ok(containers(compose, service)?
+        .into_iter()
+        .find(Container::is_up))
 }
 
 #[derive(Deserialize)]
@@ -183,6 +228,22 @@ struct Inspected {
     image: String,
     state: InspectedState,
     config: InspectedConfig,
+    #[serde(default)]
+    network_settings: Option<InspectedNetwork>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedNetwork {
+    #[serde(default)]
+    ports: Option<std::collections::BTreeMap<String, Option<Vec<InspectedBinding>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectedBinding {
+    #[serde(default)]
+    host_port: String,
 }
 
 #[derive(Deserialize)]
@@ -207,7 +268,19 @@ struct InspectedConfig {
 
 impl From<Inspected> for Container {
     fn from(i: Inspected) -> Container {
+        let mut published: Vec<u16> = i
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .flatten()
+            .filter_map(|b| b.host_port.parse().ok())
+            .collect();
+        published.sort_unstable();
+        published.dedup();
         Container {
+            published,
             id: i.id,
             name: i.name.trim_start_matches('/').to_string(),
             image_id: i.image,
@@ -310,5 +383,71 @@ pub fn logs_tail(compose: &Compose, id: &str) -> String {
             }
         }
         Err(e) => format!("its log could not be read: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(status: &str, published: &[u16]) -> Container {
+        Container {
+            id: "0123456789abcdef".into(),
+            name: "p-green-1".into(),
+            image_id: "sha256:x".into(),
+            image: "app:current".into(),
+            status: status.into(),
+            pid: 0,
+            exit_code: 0,
+            started_at: String::new(),
+            published: published.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_engine_decides_which_ports_the_services_hold() {
+        // With "userland-proxy": false no host process listens on 8082,
+        // yet the engine says green publishes it: that port is held.
+        for status in ["running", "paused", "restarting"] {
+            assert_eq!(
+                ports_held(&[
+                    (8081, vec![container("exited", &[])]),
+                    (8082, vec![container(status, &[8082])]),
+                ]),
+                vec![false, true],
+                "{status}"
+            );
+        }
+        assert_eq!(
+            ports_held(&[(8081, vec![]), (8082, vec![container("created", &[8082])])]),
+            vec![false, false]
+        );
+        // Another port published is not this one.
+        assert!(!container("running", &[9000]).holds(8082));
+        assert!(container("running", &[]).holds(8082));
+    }
+
+    #[test]
+    fn a_paused_container_is_named_with_what_to_do() {
+        let advice = container("paused", &[8082]).paused_advice("green").unwrap();
+        assert!(advice.contains("docker unpause 0123456789ab"), "{advice}");
+        assert!(container("running", &[8082])
+            .paused_advice("green")
+            .is_none());
+    }
+
+    #[test]
+    fn published_ports_are_read_from_docker_inspect() {
+        let json = r#"[{"Id": "abc", "Name": "/p-blue-1", "Image": "sha256:1",
+            "State": {"Status": "paused", "Pid": 7, "ExitCode": 0, "StartedAt": "t"},
+            "Config": {"Image": "app:current"},
+            "NetworkSettings": {"Ports": {"8081/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}], "9/udp": null}}}]"#;
+        let parsed: Vec<Inspected> = serde_json::from_str(json).unwrap();
+        let c = Container::from(parsed.into_iter().next().unwrap());
+        assert_eq!(
+            (c.status.as_str(), c.published.clone()),
+            ("paused", vec![8081])
+        );
+        assert!(c.holds(8081));
     }
 }

@@ -84,6 +84,20 @@ pub struct App {
     /// of it. Off by default (the book keeps it for a quick rollback); always
     /// on in upstream-pair mode.
     pub retire: bool,
+    /// What retiring does when the old app still has connections open once
+    /// `nginx.drain_timeout_secs` has run out.
+    pub retire_busy: RetireBusy,
+}
+
+/// `app.retire_busy`: the old app still has connections open at the end of
+/// the drain bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireBusy {
+    /// Stop it anyway (SIGTERM; SIGKILL after `app.stop_timeout_secs`), warn
+    /// with the count and record it in the history.
+    Stop,
+    /// Keep it running and fail the stage (exit 1).
+    Fail,
 }
 
 /// What counts as a healthy answer. Whatever the rule, only a 2xx can be.
@@ -187,6 +201,7 @@ struct RawApp {
     stop_timeout_secs: Option<u64>,
     start_grace_ms: Option<u64>,
     retire: Option<bool>,
+    retire_busy: Option<String>,
     backend: Option<String>,
     compose: Option<RawCompose>,
 }
@@ -455,6 +470,16 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         }
     };
 
+    let retire_busy = match app.retire_busy.as_deref().unwrap_or("stop") {
+        "stop" => RetireBusy::Stop,
+        "fail" => RetireBusy::Fail,
+        other => {
+            return Err(format!(
+                "key `app.retire_busy`: {other:?} is not one of \"stop\", \"fail\""
+            ))
+        }
+    };
+
     let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
     if log.trim().is_empty() {
         return Err("key `app.log`: empty path".into());
@@ -514,6 +539,20 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         return Err(format!(
             "key `probe_url`: {probe_url:?} must be an http:// URL (nginx on this host, as in http://127.0.0.1/profile)"
         ));
+    }
+    // The probe is the witness of what nginx does: aimed at a profile's own
+    // port on this machine it asks the app, not nginx, and every
+    // "confirmation through nginx" would confirm nothing.
+    if let Some((host, port)) = url_host_port(&probe_url) {
+        if let Some(p) = profiles.iter().find(|p| p.port == port) {
+            if is_this_machine(&host) {
+                return Err(format!(
+                    "key `probe_url`: {probe_url:?} is profile {}'s own port ({port}) on this machine, so it asks the app, not nginx; \
+                     give nginx's address (as in http://127.0.0.1/profile)",
+                    p.name
+                ));
+            }
+        }
     }
 
     let absolute = |key: &str, p: &str| -> Result<PathBuf, String> {
@@ -682,6 +721,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
                 v => Duration::from_millis(v),
             },
             retire: app.retire.unwrap_or(false) || mode == Mode::UpstreamPair,
+            retire_busy,
             dir,
         },
         health: Health {
@@ -802,6 +842,45 @@ pub const MAX_GRACE_MS: u64 = 300_000;
 /// The error for a number over its upper bound, naming key and bound.
 fn too_big(key: &str, value: u64, max: u64) -> String {
     format!("key `{key}`: {value} is more than {max}, the most it may be")
+}
+
+/// The host (lowercase, IPv6 without brackets) and port (80 when none) of an
+/// `http://` URL; `None` when it has no readable authority.
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => 80,
+        Some(p) => p.parse().ok()?,
+    };
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// Whether a URL's host is this machine: localhost, 127.0.0.0/8, ::1,
+/// 0.0.0.0 / ::, or its own host name.
+fn is_this_machine(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback()
+            || ip.is_unspecified()
+            || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_unspecified()));
+    }
+    let own = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let own = own.trim().to_ascii_lowercase();
+    !own.is_empty() && (host == own || own.split('.').next() == Some(host))
 }
 
 fn ms(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
@@ -1158,5 +1237,58 @@ mod tests {
         // 0 is a real choice for these two.
         assert!(parse_str(&with("nginx", "fail_timeout_secs", 0)).is_ok());
         assert!(parse_str(&with("app", "start_grace_ms", 0)).is_ok());
+    }
+
+    #[test]
+    fn a_probe_at_a_profiles_own_port_on_this_machine_is_refused() {
+        for url in [
+            "http://127.0.0.1:8081/profile",
+            "http://localhost:8082",
+            "http://127.3.4.5:8081/x",
+            "http://[::1]:8082/profile",
+            "http://0.0.0.0:8081/",
+            "http://LOCALHOST:8081/",
+        ] {
+            let e = err_of(&format!(
+                r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#
+            ));
+            assert!(
+                e.contains("probe_url") && e.contains("own port"),
+                "{url}: {e}"
+            );
+        }
+        let own = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        if !own.trim().is_empty() {
+            let e = err_of(&format!(
+                r#"{{"app": {{"dir": "/a"}}, "probe_url": "http://{}:8081/"}}"#,
+                own.trim()
+            ));
+            assert!(e.contains("probe_url"), "{e}");
+        }
+        // nginx's own port, or another host's 8081, is what a probe should ask.
+        for url in [
+            "http://127.0.0.1/profile",
+            "http://127.0.0.1:8080/profile",
+            "http://nginx-host.invalid:8081/profile",
+        ] {
+            assert!(
+                parse_str(&format!(
+                    r#"{{"app": {{"dir": "/a"}}, "probe_url": "{url}"}}"#
+                ))
+                .is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn retire_busy_is_stop_or_fail() {
+        let c = parse_str(r#"{"app": {"dir": "/a"}}"#).unwrap();
+        assert_eq!(c.app.retire_busy, RetireBusy::Stop);
+        let c = parse_str(r#"{"app": {"dir": "/a", "retire_busy": "fail"}}"#).unwrap();
+        assert_eq!(c.app.retire_busy, RetireBusy::Fail);
+        assert!(
+            err_of(r#"{"app": {"dir": "/a", "retire_busy": "wait"}}"#).contains("app.retire_busy")
+        );
     }
 }

@@ -197,17 +197,22 @@ pub fn decide_pair(
         [true, false] => Ok(live_is(a, vec![])),
         [false, true] => Ok(live_is(b, vec![])),
         _ => match newer {
+            // Both run: a deployment between `start` and its switch, or one
+            // whose build failed and still runs. Only the last confirmed
+            // switch says which one is live; the other is not called
+            // newer, it may be the failed one.
             Some(n) if n == a || n == b => Ok(live_is(
                 n,
                 vec![format!(
-                    "both ports listen; {} is the newer (the last deployment's), {} the older",
+                    "both ports listen; {} is live (the last confirmed switch went to it), {} also runs: \
+                     a deployment in progress, or one that failed and was not stopped",
                     n.name,
                     if n == a { &b.name } else { &a.name }
                 )],
             )),
             _ => Err(format!(
-                "both {} ({}) and {} ({}) listen and no deployment record says which is newer; \
-                 stop the older one by hand (`stop --profile NAME --force`)",
+                "both {} ({}) and {} ({}) listen and no confirmed switch says which one is live; \
+                 stop the one that should not serve by hand (`stop --profile NAME --force`)",
                 a.name, a.port, b.name, b.port
             )),
         },
@@ -309,10 +314,24 @@ pub struct Observed {
 pub fn observe(config: &Config) -> Result<Observed> {
     if config.nginx.mode == Mode::UpstreamPair {
         let mut listens = Vec::new();
-        for p in &config.profiles {
-            let l = procs::listening(p.port)
-                .with_context(|| format!("cannot read who listens on {}", p.port))?;
-            listens.push(!l.is_free());
+        if let Some(c) = crate::compose::of(config) {
+            // The engine's view: with `"userland-proxy": false` no host
+            // process listens on a published port, and a paused container
+            // holds its port without answering.
+            let mut per_profile = Vec::new();
+            for p in &config.profiles {
+                let service = crate::compose::service(c, config, p);
+                let containers = crate::compose::containers(c, service)
+                    .with_context(|| format!("cannot ask docker about service {service}"))?;
+                per_profile.push((p.port, containers));
+            }
+            listens = crate::compose::ports_held(&per_profile);
+        } else {
+            for p in &config.profiles {
+                let l = procs::listening(p.port)
+                    .with_context(|| format!("cannot read who listens on {}", p.port))?;
+                listens.push(!l.is_free());
+            }
         }
         let mut decision = decide_pair(&config.profiles, &listens, last_switched(config).as_ref());
         if let Some(c) = crate::compose::of(config) {
@@ -360,7 +379,8 @@ fn cross_check(
     let other = config.other(&live).clone();
     let runs = |p: &Profile| {
         let service = crate::compose::service(compose, config, p);
-        crate::compose::running(compose, service)
+        // Paused and restarting containers are the service's own too.
+        crate::compose::up_container(compose, service)
             .map(|c| c.is_some())
             .map_err(|e| format!("cannot ask docker which services run: {e:#}"))
     };
@@ -484,6 +504,19 @@ mod tests {
         assert!(healthy(&any, &real1, &answer(204, "")));
         assert!(!healthy(&any, &real1, &answer(301, "")));
         assert!(!healthy(&any, &real1, &answer(404, "real1")));
+    }
+
+    #[test]
+    fn upstream_pair_wording_follows_the_last_confirmed_switch() {
+        let d = decide_pair(&profiles(), &[true, true], Some(&p(0))).unwrap();
+        assert_eq!((d.live.clone(), d.idle.clone()), (Some(p(0)), p(1)));
+        // real2 may be a build that failed: it is never called the newer.
+        assert!(!d.warnings[0].contains("newer"), "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("failed"), "{:?}", d.warnings);
+        let e = decide_pair(&profiles(), &[true, true], None).unwrap_err();
+        assert!(!e.contains("newer") && e.contains("live"), "{e}");
+        let d = decide_pair(&profiles(), &[false, true], None).unwrap();
+        assert_eq!(d.live, Some(p(1)));
     }
 
     #[test]

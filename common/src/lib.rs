@@ -21,6 +21,7 @@ pub mod signals;
 pub mod stage;
 pub mod state;
 pub mod time;
+pub mod upstream;
 
 pub use config::{Config, Profile};
 pub use error::{exit_code, main_with, usage, Usage};

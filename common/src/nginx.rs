@@ -160,7 +160,8 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
     let new_line = target.as_ref().map(|t| route::content_for(config, t));
     if now == previous {
         log.warn(format!(
-            "{who} before it changed the include file; nothing to undo"
+            "{who} before it changed {}; nothing to undo",
+            route::describe(config)
         ));
     } else if let (Some(t), Some(line)) = (&target, &new_line) {
         let took = now.as_deref() == Some(line.as_slice())
@@ -173,16 +174,18 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
         } else {
             restore(config, previous.as_deref(), log)?;
             log.warn(format!(
-                "{who} before nginx was confirmed to answer as {}; restored the include file and {}",
+                "{who} before nginx was confirmed to answer as {}; restored {} and {}",
                 t.name,
+                route::describe(config),
                 reload_previous(config)
             ));
         }
     } else {
         restore(config, previous.as_deref(), log)?;
         log.warn(format!(
-            "{who}, and {} is not configured any more; restored the include file and {}",
+            "{who}, and {} is not configured any more; restored {} and {}",
             journal.target.name,
+            route::describe(config),
             reload_previous(config)
         ));
     }

@@ -77,6 +77,65 @@ pub fn established(port: u16) -> io::Result<usize> {
     }
 }
 
+/// How many established TCP connections to local `port` belong to `pids`
+/// (their fd tables hold the sockets): an app's own clients in flight,
+/// whatever else uses the port. With no pid given (none can be seen) every
+/// established connection on the port counts.
+pub fn established_by(port: u16, pids: &[i32]) -> io::Result<usize> {
+    let inodes = match sock_diag::established_inodes(port) {
+        Ok(inodes) => inodes,
+        Err(_) => {
+            let mut inodes = Vec::new();
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                match fs::read_to_string(table) {
+                    Ok(text) => inodes.extend(inodes_in_state(&text, port, "01")),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
+                }
+            }
+            inodes
+        }
+    };
+    if pids.is_empty() {
+        return Ok(inodes.len());
+    }
+    let held = socket_inodes_of(pids);
+    Ok(inodes.iter().filter(|i| held.contains(i)).count())
+}
+
+/// The socket inodes in the fd tables of `pids`.
+fn socket_inodes_of(pids: &[i32]) -> HashSet<u64> {
+    let mut held = HashSet::new();
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        held.extend(fds.flatten().filter_map(|fd| {
+            fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(&target.to_string_lossy()))
+        }));
+    }
+    held
+}
+
+fn inodes_in_state(table: &str, port: u16, state: &str) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|l| l.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            (local_port == Some(port) && fields.get(3) == Some(&state))
+                .then(|| fields.get(9)?.parse::<u64>().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 fn count_in_state(table: &str, port: u16, state: &str) -> usize {
     table
         .lines()
@@ -193,6 +252,11 @@ mod sock_diag {
     /// How many connections to local `port` are established.
     pub(super) fn established(port: u16) -> io::Result<usize> {
         Ok(dump(TCP_ESTABLISHED, port)?.len())
+    }
+
+    /// The inodes of the established connections to local `port`.
+    pub(super) fn established_inodes(port: u16) -> io::Result<Vec<u64>> {
+        dump(TCP_ESTABLISHED, port)
     }
 
     /// The inodes of TCP sockets in `state` whose local port is `port`.
@@ -474,6 +538,22 @@ mod tests {
         assert_eq!(seen.pids, vec![std::process::id() as i32]);
         drop(listener);
         assert!(listening(port).unwrap().is_free());
+    }
+
+    #[test]
+    fn established_connections_are_counted_for_their_holder_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id() as i32;
+        assert_eq!(established_by(port, &[me]).unwrap(), 0);
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(established_by(port, &[me]).unwrap(), 1);
+        assert_eq!(established_by(port, &[]).unwrap(), 1);
+        // pid 1 holds none of them.
+        assert_eq!(established_by(port, &[1]).unwrap(), 0);
+        assert_eq!(inodes_in_state(TABLE, 8082, "01"), vec![5555]);
+        drop((client, server));
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn write(config: &Config, content: &[u8]) -> Result<()> {
             .with_context(|| format!("cannot write the include file {}", target.display())),
         Some(ssh) => {
             let (tmp, target) = (path_str(&tmp), path_str(target));
-            let out = if symlink {
+            let sent = if symlink {
                 let dest = String::from_utf8_lossy(content).into_owned();
                 remote(
                     ssh,
@@ -197,7 +197,7 @@ pub fn write(config: &Config, content: &[u8]) -> Result<()> {
                         &["ln", "-sfn", "--", &dest, &tmp],
                         &["mv", "-f", "-T", "--", &tmp, &target],
                     ],
-                )?
+                )
             } else {
                 let of = format!("of={tmp}");
                 remote_with_input(
@@ -207,8 +207,16 @@ pub fn write(config: &Config, content: &[u8]) -> Result<()> {
                         &["mv", "-f", "-T", "--", &tmp, &target],
                     ],
                     content,
-                )?
+                )
             };
+            // No answer (the time limit, a connection that ended) says
+            // nothing about whether `mv` ran over there.
+            let out = sent.map_err(|e| {
+                anyhow!(MaybeWritten {
+                    what: describe(config),
+                    why: format!("{e:#}"),
+                })
+            })?;
             if out.success() {
                 Ok(())
             } else {
@@ -221,6 +229,27 @@ pub fn write(config: &Config, content: &[u8]) -> Result<()> {
         }
     }
 }
+
+/// A write to nginx's host that ended without an answer from there: it may
+/// or may not have taken effect, and only reading it back tells.
+#[derive(Debug)]
+pub struct MaybeWritten {
+    /// "the include file /x on deploy@web1".
+    pub what: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for MaybeWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "writing {} ended without an answer from that host ({}); it may have taken effect",
+            self.what, self.why
+        )
+    }
+}
+
+impl std::error::Error for MaybeWritten {}
 
 /// Removes the route (there was none before the switch).
 pub fn remove(config: &Config) -> Result<()> {
@@ -456,6 +485,30 @@ mod tests {
         argv.insert(1, "-G".into());
         let out = cmd::run(&argv, Duration::from_secs(10)).unwrap();
         assert!(out.stdout.lines().any(|l| l == "connecttimeout 10"));
+    }
+
+    #[test]
+    fn a_remote_write_without_an_answer_is_not_called_nothing_changed() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = crate::config::parse(
+            r#"{"app": {"dir": "/a"}, "nginx": {"include": "/x/service-url.inc",
+                "ssh": {"destination": "nobody@127.0.0.1"}}}"#,
+            Path::new("t.json"),
+        )
+        .unwrap();
+        if let Some(ssh) = config.nginx.ssh.as_mut() {
+            ssh.port = Some(closed);
+        }
+        let err = write(&config, b"set $u x;").unwrap_err();
+        assert!(err.chain().any(|c| c.is::<MaybeWritten>()), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("may have taken effect"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Context {
     pub completes_deployment: bool,
     /// `--dry-run`: the body says what it would do and changes nothing.
     pub dry_run: bool,
+    /// What the body wants recorded in the history besides its exit code
+    /// (`retired-cutting-connections`), and how many connections that cut.
+    pub outcome: Option<(String, u64)>,
     plan: Option<Plan>,
     /// `None` in a dry run, which takes no lock.
     _lock: Option<Lock>,
@@ -250,6 +253,7 @@ fn open(
         from_plan,
         completes_deployment: false,
         dry_run,
+        outcome: None,
         plan,
         _lock: lock,
     })
@@ -290,7 +294,7 @@ fn fresh(
         return Ok((slots, None));
     }
     if explicit.is_none() {
-        check_include_writable(config)?;
+        check_include_writable(config, log)?;
     }
     let Some(id) = deployment_id else {
         return Ok((slots, None));
@@ -321,10 +325,11 @@ fn running(me: &Holder) -> Running {
 
 /// The switch writes the include (or the symlink) through a temp entry
 /// beside it, so its directory must take a new one; see
-/// [`route::check_writable`].
-fn check_include_writable(config: &Config) -> Result<()> {
+/// [`route::check_writable`]. In upstream-pair mode nothing is written, but
+/// nginx's upstream must be one nonstop can reason about ([`crate::upstream`]).
+fn check_include_writable(config: &Config, log: &Log) -> Result<()> {
     let what = match config.nginx.mode {
-        Mode::UpstreamPair => return Ok(()),
+        Mode::UpstreamPair => return crate::upstream::check(config, log),
         Mode::Symlink { .. } => "symlink",
         Mode::Include => "include file",
     };
@@ -389,6 +394,8 @@ fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {
         exit_code,
         message,
         elapsed_ms: elapsed.as_millis() as u64,
+        outcome: ctx.outcome.as_ref().map(|(o, _)| o.clone()),
+        cut_connections: ctx.outcome.as_ref().map(|(_, n)| *n),
     };
     if let Err(e) = ctx.state.append_history(&line) {
         ctx.log.warn(format!("{e:#}"));

@@ -162,6 +162,14 @@ pub struct HistoryLine {
     pub exit_code: u8,
     pub message: String,
     pub elapsed_ms: u64,
+    /// Set when the stage succeeded with something an operator must know,
+    /// as in `retired-cutting-connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// With `retired-cutting-connections`: how many connections the old app
+    /// still had open when it was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_connections: Option<u64>,
 }
 
 /// The state directory of one config.
@@ -414,6 +422,8 @@ mod tests {
                     exit_code: 0,
                     message: "ok".into(),
                     elapsed_ms: 3,
+                    outcome: None,
+                    cut_connections: None,
                 })
                 .unwrap();
         }

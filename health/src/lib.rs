@@ -55,7 +55,9 @@ where
         if ctx.dry_run {
             return dry_run(ctx, &target, args.no_switch);
         }
-        wait_healthy(ctx, &target)?;
+        // In upstream-pair mode a build that listens is already in nginx's
+        // upstream: one that fails is stopped rather than left serving.
+        wait_healthy(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());

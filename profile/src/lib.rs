@@ -17,6 +17,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use nonstop_common::compose;
+use nonstop_common::config::Mode;
 use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
@@ -134,13 +135,24 @@ pub fn report(config: &Config, observed: &Observed) -> Value {
         Include::NamesNone => "names-no-profile",
         Include::NamesBoth => "names-both",
     };
+    // Upstream-pair mode reads and writes no include: nothing to show.
+    let include = if config.nginx.mode == Mode::UpstreamPair {
+        Value::Null
+    } else {
+        json!({"path": nonstop_common::route::path(config), "describe": nonstop_common::route::describe(config), "state": state, "profile": names})
+    };
     json!({
+        "mode": match config.nginx.mode {
+            Mode::Include => "include",
+            Mode::Symlink { .. } => "symlink",
+            Mode::UpstreamPair => "upstream-pair",
+        },
         "live": live,
         "idle": idle,
         "error": error,
         "warnings": warnings,
         "probe": probe,
-        "include": {"path": nonstop_common::route::path(config), "describe": nonstop_common::route::describe(config), "state": state, "profile": names},
+        "include": include,
         "profiles": profiles,
     })
 }

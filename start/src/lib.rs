@@ -242,7 +242,10 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     let previous: Option<Launched> = ctx
         .state
         .read(&ctx.state.launched_path(&target.name), &LOG)?;
-    let running = compose::running(compose, service)?;
+    let running = compose::up_container(compose, service)?;
+    if let Some(advice) = running.as_ref().and_then(|c| c.paused_advice(service)) {
+        return Err(anyhow!("{advice}; nothing was started"));
+    }
     if let Some(c) = &running {
         let ours = previous.as_ref().is_some_and(|l| {
             ctx.deployment_id.is_some()
@@ -258,10 +261,11 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
             return Ok(());
         }
         return Err(anyhow!(
-            "service {service} ({}) already runs (container {}, {}); run `stop` first",
+            "service {service} ({}) already runs (container {}, {}, {}); run `stop` first",
             target.name,
             compose::short_id(&c.id),
-            c.image
+            c.image,
+            c.status
         ));
     }
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;

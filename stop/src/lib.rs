@@ -237,8 +237,14 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
     let port = target.port;
     let service = compose::service(compose, config, target);
     compose::check_service(compose, service)?;
-    let running = compose::running(compose, service)?;
-    let Some(container) = running else {
+    // The engine says what is the service's: a paused or restarting
+    // container is, whatever holds the host port (docker-proxy, or nothing
+    // with the engine's userland proxy off).
+    let up = compose::up_container(compose, service)?;
+    if let Some(advice) = up.as_ref().and_then(|c| c.paused_advice(service)) {
+        return Err(anyhow!("cannot stop {}: {advice}", target.name));
+    }
+    let Some(container) = up else {
         let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
         if seen.is_free() {
             LOG.say(format!(
@@ -265,10 +271,11 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
     }
     signals::check().context("nothing was stopped")?;
     LOG.say(format!(
-        "{} is service {service} (container {}, {}) on {port}; stopping it",
+        "{} is service {service} (container {}, {}, {}) on {port}; stopping it",
         target.name,
         compose::short_id(&container.id),
-        container.image
+        container.image,
+        container.status
     ));
     let started = std::time::Instant::now();
     compose::stop(compose, service, timeout)?;

@@ -24,8 +24,12 @@
 //! The same sequence serves every route (`nonstop_common::route`): the
 //! include file, or a symlink between site files, on this host or over ssh.
 //! In upstream-pair mode nginx is not touched: the switch waits until nginx
-//! sends the new app requests. With `app.retire` (always in that mode) the
-//! previous app is stopped once nginx has let go of it.
+//! sends the new app requests (after the upstream's own `fail_timeout`), and
+//! a new app that fails is stopped, since it is in nginx's rotation as soon
+//! as it listens. With `app.retire` (always in that mode) the previous app
+//! is stopped once nginx has let go of it: its old workers gone and no
+//! connection to it left, within `nginx.drain_timeout_secs`;
+//! `app.retire_busy` decides what happens past that bound.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -33,12 +37,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::config::Mode;
+use nonstop_common::config::{Mode, RetireBusy};
 use nonstop_common::detect::{self, Probe};
 use nonstop_common::procs;
 use nonstop_common::route;
 use nonstop_common::state::Switched;
 use nonstop_common::time::{now_unix_ms, secs};
+use nonstop_common::upstream;
 use nonstop_common::{nginx, signals};
 use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
 
@@ -111,70 +116,120 @@ pub fn switch_and_retire(ctx: &mut Context, target: &Profile) -> Result<()> {
     }
 }
 
-/// Stops the app that was live, once nginx has let go of it: the workers of
-/// nginx's previous configuration have exited (they may still be proxying a
-/// request to it), or, where they cannot be seen (a remote nginx, no pid
-/// file), no connection to its port is left. Bounded by `nginx.drain_timeout_secs`;
-/// the app then gets SIGTERM and finishes what it still has in flight.
+/// Upstream-pair mode: an app that listens is in nginx's upstream, so a
+/// build that failed its health check or the confirmation would go on
+/// serving part of the requests. It is stopped at once, and `failure` says
+/// so (or that stopping it failed too, and what to run). In the other modes,
+/// for the live profile, and in a dry run, `failure` is returned as it is.
+pub fn withdraw_failed(ctx: &Context, target: &Profile, failure: anyhow::Error) -> anyhow::Error {
+    if ctx.config.nginx.mode != Mode::UpstreamPair
+        || ctx.dry_run
+        || ctx.slots.live.as_ref() == Some(target)
+    {
+        return failure;
+    }
+    LOG.warn(format!(
+        "{} failed ({failure:#}); upstream-pair mode: it is in nginx's upstream while it listens, so it is stopped now",
+        target.name
+    ));
+    match nonstop_stop::stop_profile(ctx, target, ctx.slots.live.as_ref(), false) {
+        Ok(()) => failure.context(format!(
+            "{} ({}) failed and was stopped: nginx's upstream no longer sends it requests{}",
+            target.name,
+            target.port,
+            ctx.slots
+                .live
+                .as_ref()
+                .map(|l| format!(", {} serves them all as before", l.name))
+                .unwrap_or_default()
+        )),
+        Err(e) => failure.context(format!(
+            "{} ({}) failed, and stopping it failed too ({e:#}): it is still in nginx's upstream and serves part of the requests; \
+             stop it now with `stop --profile {}`",
+            target.name, target.port, target.name
+        )),
+    }
+}
+
+/// Stops the app that was live, once nginx has let go of it, within one
+/// bound (`nginx.drain_timeout_secs`) for both waits: first the workers of
+/// nginx's previous configuration exit (they may still be proxying a request
+/// to it; where they cannot be seen, as on a remote nginx or in
+/// upstream-pair mode, there are none to wait for), then no connection to
+/// the old app's port is left (its own established sockets, counted). Past
+/// the bound `app.retire_busy` decides: "stop" stops it anyway, says how
+/// many connections were still open and records
+/// `retired-cutting-connections`; "fail" keeps it running and fails.
 fn retire(
-    ctx: &Context,
+    ctx: &mut Context,
     previous: &Profile,
     live: &Profile,
     old_workers: Option<Vec<i32>>,
 ) -> Result<()> {
-    if ctx.config.nginx.mode == Mode::UpstreamPair {
-        // nginx balances over both ports: it sends no new request to a port
-        // that refuses, and the app drains what it has on SIGTERM.
+    let limit = ctx.config.nginx.drain_timeout;
+    let port = previous.port;
+    let started = Instant::now();
+    if let Some(workers) = old_workers.filter(|w| !w.is_empty()) {
         LOG.say(format!(
-            "retiring {} ({}): nginx's upstream moves its requests to {} once the port refuses",
-            previous.name, previous.port, live.name
+            "retiring {}: waiting for nginx's previous workers (pids {workers:?}) to finish their requests (at most {})",
+            previous.name,
+            secs(limit)
         ));
-    } else if let Some(workers) = old_workers.filter(|w| !w.is_empty()) {
-        drain(
-            ctx,
-            previous,
-            &format!("nginx's previous workers (pids {workers:?}) to finish their requests"),
-            "nginx's previous workers exited",
-            || workers.iter().all(|&w| !procs::is_alive(w)),
-        )?;
-    } else {
-        drain(
-            ctx,
-            previous,
-            &format!("no connection to {} to be left", previous.port),
-            &format!("no connection to {} is left", previous.port),
-            || procs::established(previous.port).is_ok_and(|n| n == 0),
-        )?;
+        match signals::wait_for(limit, Duration::from_millis(10), || {
+            workers.iter().all(|&w| !procs::is_alive(w))
+        })
+        .context("nothing was retired")?
+        {
+            Some(t) => LOG.say(format!("nginx's previous workers exited after {}", secs(t))),
+            None => LOG.warn(format!(
+                "nginx's previous workers (pids {workers:?}) still run after {}",
+                secs(limit)
+            )),
+        }
+    }
+    // The app's own sockets on its port: nginx's connections to it (requests
+    // in flight, kept-alive ones), nobody else's. In upstream-pair mode
+    // nginx still sends it new requests while it listens; the wait ends at
+    // the first moment none is open, and one that arrives after is the
+    // app's own SIGTERM drain to finish.
+    let holders = procs::listening(port).map(|l| l.pids).unwrap_or_default();
+    let open = || procs::established_by(port, &holders).unwrap_or(0);
+    let left = limit.saturating_sub(started.elapsed());
+    LOG.say(format!(
+        "retiring {}: waiting for no connection to {port} to be left ({} open now; at most {} more)",
+        previous.name,
+        open(),
+        secs(left)
+    ));
+    let drained = signals::wait_for(left, Duration::from_millis(10), || open() == 0)
+        .context("nothing was retired")?;
+    match drained {
+        Some(_) => LOG.say(format!(
+            "no connection to {port} is left after {}",
+            secs(started.elapsed())
+        )),
+        None => {
+            let busy = open();
+            let plural = if busy == 1 { "" } else { "s" };
+            if ctx.config.app.retire_busy == RetireBusy::Fail {
+                return Err(anyhow!(
+                    "{} still has {busy} connection{plural} open on {port} after {} (nginx.drain_timeout_secs), \
+                     and app.retire_busy is \"fail\": it is kept running, nothing was signalled",
+                    previous.name,
+                    secs(limit)
+                ));
+            }
+            LOG.warn(format!(
+                "{} still has {busy} connection{plural} open on {port} after {} (nginx.drain_timeout_secs); \
+                 stopping it anyway (app.retire_busy \"stop\"): SIGTERM, and SIGKILL after {} cuts whatever is still open",
+                previous.name,
+                secs(limit),
+                secs(ctx.config.app.stop_timeout)
+            ));
+            ctx.outcome = Some(("retired-cutting-connections".to_string(), busy as u64));
+        }
     }
     nonstop_stop::stop_profile(ctx, previous, Some(live), false)
-}
-
-/// Waits, at most `nginx.drain_timeout_secs`, until `let_go` holds: nginx
-/// no longer needs `previous`. Past the bound it warns and lets the stop go
-/// ahead (the app finishes its requests in flight on SIGTERM).
-fn drain(
-    ctx: &Context,
-    previous: &Profile,
-    waiting_for: &str,
-    done: &str,
-    let_go: impl FnMut() -> bool,
-) -> Result<()> {
-    let limit = ctx.config.nginx.drain_timeout;
-    LOG.say(format!(
-        "retiring {}: waiting for {waiting_for}",
-        previous.name
-    ));
-    match signals::wait_for(limit, Duration::from_millis(10), let_go)
-        .context("nothing was retired")?
-    {
-        Some(t) => LOG.say(format!("{done} after {}", secs(t))),
-        None => LOG.warn(format!(
-            "still waiting for {waiting_for} after {}; retiring {} anyway (it finishes its requests in flight on SIGTERM)",
-            secs(limit),
-            previous.name
-        )),
-    }
-    Ok(())
 }
 
 /// The profile to roll back to: the one that is not live now, provided its
@@ -250,10 +305,15 @@ pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
     if let Some(previous) = ctx.slots.live.as_ref().filter(|p| *p != target) {
         if config.app.retire {
             LOG.say(format!(
-                "would then retire {} ({}): wait at most {} for nginx to let go of it, then stop it",
+                "would then retire {} ({}): wait at most {} for nginx's previous workers and then for no connection to {} to be left, then stop it{}",
                 previous.name,
                 previous.port,
-                secs(config.nginx.drain_timeout)
+                secs(config.nginx.drain_timeout),
+                previous.port,
+                match config.app.retire_busy {
+                    RetireBusy::Stop => " (past that bound: anyway, saying how many connections it cuts)",
+                    RetireBusy::Fail => " (past that bound: keep it and fail)",
+                }
             ));
         }
     }
@@ -266,55 +326,9 @@ pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
 pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
     if config.nginx.mode == Mode::UpstreamPair {
-        // Nothing to point: the upstream already lists the target's port.
-        // Health checked it on its port; check once more right now.
-        detect::check_health(config, target).map_err(|why| {
-            anyhow!(
-                "{} does not answer {} now ({why}); nothing was changed",
-                detect::health_url(config, target),
-                detect::health_words(config, target)
-            )
-        })?;
-        // nginx takes a server that refused a request out of rotation for
-        // its fail_timeout (10 s by default), and the new app's port refused
-        // until a moment ago: retiring the old app before nginx sends the new
-        // one traffic would leave it with no server to send to (502).
-        if ctx.slots.live.as_ref().is_some_and(|l| l != target) {
-            wait_out_fail_timeout(ctx, target)?;
-        }
-        let limit = config.nginx.confirm_timeout.max(PAIR_CONFIRM_MIN);
-        let mut last = String::new();
-        let sent = signals::wait_for(limit, Duration::from_millis(20), || {
-            match detect::probe(config) {
-                Probe::Answered(p) if &p == target => true,
-                Probe::Answered(p) => {
-                    last = format!("it answered as {}", p.name);
-                    false
-                }
-                Probe::Failed(why) => {
-                    last = why;
-                    false
-                }
-            }
-        })
-        .context("nothing was changed")?;
-        let Some(after) = sent else {
-            return Err(anyhow!(
-                "{} answers on its port, but nginx did not send it a request within {} ({} {last}); \
-                 nothing was changed. Is its port in nginx's upstream?",
-                target.name,
-                secs(limit),
-                config.probe_url
-            ));
-        };
-        LOG.say(format!(
-            "upstream-pair mode: nginx sends requests to {} ({}) after {}; nginx itself needs no change",
-            target.name,
-            target.port,
-            secs(after)
-        ));
-        record(ctx, target)?;
-        return Ok(None);
+        return confirm_pair(ctx, target)
+            .map_err(|e| withdraw_failed(ctx, target, e))
+            .map(|()| None);
     }
     let new = route::content_for(config, target);
     let old = route::read(config)?;
@@ -351,6 +365,102 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     Ok(old_workers)
 }
 
+/// Upstream-pair mode: nothing to point, the upstream already lists the
+/// target's port. Checks it once more and waits until nginx sends it
+/// requests, then records it as live.
+fn confirm_pair(ctx: &Context, target: &Profile) -> Result<()> {
+    let config = &ctx.config;
+    // Nothing to point: the upstream already lists the target's port.
+    // Health checked it on its port; check once more right now.
+    detect::check_health(config, target).map_err(|why| {
+        anyhow!(
+            "{} does not answer {} now ({why})",
+            detect::health_url(config, target),
+            detect::health_words(config, target)
+        )
+    })?;
+    // nginx takes a server that refused a request out of rotation for
+    // its fail_timeout (10 s by default), and the new app's port refused
+    // until a moment ago: retiring the old app before nginx sends the new
+    // one traffic would leave it with no server to send to (502).
+    if ctx.slots.live.as_ref().is_some_and(|l| l != target) {
+        let window = skip_window(ctx, target)?;
+        wait_out_fail_timeout(ctx, target, window)?;
+    }
+    let limit = config.nginx.confirm_timeout.max(PAIR_CONFIRM_MIN);
+    let mut last = String::new();
+    let sent = signals::wait_for(limit, Duration::from_millis(20), || {
+        match detect::probe(config) {
+            Probe::Answered(p) if &p == target => true,
+            Probe::Answered(p) => {
+                last = format!("it answered as {}", p.name);
+                false
+            }
+            Probe::Failed(why) => {
+                last = why;
+                false
+            }
+        }
+    })
+    .context("nothing was changed")?;
+    let Some(after) = sent else {
+        return Err(anyhow!(
+            "{} answers on its port, but nginx did not send it a request within {} ({} {last}); \
+             is its port in nginx's upstream?",
+            target.name,
+            secs(limit),
+            config.probe_url
+        ));
+    };
+    LOG.say(format!(
+        "upstream-pair mode: nginx sends requests to {} ({}) after {}; nginx itself needs no change",
+        target.name,
+        target.port,
+        secs(after)
+    ));
+    record(ctx, target)
+}
+
+/// How long nginx may still skip the target's server: what nginx's own
+/// upstream says (`fail_timeout`, nothing with `max_fails=0`), with a note
+/// when that differs from `nginx.fail_timeout_secs`; the config's value when
+/// the upstream cannot be read. An upstream nonstop cannot reason about
+/// (changed since the deployment began) is refused.
+fn skip_window(ctx: &Context, target: &Profile) -> Result<Duration> {
+    let configured = ctx.config.nginx.fail_timeout;
+    let server = match upstream::read(&ctx.config) {
+        upstream::Read::Found(u) => {
+            if let Some(why) = upstream::refusal(&u, &ctx.config.profiles) {
+                return Err(anyhow!(why));
+            }
+            u.server(target.port).cloned().map(|s| (u.name.clone(), s))
+        }
+        upstream::Read::NotFound | upstream::Read::Unreadable(_) => None,
+    };
+    let Some((name, server)) = server else {
+        return Ok(configured);
+    };
+    let window = server.skip_window();
+    if window != configured {
+        let how = if server.max_fails == 0 {
+            "max_fails=0: nginx never skips it".to_string()
+        } else {
+            format!(
+                "max_fails={}, fail_timeout {}: nginx may skip it for {} after a refusal",
+                server.max_fails,
+                secs(server.fail_timeout),
+                secs(window)
+            )
+        };
+        LOG.say(format!(
+            "nginx's upstream {name} gives {} {how}, not nginx.fail_timeout_secs ({}); going by nginx's",
+            server.address,
+            secs(configured)
+        ));
+    }
+    Ok(window)
+}
+
 /// Upstream-pair mode, before the switch counts as done: each nginx worker keeps its
 /// own record of a server that refused (no `zone`), and skips it for
 /// `fail_timeout` after the last refusal. The new app refused until it
@@ -360,16 +470,16 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
 /// the new app answered, every worker tries it again. With `max_fails=0` on
 /// the servers nginx never skips one, and `nginx.fail_timeout_secs: 0` makes
 /// this wait nothing.
-fn wait_out_fail_timeout(ctx: &Context, target: &Profile) -> Result<()> {
-    if ctx.config.nginx.fail_timeout.is_zero() {
+fn wait_out_fail_timeout(ctx: &Context, target: &Profile, fail_timeout: Duration) -> Result<()> {
+    if fail_timeout.is_zero() {
         return Ok(());
     }
     // nginx compares in whole seconds (`now - checked <= fail_timeout` on
     // its cached clock), so a server can stay skipped for up to a second
     // longer than fail_timeout.
-    let window = ctx.config.nginx.fail_timeout + Duration::from_millis(1200);
+    let window = fail_timeout + Duration::from_millis(1200);
     LOG.say(format!(
-        "waiting {} (nginx's fail_timeout, `nginx.fail_timeout_secs`, plus its clock's second) so that every nginx worker sends to {} again before the old app may go",
+        "waiting {} (nginx's fail_timeout plus its clock's second) so that every nginx worker sends to {} again before the old app may go",
         secs(window),
         target.name
     ));
@@ -392,6 +502,16 @@ fn transaction(
 ) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
     if let Err(e) = route::write(config, new) {
+        if e.chain().any(|c| c.is::<route::MaybeWritten>()) {
+            // Not "nothing changed": over ssh the write may have happened.
+            return Err(e.context(format!(
+                "the state of {} is unknown until it is read back; nginx was not reloaded. \
+                 The next stage reads it first: it keeps the new route only if nginx answers as {}, \
+                 else it puts the previous one back",
+                route::describe(config),
+                target.name
+            )));
+        }
         return Err(e.context("nothing changed"));
     }
     LOG.say(format!(

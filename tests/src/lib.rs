@@ -1245,8 +1245,8 @@ impl Setup {
         if let (Some(n), Some(r)) = (config["nginx"].as_object_mut(), route_config.as_object()) {
             n.extend(r.clone());
             if opts.layout == Layout::Pair {
-                // nginx is never edited in this mode.
-                n.remove("test");
+                // nginx is never edited in this mode; `nginx.test` stays,
+                // for the `nginx -T` that reads the upstream.
                 n.remove("reload");
             }
         }

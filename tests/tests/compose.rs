@@ -226,3 +226,45 @@ fn compose_with_the_symlink_switch_and_retiring() {
     }
     assert_all_served(&load.finish(), &["v1", "v2", "v3"]);
 }
+
+fn docker(args: &[&str]) {
+    let status = std::process::Command::new("docker")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "docker {args:?}");
+}
+
+#[test]
+fn a_paused_container_is_the_services_own_and_named_with_the_fix() {
+    let setup = setup("compose-paused");
+    let project = setup.compose.as_ref().unwrap();
+    setup.bootstrap("v1").unwrap();
+    setup.start_by_hand("real2", "v2").unwrap();
+    let green = project.running("green").unwrap();
+    docker(&["pause", &green]);
+
+    let stop = setup.hook("stop", &[], Some("d-1")).unwrap();
+    let json = setup.hook("profile", &["--json"], None).unwrap();
+    // Unpaused before anything is asserted, so a failure leaves nothing frozen.
+    docker(&["unpause", &green]);
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    let fix = format!("docker unpause {}", &green[..12]);
+    assert!(
+        stop.stderr.contains("paused") && stop.stderr.contains(&fix),
+        "{}",
+        stop.stderr
+    );
+    assert!(
+        !stop.stderr.contains("not the service's"),
+        "{}",
+        stop.stderr
+    );
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["profiles"][1]["container"]["state"], "paused");
+
+    // Done as told, the deployment goes on and stops the service's container.
+    setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
+    assert!(project.running("green").is_none());
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+}

@@ -940,6 +940,28 @@ fn bad_configs_exit_2_naming_the_key_and_touch_nothing() {
     }
 }
 
+#[test]
+fn a_probe_url_at_a_profiles_own_port_is_a_config_error() {
+    // With the probe aimed at the app itself, "confirmed through nginx"
+    // would confirm nothing, and a wrong include path would go unnoticed.
+    let scene = Scene::new("fault-probe-own-port");
+    let [p1, p2] = scene.setup.ports;
+    for url in [
+        format!("http://127.0.0.1:{p1}/profile"),
+        format!("http://localhost:{p2}/profile"),
+    ] {
+        scene
+            .setup
+            .edit_config(|c| c["probe_url"] = json!(url))
+            .unwrap();
+        for stage in tests::STAGES {
+            let run = scene.hook(stage, &[], Some("d-1"));
+            scene.assert_kept(&run, 2, &["`probe_url`", "own port"]);
+        }
+    }
+    scene.finish(&[V1]);
+}
+
 // ------------------------------------------------------------ rollback and dry run
 
 #[test]

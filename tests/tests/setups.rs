@@ -312,3 +312,245 @@ fn remote_symlink_with_retiring_waits_for_the_old_apps_connections() {
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     assert_all_served(&load.finish(), &["v1", "v2"]);
 }
+
+/// The JVM option list of the bundle's command, with `opt` added before `-jar`.
+fn add_java_opt(setup: &Setup, opt: &str) {
+    setup
+        .edit_config(|c| {
+            let command = c["app"]["command"].as_array_mut().unwrap();
+            let at = command.len() - 2;
+            command.insert(at, json!(opt));
+        })
+        .unwrap();
+}
+
+/// The history's lines, parsed.
+fn history(setup: &Setup) -> Vec<serde_json::Value> {
+    fs::read_to_string(setup.state_dir().join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn upstream_pair_a_build_that_fails_health_is_taken_out_of_rotation() {
+    let setup = setup("setup-pair-fail", Layout::Pair, false, false);
+    setup
+        .edit_config(|c| c["health"]["timeout_secs"] = json!(3))
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let old_pid = setup.launched_pid("real1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    // A build that answers its health check wrong, and "/" like any other.
+    add_java_opt(&setup, "-Ddemo.answer=wrong");
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+    let failed_pid = setup.launched_pid("real2").unwrap();
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("wrong") && health.stderr.contains("failed and was stopped"),
+        "{}",
+        health.stderr
+    );
+    // Out of nginx's rotation: it no longer runs, its port refuses, and
+    // every request goes to v1 again.
+    assert!(!alive(failed_pid), "the failed build still runs");
+    assert!(procs::listening(setup.ports[1]).unwrap().is_free());
+    assert!(alive(old_pid));
+    for _ in 0..20 {
+        assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+    }
+    // This mode has no include file; `profile --json` shows none.
+    let json = setup.hook("profile", &["--json"], None).unwrap();
+    json.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["include"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["live"]["profile"], "real1", "{v}");
+    // While it ran it was in rotation (the mode's trade-off): v2 answers
+    // are expected, failures are not.
+    assert_all_served(&load.finish(), &["v1", "v2"]);
+}
+
+#[test]
+fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
+    let setup = setup("setup-retire-busy", Layout::Include, true, false);
+    setup
+        .edit_config(|c| {
+            c["nginx"]["drain_timeout_secs"] = json!(1);
+            c["app"]["retire_busy"] = json!("fail");
+        })
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    let port = setup.nginx.port;
+    let slow_request = |old_pid: i32, old_port: u16| {
+        let slow = std::thread::spawn(move || {
+            http_get(port, "/slow?ms=5000", Duration::from_secs(30)).map_err(|e| e.to_string())
+        });
+        // In flight once the old app holds its connection.
+        assert!(tests::wait_until(Duration::from_secs(10), || {
+            procs::established_by(old_port, &[old_pid]).unwrap_or(0) >= 1
+        }));
+        slow
+    };
+
+    // "fail": the switch happens, the old app is kept, exit 1.
+    let real1 = setup.launched_pid("real1").unwrap();
+    setup.drop_jar("v2").unwrap();
+    setup.hook("stop", &[], Some("d-1")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
+    let slow = slow_request(real1, setup.ports[0]);
+    let health = setup.hook("health", &[], Some("d-1")).unwrap();
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health.stderr.contains("1 connection open") && health.stderr.contains("kept running"),
+        "{}",
+        health.stderr
+    );
+    assert!(alive(real1), "retire_busy \"fail\" must keep the old app");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        (200, "slow 5000 v1 real1".into())
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // "stop" (the default): it goes anyway, and says and records how many
+    // connections it still had.
+    setup
+        .edit_config(|c| {
+            c["app"].as_object_mut().unwrap().remove("retire_busy");
+        })
+        .unwrap();
+    let real2 = setup.launched_pid("real2").unwrap();
+    setup.drop_jar("v3").unwrap();
+    setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
+    setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
+    let slow = slow_request(real2, setup.ports[1]);
+    let health = setup.hook("health", &[], Some("d-2")).unwrap();
+    health.assert_ok();
+    assert!(
+        health.stderr.contains("1 connection open") && health.stderr.contains("stopping it anyway"),
+        "{}",
+        health.stderr
+    );
+    // The old app drains on SIGTERM: the request is still answered by it.
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        (200, "slow 5000 v2 real2".into())
+    );
+    assert!(!alive(real2), "real2 must be retired");
+    let last = history(&setup).into_iter().last().unwrap();
+    assert_eq!(last["stage"], "health", "{last}");
+    assert_eq!(last["exit_code"], 0, "{last}");
+    assert_eq!(last["outcome"], "retired-cutting-connections", "{last}");
+    assert_eq!(last["cut_connections"], 1, "{last}");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+}
+
+/// Rewrites the private nginx's config and reloads it; returns once none
+/// of the previous workers is left.
+fn edit_nginx(setup: &Setup, edit: impl FnOnce(String) -> String) {
+    let text = fs::read_to_string(&setup.nginx.conf).unwrap();
+    fs::write(&setup.nginx.conf, edit(text)).unwrap();
+    let before = setup.nginx.workers();
+    let argv = setup.nginx.command(&["-s", "reload"]);
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(tests::wait_until(Duration::from_secs(20), || {
+        let now = setup.nginx.workers();
+        !now.is_empty() && !now.iter().any(|w| before.contains(w))
+    }));
+}
+
+#[test]
+fn upstream_pair_follows_nginxs_upstream_and_refuses_ip_hash_before_stopping_anything() {
+    let setup = setup("setup-pair-upstream", Layout::Pair, false, false);
+    let [p1, p2] = setup.ports;
+    // max_fails=0: nginx never skips a server, so there is no fail_timeout
+    // to wait out, whatever nginx.fail_timeout_secs (10 s here) says.
+    edit_nginx(&setup, |conf| {
+        conf.replace(&format!("{p1};"), &format!("{p1} max_fails=0;"))
+            .replace(&format!("{p2};"), &format!("{p2} max_fails=0;"))
+    });
+    setup.bootstrap("v1").unwrap();
+    let health = deploy(&setup, "d-0", "v2");
+    assert!(
+        health.stderr.contains("max_fails=0: nginx never skips it"),
+        "{}",
+        health.stderr
+    );
+    assert!(!health.stderr.contains("waiting 11"), "{}", health.stderr);
+
+    // Both run now (live real2, real1 started by hand), and the upstream
+    // pins clients: every probe from 127.0.0.1 would reach one server.
+    setup.start_by_hand("real1", "v3").unwrap();
+    let idle_pid = setup.launched_pid("real1").unwrap();
+    edit_nginx(&setup, |conf| {
+        conf.replace("upstream app {", "upstream app {\n        ip_hash;")
+    });
+    for stage in ["stop", "start"] {
+        let run = setup.hook(stage, &[], Some("d-1")).unwrap();
+        assert_eq!(run.code(), 1, "{stage}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("uses `ip_hash`") && run.stderr.contains("nothing was stopped"),
+            "{stage}: {}",
+            run.stderr
+        );
+    }
+    assert!(alive(idle_pid), "nothing may be stopped");
+    assert!(alive(setup.launched_pid("real2").unwrap()));
+}
+
+#[test]
+fn symlink_mode_recovery_says_it_restored_the_symlink() {
+    let setup = setup("setup-symlink-recover", Layout::Symlink, false, false);
+    setup.bootstrap("v1").unwrap();
+    setup.start_by_hand("real2", "v2").unwrap();
+    let link = setup.nginx.include.clone();
+    let before = fs::read_link(&link).unwrap();
+    // A switch killed after it re-pointed the link, while `nginx -t` runs
+    // (a test that hangs), before any reload.
+    let nginx_test = setup.nginx.command(&["-t"]);
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(["sleep", "60"]))
+        .unwrap();
+    let mut run = setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    assert!(
+        run.wait_for_stderr("wrote ", Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    let mut sleeper = Vec::new();
+    assert!(tests::wait_until(Duration::from_secs(10), || {
+        sleeper = procs::children(run.pid());
+        !sleeper.is_empty()
+    }));
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.finish(Duration::from_secs(10)).unwrap();
+    for pid in sleeper {
+        tests::terminate(pid, Duration::from_secs(5));
+    }
+    assert_ne!(fs::read_link(&link).unwrap(), before, "the link was moved");
+
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(nginx_test))
+        .unwrap();
+    let next = setup.hook("switch", &["--to", "real1"], None).unwrap();
+    next.assert_ok();
+    assert!(
+        next.stderr.contains("was interrupted") && next.stderr.contains("restored the symlink"),
+        "{}",
+        next.stderr
+    );
+    assert!(!next.stderr.contains("include file"), "{}", next.stderr);
+    assert_eq!(site_of(&link), "blue");
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+}
