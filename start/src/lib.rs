@@ -12,7 +12,7 @@
 //!   first moments fails the stage with the end of its log.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use clap::Parser;
 
 use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
+use nonstop_common::fsx;
 use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::{is_same_alive, listening, start_time};
 use nonstop_common::signals::{self, wait_for};
@@ -149,11 +150,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
     }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open the app log {}", log_path.display()))?;
+    let mut log = open_log(config, &log_path)?;
     let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
 
     let argv = command_for(ctx, target, &artifact);
@@ -435,6 +432,30 @@ pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("no file in {} matches {pattern:?}", dir.display()))
 }
 
+/// Opens the app log for the new run. With `app.log_keep` > 0 the previous
+/// runs' log is rotated first (`LOG.1` the newest) and a new one created
+/// (O_EXCL), so the book's ever-growing `nohup.out` cannot fill the disk; a
+/// log both profiles share is never rotated (the live app writes it). Never
+/// through a symlink (see `fsx`).
+fn open_log(config: &nonstop_common::Config, log_path: &Path) -> Result<File> {
+    let shared = config
+        .profiles
+        .iter()
+        .filter(|p| config.log_path(p) == log_path)
+        .count()
+        > 1;
+    let rotated = if config.app.log_keep > 0 && !shared {
+        let empty = fs::symlink_metadata(log_path).is_ok_and(|m| m.is_file() && m.len() == 0);
+        !empty
+            && fsx::rotate(log_path, config.app.log_keep)
+                .with_context(|| format!("cannot rotate the app log {}", log_path.display()))?
+    } else {
+        false
+    };
+    fsx::open_append(log_path, rotated)
+        .with_context(|| format!("cannot open the app log {}", log_path.display()))
+}
+
 /// Copies the artifact into `APP_DIR/PROFILE/NAME` by way of a temp file and
 /// a rename, then removes older artifacts of that profile. Only the idle
 /// profile's directory is written to; its process has been stopped.
@@ -445,13 +466,18 @@ fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Re
         .file_name()
         .ok_or_else(|| anyhow!("{} has no file name", source.display()))?;
     let dest = dir.join(name);
-    let tmp = dir.join(format!(
-        ".{}.nonstop-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let copied = fs::copy(source, &tmp)
-        .and_then(|_| File::open(&tmp)?.sync_all())
+    // A random temp name created O_EXCL|O_NOFOLLOW: nothing planted in the
+    // app dir is written through. The source's permissions are kept, as
+    // `fs::copy` did (an artifact may be an executable).
+    let (mut file, tmp) = fsx::create_temp(&dest)
+        .map_err(|e| anyhow!("cannot create a temp file in {}: {e}", dir.display()))?;
+    let copied = File::open(source)
+        .and_then(|mut from| {
+            let mode = from.metadata()?.permissions();
+            std::io::copy(&mut from, &mut file)?;
+            file.set_permissions(mode)
+        })
+        .and_then(|()| file.sync_all())
         .and_then(|()| fs::rename(&tmp, &dest));
     if let Err(e) = copied {
         let _ = fs::remove_file(&tmp);
