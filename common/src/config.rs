@@ -951,6 +951,17 @@ mod tests {
     }
 
     #[test]
+    fn app_log_keep_defaults_to_5_and_is_bounded() {
+        let keep = |v: &str| {
+            parse_str(&format!(r#"{{"app": {{"dir": "/a"{v}}}}}"#)).map(|c| c.app.log_keep)
+        };
+        assert_eq!(keep("").unwrap(), 5);
+        assert_eq!(keep(r#", "log_keep": 0"#).unwrap(), 0);
+        let msg = err_of(r#"{"app": {"dir": "/a", "log_keep": 101}}"#);
+        assert!(msg.contains("app.log_keep") && msg.contains("100"), "{msg}");
+    }
+
+    #[test]
     fn app_dir_is_required_and_absolute() {
         assert!(err_of(r#"{}"#).contains("app"));
         assert!(err_of(r#"{"app": {}}"#).contains("app.dir"));
