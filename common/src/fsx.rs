@@ -28,6 +28,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
 
 /// How many fresh names [`create_temp`] tries before it gives up: each try
@@ -105,6 +106,11 @@ fn checked(path: &Path, file: File) -> io::Result<File> {
             ),
         ));
     }
+    // Regular files ignore O_NONBLOCK, but the app log is handed to the app
+    // as its stdout: leave it with ordinary flags.
+    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(&file, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     if meta.nlink() > 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -63,7 +63,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Reads at most `limit` bytes of a file; `None` when it does not exist.
 pub fn read_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
+    read_capped_with(path, limit, |p| File::open(p))
+}
+
+/// [`read_capped`] for a file of nonstop's own (a state file): never through
+/// a symlink, so a link planted in the state dir cannot feed another file's
+/// bytes to a stage.
+pub fn read_own_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    read_capped_with(path, limit, fsx::open_read)
+}
+
+fn read_capped_with(
+    path: &Path,
+    limit: u64,
+    open: impl FnOnce(&Path) -> io::Result<File>,
+) -> io::Result<Option<Vec<u8>>> {
+    let file = match open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -250,7 +265,7 @@ impl StateDir {
     /// is moved aside to `NAME.corrupt-TIMESTAMP` (kept for a post-mortem),
     /// so running the stage again goes on without it.
     pub fn read<T: DeserializeOwned>(&self, path: &Path, log: &Log) -> Result<Option<T>> {
-        let bytes = match read_capped(path, MAX_STATE_FILE) {
+        let bytes = match read_own_capped(path, MAX_STATE_FILE) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -466,6 +481,21 @@ mod tests {
         let err = format!("{:#}", state.append_history(&line(99)).unwrap_err());
         assert!(err.contains("is a symlink"), "{err}");
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_is_never_read_through_a_link() {
+        let dir = temp_dir("read-link");
+        let state = StateDir::open(&dir).unwrap();
+        let elsewhere = dir.join("elsewhere.json");
+        state.write(&elsewhere, &plan()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.plan_path()).unwrap();
+        let err = state
+            .read::<Plan>(&state.plan_path(), &Log::new("test"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symlink"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
