@@ -531,4 +531,54 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_app_log_is_rotated_at_each_start_unless_shared_or_keep_is_0() {
+        let dir = std::env::temp_dir().join(format!("nonstop-start-log-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = |log: &str, keep: u32| {
+            let text = format!(
+                r#"{{"app": {{"dir": {:?}, "log": {log:?}, "log_keep": {keep}}}}}"#,
+                dir.display().to_string()
+            );
+            nonstop_common::config::parse(&text, &dir.join("nonstop.json")).unwrap()
+        };
+        let run = |c: &nonstop_common::Config, path: &Path, line: &str| {
+            let mut f = open_log(c, path).unwrap();
+            writeln!(f, "{line}").unwrap();
+        };
+        let own = config("{profile}.log", 2);
+        let path = own.log_path(&own.profiles[1]);
+        for n in 1..=4 {
+            run(&own, &path, &format!("run {n}"));
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), "run 4\n");
+        assert_eq!(
+            fs::read_to_string(dir.join("real2.log.1")).unwrap(),
+            "run 3\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("real2.log.2")).unwrap(),
+            "run 2\n"
+        );
+        assert!(!dir.join("real2.log.3").exists());
+
+        // One log for both profiles: the live app writes it too; appended.
+        let shared = config("app.log", 2);
+        let path = shared.log_path(&shared.profiles[1]);
+        run(&shared, &path, "a");
+        run(&shared, &path, "b");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert!(!dir.join("app.log.1").exists());
+
+        // log_keep 0: appended, as the book's nohup.out.
+        let append = config("{profile}.log", 0);
+        let path = append.log_path(&append.profiles[0]);
+        run(&append, &path, "a");
+        run(&append, &path, "b");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert!(!dir.join("real1.log.1").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
