@@ -228,15 +228,13 @@ pub fn rotate(path: &Path, keep: u32) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The effective uid, and a name for it in messages.
-fn me() -> (u32, String) {
-    let uid = nix::unistd::geteuid();
-    let name = nix::unistd::User::from_uid(uid)
+/// A user's name for a message (looked up only then: NSS is not free).
+fn name_of(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
         .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
-    (uid.as_raw(), name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 fn user_name(uid: u32) -> String {
@@ -250,16 +248,16 @@ fn user_name(uid: u32) -> String {
 /// What is wrong with one directory, if anything. `is_parent`: a sticky,
 /// world-writable parent (/tmp) is fine, since nobody can replace what
 /// another user made in it.
-fn judge(dir: &Path, me: (u32, &str), is_parent: bool) -> Option<String> {
+fn judge(dir: &Path, me: u32, is_parent: bool) -> Option<String> {
     let meta = fs::metadata(dir).ok()?;
     let mode = meta.mode();
-    if meta.uid() != 0 && meta.uid() != me.0 {
+    if meta.uid() != 0 && meta.uid() != me {
         return Some(format!(
             "{} is owned by uid {}, neither you (uid {}) nor root, so that user could plant links there: run `chown {} {}` or run nonstop as that user",
             dir.display(),
             user_name(meta.uid()),
-            me.0,
-            me.1,
+            me,
+            name_of(me),
             dir.display()
         ));
     }
@@ -287,7 +285,7 @@ fn judge(dir: &Path, me: (u32, &str), is_parent: bool) -> Option<String> {
 /// checked. A directory that does not exist yet is skipped (its existing
 /// parents are checked). `Err` names the directory and the command that fixes it.
 pub fn check_dirs(dirs: &[(&str, &Path)]) -> Result<(), String> {
-    let (uid, name) = me();
+    let uid = nix::unistd::geteuid().as_raw();
     let mut seen: HashSet<PathBuf> = HashSet::new();
     for (what, dir) in dirs {
         let target = fs::canonicalize(dir).ok();
@@ -304,7 +302,7 @@ pub fn check_dirs(dirs: &[(&str, &Path)]) -> Result<(), String> {
                 if !seen.insert(d.to_path_buf()) && !is_target {
                     continue;
                 }
-                if let Some(why) = judge(d, (uid, &name), !is_target) {
+                if let Some(why) = judge(d, uid, !is_target) {
                     let whose = if is_target {
                         String::new()
                     } else {
