@@ -564,6 +564,44 @@ fn two_deployments_at_once_never_interleave() {
     scene.finish(&[V1, "demo v2 real2", "demo v2 real1"]);
 }
 
+#[test]
+fn a_lock_file_deleted_while_held_lets_no_second_stage_in() {
+    let scene = Scene::new("fault-lock-deleted");
+    scene.java_opts(&["-Ddemo.ignore.term=true"]);
+    scene
+        .setup
+        .edit_config(|c| c["app"]["stop_timeout_secs"] = json!(8))
+        .unwrap();
+    scene.start_real2("v2");
+    let stubborn = scene.setup.launched_pid("real2").unwrap();
+    // The first stage holds the lock for as long as its app ignores SIGTERM.
+    let mut first = scene
+        .setup
+        .bundle
+        .spawn("stop", &[], Some("d-1"), |_| {})
+        .unwrap();
+    assert!(
+        first.wait_for_stderr("sending SIGTERM", Duration::from_secs(30)),
+        "{}",
+        first.stderr_so_far()
+    );
+    fs::remove_file(scene.state("lock")).unwrap();
+    scene
+        .setup
+        .edit_config(|c| c["lock_timeout_secs"] = json!(1))
+        .unwrap();
+    let second = scene.hook("stop", &[], Some("d-2"));
+    scene.assert_kept(&second, 1, &["removed or replaced", "gave up waiting"]);
+    assert!(
+        !second.stderr.contains("sending SIGTERM"),
+        "the second stage signalled the app too"
+    );
+    let first = first.finish(Duration::from_secs(60)).unwrap();
+    scene.assert_kept(&first, 0, &["SIGKILL"]);
+    assert!(!alive(stubborn));
+    scene.finish(&[V1]);
+}
+
 // ------------------------------------------------------------ killed half-way
 
 #[test]
