@@ -118,11 +118,21 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             source.display(),
             dest.display()
         ));
+        let log_path = config.log_path(target);
+        let rotation = if rotates(config, &log_path) && log_path.exists() {
+            format!(
+                " (the previous one moved to {}.1, {} kept)",
+                log_path.display(),
+                config.app.log_keep
+            )
+        } else {
+            String::new()
+        };
         LOG.say(format!(
-            "would run `{}` in {}, its output appended to {}",
+            "would run `{}` in {}, its output appended to {}{rotation}",
             command_for(ctx, target, &dest).join(" "),
             config.app.dir.display(),
-            config.log_path(target).display()
+            log_path.display()
         ));
         LOG.say(format!(
             "would watch it for up to {} and fail if it exits",
@@ -438,22 +448,24 @@ pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
 /// log both profiles share is never rotated (the live app writes it). Never
 /// through a symlink (see `fsx`).
 fn open_log(config: &nonstop_common::Config, log_path: &Path) -> Result<File> {
+    let rotated = rotates(config, log_path)
+        && fsx::rotate(log_path, config.app.log_keep)
+            .with_context(|| format!("cannot rotate the app log {}", log_path.display()))?;
+    fsx::open_append(log_path, rotated)
+        .with_context(|| format!("cannot open the app log {}", log_path.display()))
+}
+
+/// Whether this start moves the log aside: `app.log_keep` > 0, a log of
+/// this profile's own, and something in it.
+fn rotates(config: &nonstop_common::Config, log_path: &Path) -> bool {
     let shared = config
         .profiles
         .iter()
         .filter(|p| config.log_path(p) == log_path)
         .count()
         > 1;
-    let rotated = if config.app.log_keep > 0 && !shared {
-        let empty = fs::symlink_metadata(log_path).is_ok_and(|m| m.is_file() && m.len() == 0);
-        !empty
-            && fsx::rotate(log_path, config.app.log_keep)
-                .with_context(|| format!("cannot rotate the app log {}", log_path.display()))?
-    } else {
-        false
-    };
-    fsx::open_append(log_path, rotated)
-        .with_context(|| format!("cannot open the app log {}", log_path.display()))
+    let empty = fs::symlink_metadata(log_path).is_ok_and(|m| m.is_file() && m.len() == 0);
+    config.app.log_keep > 0 && !shared && !empty
 }
 
 /// Copies the artifact into `APP_DIR/PROFILE/NAME` by way of a temp file and
