@@ -253,7 +253,7 @@ fn judge(dir: &Path, me: u32, is_parent: bool) -> Option<String> {
     let mode = meta.mode();
     if meta.uid() != 0 && meta.uid() != me {
         return Some(format!(
-            "{} is owned by uid {}, neither you (uid {}) nor root, so that user could plant links there: run `chown {} {}` or run nonstop as that user",
+            "{} is owned by uid {}, neither you (uid {}) nor root, so that user could plant links there: run `chown {} {}`, run nonstop as that user, or configure a directory only you and root can write",
             dir.display(),
             user_name(meta.uid()),
             me,
@@ -269,7 +269,7 @@ fn judge(dir: &Path, me: u32, is_parent: bool) -> Option<String> {
             "its group"
         };
         return Some(format!(
-            "{} is writable by {who} (mode {:04o}), who could plant links there: run `chmod go-w {}`",
+            "{} is writable by {who} (mode {:04o}), who could plant links there: run `chmod go-w {}`, or configure a directory only you and root can write",
             dir.display(),
             mode & 0o7777,
             dir.display()
