@@ -19,6 +19,10 @@ use crate::error::usage;
 /// The file name looked for beside the executable and in its parent directory.
 pub const FILE_NAME: &str = "nonstop.json";
 
+/// The most old app logs `start` keeps (`app.log_keep`): rotation renames
+/// each of them at every start.
+pub const MAX_LOG_KEEP: u32 = 100;
+
 /// One blue-green slot: a profile name and the port its app listens on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Profile {
@@ -78,6 +82,9 @@ pub struct App {
     pub command: Vec<String>,
     /// Log file template (`{profile}`), relative to `dir` unless absolute.
     pub log: String,
+    /// How many old logs `start` keeps when it rotates the profile's log
+    /// (`LOG.1` newest); 0: append to one log forever, as the book does.
+    pub log_keep: u32,
     pub stop_timeout: Duration,
     pub start_grace: Duration,
     /// Stop the previous app once a switch is confirmed and nginx has let go
@@ -198,6 +205,7 @@ struct RawApp {
     artifact: Option<String>,
     command: Option<Vec<String>>,
     log: Option<String>,
+    log_keep: Option<u32>,
     stop_timeout_secs: Option<u64>,
     start_grace_ms: Option<u64>,
     retire: Option<bool>,
@@ -485,6 +493,14 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         return Err("key `app.log`: empty path".into());
     }
     check_placeholders("app.log", &log, &["profile"])?;
+    let log_keep = app.log_keep.unwrap_or(5);
+    if log_keep > MAX_LOG_KEEP {
+        return Err(too_big(
+            "app.log_keep",
+            u64::from(log_keep),
+            u64::from(MAX_LOG_KEEP),
+        ));
+    }
 
     let health = raw.health;
     let health_path = health.path.unwrap_or_else(|| "/profile".into());
@@ -707,6 +723,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             artifact_pattern,
             command,
             log,
+            log_keep,
             stop_timeout: secs(
                 "app.stop_timeout_secs",
                 app.stop_timeout_secs,
@@ -1084,6 +1101,17 @@ mod tests {
         let msg = err_of(r#"{"app": {"dir": "/a"}, "heath": {}}"#);
         assert!(msg.contains("heath"), "{msg}");
         assert!(msg.contains("/cfg/nonstop.json"), "{msg}");
+    }
+
+    #[test]
+    fn app_log_keep_defaults_to_5_and_is_bounded() {
+        let keep = |v: &str| {
+            parse_str(&format!(r#"{{"app": {{"dir": "/a"{v}}}}}"#)).map(|c| c.app.log_keep)
+        };
+        assert_eq!(keep("").unwrap(), 5);
+        assert_eq!(keep(r#", "log_keep": 0"#).unwrap(), 0);
+        let msg = err_of(r#"{"app": {"dir": "/a", "log_keep": 101}}"#);
+        assert!(msg.contains("app.log_keep") && msg.contains("100"), "{msg}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::http;
 use crate::log::quote_untrusted;
 use crate::procs;
 use crate::route;
-use crate::state::{read_capped, StateDir, Switched};
+use crate::state::{read_own_capped, StateDir, Switched};
 
 /// What the probe through nginx said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,7 @@ pub fn decide_pair(
 /// Read without a [`StateDir`]'s side effects: detection moves nothing aside.
 fn last_switched(config: &Config) -> Option<Profile> {
     let path = StateDir::read_only(&config.state_dir).switched_path();
-    let bytes = read_capped(&path, 64 * 1024).ok()??;
+    let bytes = read_own_capped(&path, 64 * 1024).ok()??;
     let record: Switched = serde_json::from_slice(&bytes).ok()?;
     config.profile(&record.active.name).cloned()
 }

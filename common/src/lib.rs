@@ -11,6 +11,7 @@ pub mod compose;
 pub mod config;
 pub mod detect;
 pub mod error;
+pub mod fsx;
 pub mod http;
 pub mod lock;
 pub mod log;

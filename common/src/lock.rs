@@ -5,8 +5,17 @@
 //! is wiped on a normal release: a name still there when the lock is free
 //! means its holder died (or the machine rebooted) while holding it, which
 //! the next taker reports as it takes over.
+//!
+//! The lock file is opened with O_NOFOLLOW (a planted link is refused, never
+//! truncated through), and an flock on a file alone is not enough: a lock
+//! file deleted or replaced while held would let the next stage lock a new
+//! file beside the holder. So after the flock, the taker checks the file it
+//! locked is still the one at the path (device and inode) and else tries
+//! again, and it also flocks the state directory itself, which cannot be
+//! deleted or replaced while it holds files (and whose parent only the
+//! running user and root may write, see `fsx::check_dirs`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +25,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::fsx;
 use crate::log::Log;
 use crate::time::{now_unix_ms, secs};
 
@@ -56,6 +66,8 @@ impl Holder {
 #[derive(Debug)]
 pub struct Lock {
     flock: Flock<File>,
+    /// The state directory's own flock; released after the file's.
+    _dir: Flock<File>,
 }
 
 impl Drop for Lock {
@@ -71,16 +83,55 @@ impl Drop for Lock {
 pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result<Lock> {
     let mut announced = false;
     let mut first_refusal: Option<Instant> = None;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+        let file = fsx::open_rw(path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut flock) => {
+                // Deleted or replaced between our open and our flock (its
+                // holder's name wiped and the file removed by hand, say):
+                // what we hold locks nothing. Open the path again.
+                if !fsx::is_at(&flock, path).unwrap_or(false) {
+                    if Instant::now() >= deadline {
+                        return Err(anyhow!(
+                            "the lock file {} keeps being replaced while nonstop takes it; gave up",
+                            path.display()
+                        ));
+                    }
+                    continue;
+                }
+                let dir_flock = match lock_dir(dir) {
+                    Ok(d) => d,
+                    Err(Errno::EWOULDBLOCK) => {
+                        // Another stage holds the directory: its lock file
+                        // was deleted or replaced while it held it.
+                        drop(flock);
+                        if Instant::now() >= deadline {
+                            return Err(anyhow!(
+                                "the state directory {} is locked by another nonstop stage whose lock file {} was removed or replaced while it held it; gave up waiting",
+                                dir.display(),
+                                path.display()
+                            ));
+                        }
+                        if !announced {
+                            log.say(format!(
+                                "waiting for another nonstop stage that holds {} (its lock file {} was removed or replaced)",
+                                dir.display(),
+                                path.display()
+                            ));
+                            announced = true;
+                        }
+                        crate::signals::pause(Duration::from_millis(50))?;
+                        continue;
+                    }
+                    Err(errno) => {
+                        return Err(anyhow!("cannot lock {}: {errno}", dir.display()));
+                    }
+                };
                 if let Some(dead) = read_holder(path) {
                     log.warn(format!(
                         "taking over the lock from {}, which ended without releasing it ({})",
@@ -105,7 +156,10 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                         path.display()
                     ));
                 }
-                return Ok(Lock { flock });
+                return Ok(Lock {
+                    flock,
+                    _dir: dir_flock,
+                });
             }
             Err((_, Errno::EWOULDBLOCK)) => {
                 let named = read_holder(path);
@@ -135,10 +189,20 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
     }
 }
 
+/// Flocks the directory itself (opened read-only, as a directory).
+fn lock_dir(dir: &Path) -> Result<Flock<File>, Errno> {
+    let file = File::open(dir).map_err(|e| {
+        e.raw_os_error()
+            .map(Errno::from_raw)
+            .unwrap_or(Errno::EINVAL)
+    })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| errno)
+}
+
 /// The holder recorded in a lock file, if it can be read.
 pub fn read_holder(path: &Path) -> Option<Holder> {
     let mut text = String::new();
-    File::open(path)
+    fsx::open_read(path)
         .ok()?
         .take(4096)
         .read_to_string(&mut text)
@@ -184,6 +248,64 @@ mod tests {
             "a released lock must not name a holder"
         );
         acquire(&path, &me, Instant::now(), &log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn holder() -> Holder {
+        Holder {
+            pid: 4243,
+            stage: "stop".into(),
+            deployment_id: Some("d-8".into()),
+            since_unix_ms: now_unix_ms(),
+            boot_id: "b".into(),
+        }
+    }
+
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("nonstop-lock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_lock_file_deleted_or_replaced_while_held_lets_nobody_in() {
+        let dir = fresh_dir("replaced");
+        let path = dir.join("lock");
+        let log = Log::new("test");
+        let held = acquire(&path, &holder(), Instant::now(), &log).unwrap();
+
+        std::fs::remove_file(&path).unwrap();
+        let err = acquire(&path, &holder(), Instant::now(), &log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("removed or replaced"), "{err}");
+
+        std::fs::write(dir.join("other"), b"").unwrap();
+        std::fs::rename(dir.join("other"), &path).unwrap();
+        let err = acquire(&path, &holder(), Instant::now(), &log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("removed or replaced"), "{err}");
+
+        drop(held);
+        acquire(&path, &holder(), Instant::now(), &log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_planted_at_the_lock_is_refused_and_its_target_untouched() {
+        let dir = fresh_dir("link");
+        let path = dir.join("lock");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = format!(
+            "{:#}",
+            acquire(&path, &holder(), Instant::now(), &Log::new("test")).unwrap_err()
+        );
+        assert!(err.contains("is a symlink"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

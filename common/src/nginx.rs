@@ -23,7 +23,7 @@ use crate::config::{Config, Profile};
 use crate::detect::{self, Probe};
 use crate::log::Log;
 use crate::route;
-use crate::state::{read_capped, write_atomic, StateDir};
+use crate::state::{read_own_capped, write_atomic, StateDir};
 use crate::time::now_unix_ms;
 
 /// How long nginx's own commands (test, reload) may take.
@@ -127,7 +127,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
     };
     let previous = if journal.had_previous {
         let backup = state.include_backup_path();
-        match read_capped(&backup, route::MAX_CONTENT) {
+        match read_own_capped(&backup, route::MAX_CONTENT) {
             Ok(Some(bytes)) => Some(bytes),
             Ok(None) => {
                 return Err(anyhow!(

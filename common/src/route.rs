@@ -24,6 +24,7 @@ use anyhow::{anyhow, Context as _, Result};
 use crate::cmd::{self, Outcome};
 use crate::config::{Config, Mode, Profile, Ssh};
 use crate::detect::{classify_include, Include};
+use crate::fsx;
 use crate::state::{read_capped, write_atomic};
 
 /// The largest include file nonstop will read or keep.
@@ -173,7 +174,8 @@ pub fn write(config: &Config, content: &[u8]) -> Result<()> {
     match &config.nginx.ssh {
         None if symlink => {
             let dest = PathBuf::from(String::from_utf8_lossy(content).into_owned());
-            let _ = fs::remove_file(&tmp);
+            // symlink(2) never follows or replaces an existing entry; the
+            // temp name is random, so nothing planted is in the way.
             std::os::unix::fs::symlink(&dest, &tmp)
                 .and_then(|()| fs::rename(&tmp, target))
                 .map_err(|e| {
@@ -301,12 +303,7 @@ pub fn check_writable(config: &Config) -> Result<(), String> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     match &config.nginx.ssh {
-        None => {
-            let probe = dir.join(format!(".nonstop-write-test.{}.tmp", std::process::id()));
-            fs::File::create(&probe)
-                .and_then(|_| fs::remove_file(&probe))
-                .map_err(|e| format!("{}: {e}", dir.display()))
-        }
+        None => fsx::probe_dir(dir).map_err(|e| format!("{}: {e}", dir.display())),
         Some(ssh) => match remote(ssh, &[&["test", "-w", &path_str(dir)]]) {
             Ok(out) if out.success() => Ok(()),
             Ok(_) => Err(format!(
@@ -334,12 +331,10 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// A random name beside the target (`fsx::temp_name`): one nobody could
+/// have planted a link at beforehand.
 fn temp_beside(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.nonstop-{}", std::process::id()))
+    fsx::temp_name(target)
 }
 
 /// Single-quotes a word for the remote shell.

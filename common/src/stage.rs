@@ -17,6 +17,7 @@ use anyhow::{anyhow, Result};
 use crate::config::{self, Config, Mode, Profile};
 use crate::detect;
 use crate::error::usage;
+use crate::fsx;
 use crate::lock::{self, Holder, Lock};
 use crate::log::Log;
 use crate::nginx;
@@ -122,6 +123,7 @@ pub fn run_stage(
     let explicit = explicit
         .map(|name| config.profile_arg(name).cloned())
         .transpose()?;
+    check_dirs(&config)?;
     let state = if args.dry_run {
         log.say("dry run: nothing will be changed");
         StateDir::read_only(&config.state_dir)
@@ -321,6 +323,34 @@ fn running(me: &Holder) -> Running {
         pid: me.pid,
         since_unix_ms: me.since_unix_ms,
     }
+}
+
+/// Refuses, before anything is stopped or started, directories nonstop
+/// writes in (the state dir, the app dir and its logs' directories, the
+/// local include's directory) that someone other than the running user and
+/// root could write: a link planted there could make the stage (often root)
+/// overwrite any file. See [`fsx::check_dirs`].
+fn check_dirs(config: &Config) -> Result<()> {
+    let mut dirs: Vec<(&str, PathBuf)> = vec![
+        ("state directory", config.state_dir.clone()),
+        ("app directory", config.app.dir.clone()),
+    ];
+    for p in &config.profiles {
+        if let Some(d) = config.log_path(p).parent() {
+            dirs.push(("app log's directory", d.to_path_buf()));
+        }
+    }
+    let route_dir = match config.nginx.mode {
+        _ if config.nginx.ssh.is_some() => None,
+        Mode::UpstreamPair => None,
+        Mode::Symlink { .. } => Some("symlink's directory"),
+        Mode::Include => Some("include's directory"),
+    };
+    if let (Some(what), Some(d)) = (route_dir, route::path(config).parent()) {
+        dirs.push((what, d.to_path_buf()));
+    }
+    let dirs: Vec<(&str, &std::path::Path)> = dirs.iter().map(|(w, d)| (*w, d.as_path())).collect();
+    fsx::check_dirs(&dirs).map_err(|why| anyhow!("{why}; nothing was changed"))
 }
 
 /// The switch writes the include (or the symlink) through a temp entry

@@ -11,7 +11,7 @@
 //! Every write goes to a temp file in the same directory, is fsynced and
 //! renamed over the target, so a crash leaves the old file or the new one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,34 +20,34 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Profile;
+use crate::fsx;
 use crate::log::Log;
 use crate::time::now_unix_ms;
 
 /// State files larger than this are corrupt by definition.
 const MAX_STATE_FILE: u64 = 1 << 20;
 
+/// `history.jsonl` is moved to `history.jsonl.1` (replacing it) once it
+/// reaches this size, so a year of deployments keeps the state dir bounded.
+pub const HISTORY_LIMIT: u64 = 1 << 20;
+
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename,
-/// fsync of the directory.
+/// fsync of the directory. The temp file has a random name and is created
+/// with O_EXCL|O_NOFOLLOW (see `fsx`), so a link planted there is never
+/// written through.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // A leading dot and a suffix of our own keep nginx's `include *.conf` globs off it.
-    let tmp = dir.join(format!(
-        ".{}.nonstop-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path has no file name",
+        ));
+    }
+    let (mut file, tmp) = fsx::create_temp(path)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -55,7 +55,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
-        // Best effort: the temp file may not exist.
+        // Best effort: the temp file may be gone already.
         let _ = fs::remove_file(&tmp);
     }
     result
@@ -63,7 +63,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Reads at most `limit` bytes of a file; `None` when it does not exist.
 pub fn read_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
+    read_capped_with(path, limit, |p| File::open(p))
+}
+
+/// [`read_capped`] for a file of nonstop's own (a state file): never through
+/// a symlink, so a link planted in the state dir cannot feed another file's
+/// bytes to a stage.
+pub fn read_own_capped(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    read_capped_with(path, limit, fsx::open_read)
+}
+
+fn read_capped_with(
+    path: &Path,
+    limit: u64,
+    open: impl FnOnce(&Path) -> io::Result<File>,
+) -> io::Result<Option<Vec<u8>>> {
+    let file = match open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -186,9 +201,7 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir> {
         fs::create_dir_all(root)
             .with_context(|| format!("state directory {}: cannot create it", root.display()))?;
-        let probe = root.join(format!(".write-test.{}", std::process::id()));
-        File::create(&probe)
-            .and_then(|_| fs::remove_file(&probe))
+        fsx::probe_dir(root)
             .with_context(|| format!("state directory {} is not writable", root.display()))?;
         Ok(StateDir {
             root: root.to_path_buf(),
@@ -260,7 +273,7 @@ impl StateDir {
     /// is moved aside to `NAME.corrupt-TIMESTAMP` (kept for a post-mortem),
     /// so running the stage again goes on without it.
     pub fn read<T: DeserializeOwned>(&self, path: &Path, log: &Log) -> Result<Option<T>> {
-        let bytes = match read_capped(path, MAX_STATE_FILE) {
+        let bytes = match read_own_capped(path, MAX_STATE_FILE) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -302,18 +315,29 @@ impl StateDir {
 
     /// Appends one line to the history. Lines are short and written with one
     /// `write` on an O_APPEND file, so concurrent stages do not interleave them.
+    /// At [`HISTORY_LIMIT`] the file is rotated to `history.jsonl.1` first
+    /// (one old copy kept); the caller holds the lock, so no other stage
+    /// appends meanwhile.
     pub fn append_history(&self, line: &HistoryLine) -> Result<()> {
+        self.append_history_capped(line, HISTORY_LIMIT)
+    }
+
+    fn append_history_capped(&self, line: &HistoryLine, limit: u64) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
         let mut text = serde_json::to_string(line)?;
         text.push('\n');
         let path = self.history_path();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let open = |new: bool| {
+            fsx::open_append(&path, new).with_context(|| format!("cannot open {}", path.display()))
+        };
+        let mut file = open(false)?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) >= limit {
+            drop(file);
+            fsx::rotate(&path, 1).with_context(|| format!("cannot rotate {}", path.display()))?;
+            file = open(true)?;
+        }
         file.write_all(text.as_bytes())
             .with_context(|| format!("cannot append to {}", path.display()))
     }
@@ -429,6 +453,61 @@ mod tests {
         }
         let text = fs::read_to_string(state.history_path()).unwrap();
         assert_eq!(text.lines().count(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn history_is_rotated_at_its_limit_keeping_one_old_copy() {
+        let dir = temp_dir("history-rotate");
+        let state = StateDir::open(&dir).unwrap();
+        let line = |n: u64| HistoryLine {
+            at_unix_ms: n,
+            stage: "stop".into(),
+            deployment_id: None,
+            pid: 1,
+            exit_code: 0,
+            message: "ok".into(),
+            elapsed_ms: 3,
+            outcome: None,
+            cut_connections: None,
+        };
+        for n in 0..25 {
+            state.append_history_capped(&line(n), 1000).unwrap();
+        }
+        let now = fs::read_to_string(state.history_path()).unwrap();
+        let old = fs::read_to_string(dir.join("history.jsonl.1")).unwrap();
+        assert!(
+            now.len() < 1000 && old.len() >= 1000,
+            "{} {}",
+            now.len(),
+            old.len()
+        );
+        assert!(now.ends_with("\"elapsed_ms\":3}\n") && now.contains("\"at_unix_ms\":24,"));
+        assert!(!dir.join("history.jsonl.2").exists(), "one old copy only");
+
+        // A link planted at history.jsonl is never written through.
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::remove_file(state.history_path()).unwrap();
+        std::os::unix::fs::symlink(&victim, state.history_path()).unwrap();
+        let err = format!("{:#}", state.append_history(&line(99)).unwrap_err());
+        assert!(err.contains("is a symlink"), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_is_never_read_through_a_link() {
+        let dir = temp_dir("read-link");
+        let state = StateDir::open(&dir).unwrap();
+        let elsewhere = dir.join("elsewhere.json");
+        state.write(&elsewhere, &plan()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.plan_path()).unwrap();
+        let err = state
+            .read::<Plan>(&state.plan_path(), &Log::new("test"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symlink"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

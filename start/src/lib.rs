@@ -12,7 +12,7 @@
 //!   first moments fails the stage with the end of its log.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use clap::Parser;
 
 use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
+use nonstop_common::fsx;
 use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::{is_same_alive, listening, start_time};
 use nonstop_common::signals::{self, wait_for};
@@ -117,11 +118,21 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             source.display(),
             dest.display()
         ));
+        let log_path = config.log_path(target);
+        let rotation = if rotates(config, &log_path) && log_path.exists() {
+            format!(
+                " (the previous one moved to {}.1, {} kept)",
+                log_path.display(),
+                config.app.log_keep
+            )
+        } else {
+            String::new()
+        };
         LOG.say(format!(
-            "would run `{}` in {}, its output appended to {}",
+            "would run `{}` in {}, its output appended to {}{rotation}",
             command_for(ctx, target, &dest).join(" "),
             config.app.dir.display(),
-            config.log_path(target).display()
+            log_path.display()
         ));
         LOG.say(format!(
             "would watch it for up to {} and fail if it exits",
@@ -149,11 +160,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
     }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open the app log {}", log_path.display()))?;
+    let mut log = open_log(config, &log_path)?;
     let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
 
     let argv = command_for(ctx, target, &artifact);
@@ -441,6 +448,32 @@ pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("no file in {} matches {pattern:?}", dir.display()))
 }
 
+/// Opens the app log for the new run. With `app.log_keep` > 0 the previous
+/// runs' log is rotated first (`LOG.1` the newest) and a new one created
+/// (O_EXCL), so the book's ever-growing `nohup.out` cannot fill the disk; a
+/// log both profiles share is never rotated (the live app writes it). Never
+/// through a symlink (see `fsx`).
+fn open_log(config: &nonstop_common::Config, log_path: &Path) -> Result<File> {
+    let rotated = rotates(config, log_path)
+        && fsx::rotate(log_path, config.app.log_keep)
+            .with_context(|| format!("cannot rotate the app log {}", log_path.display()))?;
+    fsx::open_append(log_path, rotated)
+        .with_context(|| format!("cannot open the app log {}", log_path.display()))
+}
+
+/// Whether this start moves the log aside: `app.log_keep` > 0, a log of
+/// this profile's own, and something in it.
+fn rotates(config: &nonstop_common::Config, log_path: &Path) -> bool {
+    let shared = config
+        .profiles
+        .iter()
+        .filter(|p| config.log_path(p) == log_path)
+        .count()
+        > 1;
+    let empty = fs::symlink_metadata(log_path).is_ok_and(|m| m.is_file() && m.len() == 0);
+    config.app.log_keep > 0 && !shared && !empty
+}
+
 /// Copies the artifact into `APP_DIR/PROFILE/NAME` by way of a temp file and
 /// a rename, then removes older artifacts of that profile. Only the idle
 /// profile's directory is written to; its process has been stopped.
@@ -451,13 +484,18 @@ fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Re
         .file_name()
         .ok_or_else(|| anyhow!("{} has no file name", source.display()))?;
     let dest = dir.join(name);
-    let tmp = dir.join(format!(
-        ".{}.nonstop-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let copied = fs::copy(source, &tmp)
-        .and_then(|_| File::open(&tmp)?.sync_all())
+    // A random temp name created O_EXCL|O_NOFOLLOW: nothing planted in the
+    // app dir is written through. The source's permissions are kept, as
+    // `fs::copy` did (an artifact may be an executable).
+    let (mut file, tmp) = fsx::create_temp(&dest)
+        .map_err(|e| anyhow!("cannot create a temp file in {}: {e}", dir.display()))?;
+    let copied = File::open(source)
+        .and_then(|mut from| {
+            let mode = from.metadata()?.permissions();
+            std::io::copy(&mut from, &mut file)?;
+            file.set_permissions(mode)
+        })
+        .and_then(|()| file.sync_all())
         .and_then(|()| fs::rename(&tmp, &dest));
     if let Err(e) = copied {
         let _ = fs::remove_file(&tmp);
@@ -509,6 +547,56 @@ mod tests {
             err.contains("*.war") && err.contains(&dir.display().to_string()),
             "{err}"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_app_log_is_rotated_at_each_start_unless_shared_or_keep_is_0() {
+        let dir = std::env::temp_dir().join(format!("nonstop-start-log-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = |log: &str, keep: u32| {
+            let text = format!(
+                r#"{{"app": {{"dir": {:?}, "log": {log:?}, "log_keep": {keep}}}}}"#,
+                dir.display().to_string()
+            );
+            nonstop_common::config::parse(&text, &dir.join("nonstop.json")).unwrap()
+        };
+        let run = |c: &nonstop_common::Config, path: &Path, line: &str| {
+            let mut f = open_log(c, path).unwrap();
+            writeln!(f, "{line}").unwrap();
+        };
+        let own = config("{profile}.log", 2);
+        let path = own.log_path(&own.profiles[1]);
+        for n in 1..=4 {
+            run(&own, &path, &format!("run {n}"));
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), "run 4\n");
+        assert_eq!(
+            fs::read_to_string(dir.join("real2.log.1")).unwrap(),
+            "run 3\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("real2.log.2")).unwrap(),
+            "run 2\n"
+        );
+        assert!(!dir.join("real2.log.3").exists());
+
+        // One log for both profiles: the live app writes it too; appended.
+        let shared = config("app.log", 2);
+        let path = shared.log_path(&shared.profiles[1]);
+        run(&shared, &path, "a");
+        run(&shared, &path, "b");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert!(!dir.join("app.log.1").exists());
+
+        // log_keep 0: appended, as the book's nohup.out.
+        let append = config("{profile}.log", 0);
+        let path = append.log_path(&append.profiles[0]);
+        run(&append, &path, "a");
+        run(&append, &path, "b");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert!(!dir.join("real1.log.1").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -564,6 +564,44 @@ fn two_deployments_at_once_never_interleave() {
     scene.finish(&[V1, "demo v2 real2", "demo v2 real1"]);
 }
 
+#[test]
+fn a_lock_file_deleted_while_held_lets_no_second_stage_in() {
+    let scene = Scene::new("fault-lock-deleted");
+    scene.java_opts(&["-Ddemo.ignore.term=true"]);
+    scene
+        .setup
+        .edit_config(|c| c["app"]["stop_timeout_secs"] = json!(8))
+        .unwrap();
+    scene.start_real2("v2");
+    let stubborn = scene.setup.launched_pid("real2").unwrap();
+    // The first stage holds the lock for as long as its app ignores SIGTERM.
+    let mut first = scene
+        .setup
+        .bundle
+        .spawn("stop", &[], Some("d-1"), |_| {})
+        .unwrap();
+    assert!(
+        first.wait_for_stderr("sending SIGTERM", Duration::from_secs(30)),
+        "{}",
+        first.stderr_so_far()
+    );
+    fs::remove_file(scene.state("lock")).unwrap();
+    scene
+        .setup
+        .edit_config(|c| c["lock_timeout_secs"] = json!(1))
+        .unwrap();
+    let second = scene.hook("stop", &[], Some("d-2"));
+    scene.assert_kept(&second, 1, &["removed or replaced", "gave up waiting"]);
+    assert!(
+        !second.stderr.contains("sending SIGTERM"),
+        "the second stage signalled the app too"
+    );
+    let first = first.finish(Duration::from_secs(60)).unwrap();
+    scene.assert_kept(&first, 0, &["SIGKILL"]);
+    assert!(!alive(stubborn));
+    scene.finish(&[V1]);
+}
+
 // ------------------------------------------------------------ killed half-way
 
 #[test]
@@ -853,10 +891,12 @@ fn an_unwritable_state_dir_or_include_dir_fails_before_anything_changes() {
     scene.assert_kept(&stop, 1, &["state directory", "not writable"]);
     assert!(alive(real2));
 
-    // The state dir is writable; the include's directory is not.
-    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    // The state dir is writable (it is nobody's own: one others could write
+    // is refused, see below); the include's directory is not.
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
     for entry in fs::read_dir(&state).unwrap() {
-        fs::set_permissions(entry.unwrap().path(), fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::chown(entry.unwrap().path(), Some(65534), Some(65534)).unwrap();
     }
     let stop = run_as("stop");
     scene.assert_kept(
@@ -871,6 +911,182 @@ fn an_unwritable_state_dir_or_include_dir_fails_before_anything_changes() {
     assert!(alive(real2), "stop must fail before it stops the idle app");
     fs::set_permissions(&conf_d, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ planted links
+
+/// A file outside every directory nonstop writes, which a planted link
+/// points at: it must never change.
+fn victim(scene: &Scene) -> std::path::PathBuf {
+    let victim = scene.setup.dir.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    victim
+}
+
+fn plant(link: &Path, victim: &Path) {
+    let _ = fs::remove_file(link);
+    std::os::unix::fs::symlink(victim, link).unwrap();
+}
+
+fn assert_untouched(victim: &Path, links: &[&Path]) {
+    assert_eq!(
+        fs::read_to_string(victim).unwrap(),
+        "precious\n",
+        "a write went through a planted link to {}",
+        victim.display()
+    );
+    for link in links {
+        assert_eq!(
+            fs::read_link(link).ok().as_deref(),
+            Some(victim),
+            "{} is no longer the planted link",
+            link.display()
+        );
+    }
+}
+
+/// Runs `stage` as pid 1 of a new pid namespace (`unshare`, as root), so its
+/// pid, and with it every temp name derived from the pid, is known beforehand.
+fn as_pid_1(scene: &Scene, stage: &str, id: &str) -> HookRun {
+    let name = format!("{stage}-as-pid-1");
+    let wrapper = scene.setup.bundle.bin(&name);
+    fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec unshare --pid --fork --kill-child -- \"$(dirname \"$0\")/{stage}\" \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    scene
+        .setup
+        .bundle
+        .spawn(&name, &[], Some(id), |_| {})
+        .unwrap()
+        .finish(Duration::from_secs(60))
+        .unwrap()
+}
+
+#[test]
+fn links_planted_at_the_temp_names_a_stage_would_use_are_never_written_through() {
+    let scene = Scene::new("fault-planted-temp");
+    let victim = victim(&scene);
+    let conf_d = scene.setup.nginx.prefix.join("conf.d");
+    // The names a stage with pid 1 used: its write probes in the state dir
+    // and the include's directory, and the temp file of plan.json.
+    let links = [
+        scene.state(".write-test.1"),
+        scene.state(".plan.json.nonstop-1.tmp"),
+        conf_d.join(".nonstop-write-test.1.tmp"),
+    ];
+    for link in &links {
+        plant(link, &victim);
+    }
+    let stop = as_pid_1(&scene, "stop", "d-1");
+    scene.assert_kept(&stop, 0, &[]);
+    let links: Vec<&Path> = links.iter().map(|l| l.as_path()).collect();
+    assert_untouched(&victim, &links);
+    let plan = fs::symlink_metadata(scene.state("plan.json")).unwrap();
+    assert!(plan.is_file(), "plan.json must be a file of its own");
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_link_planted_at_the_lock_is_refused_naming_it() {
+    let scene = Scene::new("fault-planted-lock");
+    let victim = victim(&scene);
+    let lock = scene.state("lock");
+    plant(&lock, &victim);
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 1, &[&lock.display().to_string(), "is a symlink"]);
+    assert_untouched(&victim, &[&lock]);
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_link_planted_at_the_history_is_written_around() {
+    let scene = Scene::new("fault-planted-history");
+    let victim = victim(&scene);
+    let history = scene.state("history.jsonl");
+    plant(&history, &victim);
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 0, &[&history.display().to_string(), "is a symlink"]);
+    assert_untouched(&victim, &[&history]);
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_link_planted_at_the_app_log_is_refused_and_the_log_is_rotated_at_each_start() {
+    let scene = Scene::new("fault-planted-log");
+    let victim = victim(&scene);
+    scene.setup.drop_jar("v2").unwrap();
+    let log = scene.setup.app_dir.join("logs/real2.log");
+    fs::create_dir_all(log.parent().unwrap()).unwrap();
+    plant(&log, &victim);
+    // Rotated (the default) or appended to (`app.log_keep: 0`), never through the link.
+    for keep in [None, Some(0)] {
+        if let Some(keep) = keep {
+            scene
+                .setup
+                .edit_config(|c| c["app"]["log_keep"] = json!(keep))
+                .unwrap();
+        }
+        let start = scene.hook("start", &[], Some("d-1"));
+        scene.assert_kept(&start, 1, &[&log.display().to_string(), "is a symlink"]);
+        assert!(
+            scene.setup.launched_pid("real2").is_none(),
+            "nothing may be started"
+        );
+        assert_untouched(&victim, &[&log]);
+    }
+
+    // Without the link: the previous run's log becomes real2.log.1.
+    scene
+        .setup
+        .edit_config(|c| c["app"]["log_keep"] = json!(2))
+        .unwrap();
+    fs::remove_file(&log).unwrap();
+    fs::write(&log, "the previous run\n").unwrap();
+    scene.hook("start", &[], Some("d-2")).assert_ok();
+    let rotated = log.with_file_name("real2.log.1");
+    assert_eq!(fs::read_to_string(&rotated).unwrap(), "the previous run\n");
+    let now = fs::read_to_string(&log).unwrap();
+    assert!(now.starts_with("--- nonstop start: real2"), "{now}");
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_state_or_app_dir_others_can_write_is_refused_with_the_fix() {
+    let scene = Scene::new("fault-strict-dirs");
+    scene.start_real2("v2");
+    let real2 = scene.setup.launched_pid("real2").unwrap();
+    let state = scene.setup.state_dir();
+    let app = scene.setup.app_dir.clone();
+    let mode =
+        |dir: &Path, m: u32| fs::set_permissions(dir, fs::Permissions::from_mode(m)).unwrap();
+
+    mode(&state, 0o777);
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    let fix = format!("chmod go-w {}", state.display());
+    scene.assert_kept(&stop, 1, &["state directory", &fix, "nothing was changed"]);
+    assert!(alive(real2), "stop must refuse before it stops anything");
+    mode(&state, 0o755);
+
+    // A parent of it, writable by its group.
+    mode(&app, 0o775);
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    let fix = format!("chmod go-w {}", app.display());
+    scene.assert_kept(&stop, 1, &[&fix, "writable by its group"]);
+    assert!(alive(real2));
+    mode(&app, 0o755);
+
+    // Owned by another user than the one running the stage (and not root).
+    std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 1, &["uid 65534", "chown"]);
+    assert!(alive(real2));
+    std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+
+    scene.hook("stop", &[], Some("d-1")).assert_ok();
     scene.finish(&[V1]);
 }
 
