@@ -9,6 +9,9 @@
 //! - `profile --port` prints the idle port;
 //! - `profile --json` prints both witnesses, the decision and, per profile,
 //!   whether its port is listening and by which pid.
+//!
+//! When a switch was left unsettled (its journal is in the state dir), both
+//! forms say what the next mutating stage will do about it (`pending_repair`).
 
 use std::ffi::OsString;
 
@@ -18,6 +21,7 @@ use serde_json::{json, Value};
 
 use nonstop_common::compose;
 use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
+use nonstop_common::nginx;
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
 
@@ -48,12 +52,19 @@ where
     let args = Args::try_parse_from(args)?;
     let config = args.common.load_config()?;
     let observed = detect::observe(&config)?;
+    let repair = nginx::pending_repair(&config);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report(&config, &observed))?
+            serde_json::to_string_pretty(&with_repair(
+                report(&config, &observed),
+                repair.as_ref()
+            ))?
         );
         return observed.decision.map(|_| ()).map_err(|e| anyhow!(e));
+    }
+    if let Some(r) = &repair {
+        LOG.warn(format!("pending repair: {}", r.action));
     }
     let detection = observed.decision.map_err(|e| anyhow!(e))?;
     for warning in &detection.warnings {
@@ -65,6 +76,12 @@ where
         println!("{}", detection.idle.name);
     }
     Ok(())
+}
+
+/// Adds what the next mutating stage will repair (`null` when nothing).
+fn with_repair(mut doc: Value, repair: Option<&nginx::Repair>) -> Value {
+    doc["pending_repair"] = json!(repair);
+    doc
 }
 
 /// The `--json` document.

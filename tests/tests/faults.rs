@@ -1059,3 +1059,207 @@ fn dry_run_says_what_each_stage_would_do_and_changes_nothing() {
     assert!(!scene.setup.app_dir.join("real2/demo-v3.jar").exists());
     scene.finish(&[V1]);
 }
+
+// ------------------------------------------------------------ the switch journal
+
+/// Writes an executable shell script into the test dir, to be run as an
+/// argv (`[script, args...]`) in place of one of nginx's commands.
+fn script(scene: &Scene, name: &str, body: &str) -> std::path::PathBuf {
+    let path = scene.setup.dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `argv` as the JSON of a config's command, after `first` words.
+fn argv_json(first: &[&str], argv: &[String]) -> Value {
+    let mut all: Vec<Value> = first.iter().map(|a| json!(a)).collect();
+    all.extend(argv.iter().map(|a| json!(a)));
+    json!(all)
+}
+
+/// `profile --json`'s document.
+fn profile_json(scene: &Scene) -> Value {
+    let run = scene.hook("profile", &["--json"], None);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn a_switch_killed_between_restore_and_reload_back_is_reloaded_back_by_the_next_stage() {
+    let scene = Scene::new("fault-restore-kill");
+    scene.start_real2("v2");
+    let marks = scene.setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    // The reload: the real one, then it holds until the test has sent SIGTERM,
+    // so the switch undoes a reload that took effect.
+    let reload = script(
+        &scene,
+        "reload.sh",
+        "m=$1; shift; \"$@\" || exit $?; touch \"$m/reloaded\"\n\
+         i=0; while [ -e \"$m/hold-reload\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    // The test: the real one, except after the reload, when it holds until
+    // the switch has been killed: killed after it restored the include and
+    // before it reloaded nginx back.
+    let test = script(
+        &scene,
+        "test.sh",
+        "m=$1; shift; if [ -e \"$m/reloaded\" ]; then touch \"$m/testing-back\";\n\
+         i=0; while [ -e \"$m/hold-test\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; fi\n\
+         exec \"$@\"",
+    );
+    let m = marks.display().to_string();
+    let real_reload = scene.setup.nginx.command(&["-s", "reload"]);
+    let real_test = scene.setup.nginx.command(&["-t"]);
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["reload"] = argv_json(&[&reload.display().to_string(), &m], &real_reload);
+            c["nginx"]["test"] = argv_json(&[&test.display().to_string(), &m], &real_test);
+        })
+        .unwrap();
+    fs::write(marks.join("hold-reload"), "").unwrap();
+    fs::write(marks.join("hold-test"), "").unwrap();
+    let mut run = scene
+        .setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    // nginx took the new config (the reload command returns before it does).
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("reloaded")
+        .exists()
+        && scene.setup.get("/").is_ok_and(|a| a.1 == "demo v2 real2")));
+    run.signal(Signal::SIGTERM);
+    fs::remove_file(marks.join("hold-reload")).unwrap();
+    assert!(
+        run.wait_for_stderr("restored ", Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("testing-back")
+        .exists()));
+    run.signal(Signal::SIGKILL);
+    let killed = run.finish(Duration::from_secs(10)).unwrap();
+    fs::remove_file(marks.join("hold-test")).unwrap();
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "the switch must have been killed"
+    );
+    // The two witnesses disagree: the include names real1 again, nginx still
+    // routes to real2.
+    assert_eq!(scene.setup.include(), scene.include);
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // `profile` says what the next stage will do about it.
+    let report = profile_json(&scene);
+    let repair = &report["pending_repair"];
+    assert_eq!(repair["target"], "real2", "{report}");
+    assert!(
+        repair["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("wait until nginx answers as real1")),
+        "{report}"
+    );
+
+    // The next deployment settles it first: nginx is reloaded back to real1,
+    // and it stops real2, never the app nginx routes to.
+    let stop = scene.hook("stop", &[], Some("d-next"));
+    stop.assert_ok();
+    assert!(
+        stop.stderr.contains("a switch to real2")
+            && stop.stderr.contains("nginx answers as real1 again"),
+        "{}",
+        stop.stderr
+    );
+    assert!(alive(scene.live_pid), "the live app was stopped");
+    assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
+    assert_eq!(scene.setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    assert!(profile_json(&scene)["pending_repair"].is_null());
+    scene.finish(&[V1, "demo v2 real2"]);
+}
+
+#[test]
+fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_journal() {
+    let scene = Scene::new("fault-reload-maybe");
+    scene.start_real2("v2");
+    let marks = scene.setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    // Reloads for real, then reports failure, as ssh dropping after the
+    // remote reload ran would. With `$m/once` it reloads only once, then
+    // (`$m/dead`) nothing.
+    let reload = script(
+        &scene,
+        "reload-fails.sh",
+        "m=$1; shift; [ -e \"$m/dead\" ] && exit 1; \"$@\"\n\
+         [ -e \"$m/once\" ] && touch \"$m/dead\"; exit 1",
+    );
+    let m = marks.display().to_string();
+    let real_reload = scene.setup.nginx.command(&["-s", "reload"]);
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["reload"] = argv_json(&[&reload.display().to_string(), &m], &real_reload);
+            c["nginx"]["confirm_timeout_secs"] = json!(3);
+        })
+        .unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(
+        &switch,
+        1,
+        &[
+            "reload-fails.sh",
+            "may still have taken effect",
+            "nginx answers as real1 again",
+        ],
+    );
+    assert!(!scene.state("switching.json").exists());
+    let profile = scene.hook("profile", &[], None);
+    profile.assert_ok();
+    assert_eq!(profile.stdout.trim(), "real2", "idle: {}", profile.stderr);
+
+    // Now the reload runs for real once, then reloads nothing: the switch
+    // cannot see nginx serve the restored include, so it keeps the journal.
+    fs::write(marks.join("once"), "").unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(
+        switch.stderr.contains("switching.json is kept")
+            && switch.stderr.contains("nginx may still route to real2"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    let report = profile_json(&scene);
+    assert_eq!(
+        report["pending_repair"]["phase"], "reloaded-back",
+        "{report}"
+    );
+    // Every later stage fails naming it, and stops nothing.
+    let stop = scene.hook("stop", &[], Some("d-blocked"));
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(stop.stderr.contains("switching.json"), "{}", stop.stderr);
+    assert!(alive(scene.live_pid));
+    assert!(alive(scene.setup.launched_pid("real2").unwrap()));
+    // Once the reload works again, the next stage settles it.
+    fs::remove_file(marks.join("dead")).unwrap();
+    scene
+        .setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(real_reload))
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("d-after"));
+    stop.assert_ok();
+    assert!(
+        stop.stderr.contains("nginx answers as real1 again"),
+        "{}",
+        stop.stderr
+    );
+    assert!(alive(scene.live_pid));
+    assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
+    assert_eq!(scene.setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    scene.finish(&[V1, "demo v2 real2"]);
+}
