@@ -463,7 +463,7 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
     let previous = saved_include(config, state, &journal)?;
     let phase = journal.phase();
     let who = format!(
-        "{} stopped in phase `{}`",
+        "{} was interrupted in phase `{}`",
         journal.describe(),
         phase.as_str()
     );
@@ -606,7 +606,7 @@ pub fn pending_repair(config: &Config) -> Option<Repair> {
         Phase::Restoring | Phase::Restored | Phase::ReloadedBack => reload_back,
     };
     Some(repair(format!(
-        "{} stopped in phase `{}` ({file}); the next stage will {what}",
+        "{} was interrupted in phase `{}` ({file}); the next stage will {what}",
         journal.describe(),
         phase.as_str(),
     )))

@@ -1263,3 +1263,47 @@ fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_jour
     assert!(!scene.state("switching.json").exists());
     scene.finish(&[V1, "demo v2 real2"]);
 }
+
+#[test]
+fn an_operators_explicit_switch_takes_over_an_abandoned_deployment() {
+    let scene = Scene::new("fault-takeover");
+    // Short, so that today's wait-then-fail shows quickly.
+    scene
+        .setup
+        .edit_config(|c| c["lock_timeout_secs"] = json!(5))
+        .unwrap();
+    scene.setup.drop_jar("v2").unwrap();
+    // A deployment that stopped after `start`: CodeDeploy gave up on it.
+    scene.hook("stop", &[], Some("d-gone")).assert_ok();
+    scene.hook("start", &[], Some("d-gone")).assert_ok();
+
+    // The README's recovery, from an operator, goes ahead at once.
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    switch.assert_ok();
+    assert!(
+        switch.stderr.contains("deployment d-gone is unfinished")
+            && switch.stderr.contains("taking it over"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // The abandoned deployment's later stages refuse, naming who took it.
+    let health = scene.hook("health", &[], Some("d-gone"));
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health
+            .stderr
+            .contains("deployment d-gone was taken over by `switch`")
+            && health.stderr.contains("naming real2"),
+        "{}",
+        health.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    assert!(alive(scene.setup.launched_pid("real2").unwrap()));
+    // A new deployment is not held off by the old plan.
+    scene.hook("stop", &[], Some("d-new")).assert_ok();
+    assert!(!alive(scene.live_pid), "real1 is idle now and was stopped");
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    scene.finish(&[V1, "demo v2 real2"]);
+}
