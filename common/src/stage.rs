@@ -29,7 +29,7 @@ use crate::nginx;
 use crate::procs::boot_id;
 use crate::route;
 use crate::signals;
-use crate::state::{HistoryLine, Plan, Running, StateDir, TakenOver};
+use crate::state::{HistoryLine, Owner, Plan, Running, StateDir, TakenOver};
 use crate::time::{now_unix_ms, secs};
 
 /// Options every stage takes.
@@ -163,6 +163,7 @@ fn open(
         } else {
             Some(lock::acquire(&state.lock_path(), &me, deadline, &log)?)
         };
+        check_owner(&config, &state, &log)?;
         if dry_run {
             if state.journal_path().exists() {
                 log.warn(format!(
@@ -334,6 +335,44 @@ fn fresh(
     };
     state.write(&state.plan_path(), &plan)?;
     Ok((slots, Some(plan)))
+}
+
+/// A state directory serves one app (`owner.json`: its profiles and
+/// `app.dir`): another app's config sharing it would settle that app's
+/// switches with its own include and stop its apps. Refused naming both. The
+/// same app with another route (a new bundle moved `nginx.include`) takes
+/// its state over, with a note. The first stage to use a directory claims it.
+fn check_owner(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
+    let mine = Owner {
+        profiles: config.profiles.clone(),
+        app_dir: config.app.dir.clone(),
+        route: nginx::route_id(config),
+    };
+    let recorded: Option<Owner> = state.read(&state.owner_path(), log)?;
+    match recorded {
+        Some(owner) if owner == mine => return Ok(()),
+        Some(owner) if !owner.same_app(&mine) => {
+            return Err(usage(format!(
+                "state directory {} belongs to {}, but this config is {}; refusing to act on another app's state. \
+                 Give this app its own `state_dir`, or, if it really is the same app, remove {}",
+                state.root().display(),
+                owner.describe(),
+                mine.describe(),
+                state.owner_path().display()
+            )))
+        }
+        Some(owner) => log.say(format!(
+            "note: this app's route changed from {} to {}; taking over its state directory {}",
+            owner.route,
+            mine.route,
+            state.root().display()
+        )),
+        None => {}
+    }
+    if state.is_read_only() {
+        return Ok(());
+    }
+    state.write(&state.owner_path(), &mine)
 }
 
 /// How many taken-over deployments `taken-over.json` remembers.

@@ -1307,3 +1307,117 @@ fn an_operators_explicit_switch_takes_over_an_abandoned_deployment() {
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     scene.finish(&[V1, "demo v2 real2"]);
 }
+
+#[test]
+fn a_journal_is_settled_only_by_its_own_app_and_route() {
+    let scene = Scene::new("fault-journal-owner");
+    scene.start_real2("v2");
+    let setup = &scene.setup;
+    let a_config: Value =
+        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    // App A's switch is killed after it wrote its include, while `nginx -t`
+    // runs (held until then).
+    let marks = setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    let test = script(
+        &scene,
+        "test.sh",
+        "m=$1; shift; touch \"$m/testing\"\n\
+         i=0; while [ -e \"$m/hold\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
+         exec \"$@\"",
+    );
+    let m = marks.display().to_string();
+    let real_test = setup.nginx.command(&["-t"]);
+    setup
+        .edit_config(|c| {
+            c["nginx"]["test"] = argv_json(&[&test.display().to_string(), &m], &real_test)
+        })
+        .unwrap();
+    fs::write(marks.join("hold"), "").unwrap();
+    let run = setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("testing")
+        .exists()));
+    run.signal(Signal::SIGKILL);
+    assert_eq!(
+        run.finish(Duration::from_secs(10)).unwrap().status.code(),
+        None
+    );
+    fs::remove_file(marks.join("hold")).unwrap();
+    let a_written = setup.include();
+    assert_ne!(a_written, scene.include, "A's include was written");
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(real_test))
+        .unwrap();
+
+    // App B, another app on this server with the same state_dir and its own
+    // include file: refused, naming both; its include is untouched.
+    let b_dir = setup.dir.join("b");
+    fs::create_dir_all(b_dir.join("app")).unwrap();
+    let b_include = b_dir.join("b.inc");
+    let (b1, b2) = (free_port(), free_port());
+    let b_line = format!("set $service_url http://127.0.0.1:{b1};\n");
+    fs::write(&b_include, &b_line).unwrap();
+    let mut b_config = a_config.clone();
+    b_config["profiles"] = json!([{"name": "blue", "port": b1}, {"name": "green", "port": b2}]);
+    b_config["app"]["dir"] = json!(b_dir.join("app"));
+    b_config["state_dir"] = json!(setup.state_dir());
+    b_config["nginx"]["include"] = json!(b_include);
+    let b = tests::Bundle::new(&b_dir.join("bundle"), &b_config).unwrap();
+    let b_stop = b
+        .hook("stop", &[], Some("b-1"), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(b_stop.code(), 2, "{}", b_stop.stderr);
+    assert!(
+        b_stop.stderr.contains(&setup.app_dir.display().to_string())
+            && b_stop
+                .stderr
+                .contains(&b_dir.join("app").display().to_string())
+            && b_stop.stderr.contains("belongs to"),
+        "{}",
+        b_stop.stderr
+    );
+    assert_eq!(fs::read(&b_include).unwrap(), b_line.as_bytes());
+    assert_eq!(setup.include(), a_written);
+
+    // App A with its include moved (a new bundle): its state is its own,
+    // but the journal belongs to the old route, so it refuses to settle it.
+    let moved = setup.nginx.prefix.join("conf.d/moved.inc");
+    fs::write(&moved, &scene.include).unwrap();
+    setup
+        .edit_config(|c| c["nginx"]["include"] = json!(moved))
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("a-moved"));
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(
+        stop.stderr.contains("route changed")
+            && stop.stderr.contains(&format!(
+                "belongs to route include {}",
+                setup.nginx.include.display()
+            ))
+            && stop
+                .stderr
+                .contains(&format!("this config routes include {}", moved.display())),
+        "{}",
+        stop.stderr
+    );
+    assert_eq!(fs::read(&moved).unwrap(), scene.include);
+    assert_eq!(setup.include(), a_written);
+    assert!(scene.state("switching.json").exists());
+
+    // A's own config settles it.
+    setup
+        .edit_config(|c| c["nginx"]["include"] = a_config["nginx"]["include"].clone())
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("a-1"));
+    stop.assert_ok();
+    assert!(stop.stderr.contains("was interrupted"), "{}", stop.stderr);
+    assert_eq!(setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    assert!(alive(scene.live_pid));
+    assert_eq!(setup.get("/").unwrap(), (200, V1.into()));
+    scene.finish(&[V1]);
+}
