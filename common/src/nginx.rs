@@ -611,3 +611,41 @@ pub fn pending_repair(config: &Config) -> Option<Repair> {
         phase.as_str(),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_of_an_older_nonstop_counts_as_maybe_reloaded() {
+        let old = r#"{"target":{"name":"real2","port":8082},"had_previous":true,"pid":7,
+            "deployment_id":null,"started_unix_ms":1}"#;
+        let journal: Journal = serde_json::from_str(old).unwrap();
+        assert_eq!(journal.phase(), Phase::Reloading);
+        assert_eq!(journal.route, None);
+    }
+
+    #[test]
+    fn phases_are_written_by_their_names_and_ordered() {
+        let names: Vec<String> = [
+            Phase::Begun,
+            Phase::Written,
+            Phase::Tested,
+            Phase::Reloading,
+            Phase::Reloaded,
+            Phase::Confirmed,
+            Phase::Restoring,
+            Phase::Restored,
+            Phase::ReloadedBack,
+        ]
+        .iter()
+        .map(|p| {
+            let json = serde_json::to_string(p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            p.as_str().to_string()
+        })
+        .collect();
+        assert_eq!(names.last().map(String::as_str), Some("reloaded-back"));
+        assert!(Phase::Tested < Phase::Reloading && Phase::Confirmed < Phase::Restoring);
+    }
+}
