@@ -388,11 +388,15 @@ fn transaction(
     let state = &ctx.state;
     if let Err(e) = route::write(config, new) {
         // An atomic write that failed left the old include, unless the
-        // rename went through and only the directory's sync failed.
+        // rename went through and only the directory's sync failed: then
+        // put the old one back (nginx was not reloaded).
         if route::read(config).ok().flatten().as_deref() == old {
             nginx::end(state, &LOG);
+            return Err(e.context("nothing changed"));
         }
-        return Err(e.context("nothing changed"));
+        let undone = nginx::undo(config, state, &mut journal, old, false, &LOG)
+            .with_context(|| format!("{e:#}"))?;
+        return Err(e.context(format!("nginx was not reloaded; {undone}")));
     }
     LOG.say(format!(
         "wrote {}: {}",
