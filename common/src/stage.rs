@@ -165,10 +165,10 @@ fn open(
         };
         check_owner(&config, &state, &log)?;
         if dry_run {
-            if state.journal_path().exists() {
+            if let Some(repair) = nginx::pending_repair(&config) {
                 log.warn(format!(
-                    "a switch was interrupted ({} exists); a real run would finish or undo it first",
-                    state.journal_path().display()
+                    "a real run would first settle it: {}",
+                    repair.action
                 ));
             }
         } else {
