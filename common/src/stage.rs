@@ -8,6 +8,12 @@
 //! unfinished plan is also the deployment's lease: a second deployment waits
 //! for it (bounded), then fails naming it. Without a deployment id (an
 //! operator running one stage by hand) the stage detects afresh.
+//!
+//! An operator's explicit `--to NAME` / `--profile NAME` does not wait for a
+//! deployment none of whose stages runs now (this stage holds the lock): it
+//! takes the plan over with a warning, and the abandoned deployment's later
+//! stages refuse, naming who took it over (`taken-over.json`). A stage that
+//! is running still holds the lock, and that wait stays.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,7 +30,7 @@ use crate::nginx;
 use crate::procs::boot_id;
 use crate::route;
 use crate::signals;
-use crate::state::{HistoryLine, Plan, Running, StateDir};
+use crate::state::{HistoryLine, Owner, Plan, Running, StateDir, TakenOver};
 use crate::time::{now_unix_ms, secs};
 
 /// Options every stage takes.
@@ -162,16 +168,18 @@ fn open(
         } else {
             Some(lock::acquire(&state.lock_path(), &me, deadline, &log)?)
         };
+        check_owner(&config, &state, &log)?;
         if dry_run {
-            if state.journal_path().exists() {
+            if let Some(repair) = nginx::pending_repair(&config) {
                 log.warn(format!(
-                    "a switch was interrupted ({} exists); a real run would finish or undo it first",
-                    state.journal_path().display()
+                    "a real run would first settle it: {}",
+                    repair.action
                 ));
             }
         } else {
             nginx::recover(&config, &state, &log)?;
         }
+        refuse_if_taken_over(&state, &log, deployment_id.as_deref())?;
         let plan: Option<Plan> = state.read(&state.plan_path(), &log)?;
         let now = now_unix_ms();
         let ours = |p: &Plan| deployment_id.as_deref() == Some(p.deployment_id.as_str());
@@ -184,6 +192,24 @@ fn open(
                         "deployment {} is abandoned: its `{}` (pid {}) was killed half-way; taking over",
                         p.deployment_id, r.stage, r.pid
                     ));
+                }
+                if !dry_run {
+                    take_over(&state, &log, p, &me, explicit.as_ref())?;
+                }
+                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
+                break (lock, slots, false, plan);
+            }
+            Some(p) if p.is_active(now, &boot) && !ours(&p) && explicit.is_some() => {
+                // An operator named a profile: that wins over a deployment
+                // that stopped between stages (CodeDeploy gave up, someone
+                // pressed stop). We hold the lock, so none of its stages runs.
+                log.warn(format!(
+                    "deployment {} is unfinished (its last stage was `{}`) and none of its stages is running; \
+                     taking it over as asked: its later stages will refuse",
+                    p.deployment_id, p.last_stage
+                ));
+                if !dry_run {
+                    take_over(&state, &log, p, &me, explicit.as_ref())?;
                 }
                 let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
                 break (lock, slots, false, plan);
@@ -315,6 +341,100 @@ fn fresh(
     };
     state.write(&state.plan_path(), &plan)?;
     Ok((slots, Some(plan)))
+}
+
+/// A state directory serves one app (`owner.json`: its profiles and
+/// `app.dir`): another app's config sharing it would settle that app's
+/// switches with its own include and stop its apps. Refused naming both. The
+/// same app with another route (a new bundle moved `nginx.include`) takes
+/// its state over, with a note. The first stage to use a directory claims it.
+fn check_owner(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
+    let mine = Owner {
+        profiles: config.profiles.clone(),
+        app_dir: config.app.dir.clone(),
+        route: nginx::route_id(config),
+    };
+    let recorded: Option<Owner> = state.read(&state.owner_path(), log)?;
+    match recorded {
+        Some(owner) if owner == mine => return Ok(()),
+        Some(owner) if !owner.same_app(&mine) => {
+            return Err(usage(format!(
+                "state directory {} belongs to {}, but this config is {}; refusing to act on another app's state. \
+                 Give this app its own `state_dir`, or, if it really is the same app, remove {}",
+                state.root().display(),
+                owner.describe(),
+                mine.describe(),
+                state.owner_path().display()
+            )))
+        }
+        Some(owner) => log.say(format!(
+            "note: this app's route changed from {} to {}; taking over its state directory {}",
+            owner.route,
+            mine.route,
+            state.root().display()
+        )),
+        None => {}
+    }
+    if state.is_read_only() {
+        return Ok(());
+    }
+    state.write(&state.owner_path(), &mine)
+}
+
+/// How many taken-over deployments `taken-over.json` remembers.
+const TAKEN_OVER_KEPT: usize = 16;
+
+/// Records that `plan`'s deployment was taken over by `me` and closes its
+/// plan, so its later stages refuse instead of acting on a plan that is not
+/// theirs any more.
+fn take_over(
+    state: &StateDir,
+    log: &Log,
+    mut plan: Plan,
+    me: &Holder,
+    explicit: Option<&Profile>,
+) -> Result<()> {
+    let by = match explicit {
+        Some(p) => format!("{}, an operator's command naming {}", me.name(), p.name),
+        None => me.name(),
+    };
+    let mut list: Vec<TakenOver> = state
+        .read(&state.taken_over_path(), log)?
+        .unwrap_or_default();
+    list.retain(|t: &TakenOver| t.deployment_id != plan.deployment_id);
+    list.push(TakenOver {
+        deployment_id: plan.deployment_id.clone(),
+        by,
+        at_unix_ms: now_unix_ms(),
+    });
+    let drop = list.len().saturating_sub(TAKEN_OVER_KEPT);
+    list.drain(..drop);
+    state.write(&state.taken_over_path(), &list)?;
+    plan.finished = true;
+    plan.running = None;
+    state.write(&state.plan_path(), &plan)
+}
+
+/// A stage of a deployment that was taken over does nothing.
+fn refuse_if_taken_over(state: &StateDir, log: &Log, deployment_id: Option<&str>) -> Result<()> {
+    let Some(id) = deployment_id else {
+        return Ok(());
+    };
+    let list: Vec<TakenOver> = state
+        .read(&state.taken_over_path(), log)?
+        .unwrap_or_default();
+    match list.iter().find(|t| t.deployment_id == id) {
+        Some(t) => {
+            let ago = Duration::from_millis(now_unix_ms().saturating_sub(t.at_unix_ms));
+            Err(anyhow!(
+                "deployment {id} was taken over by {} {} ago; this stage of it does nothing. \
+                 Start a new deployment to go on",
+                t.by,
+                secs(ago)
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 fn running(me: &Holder) -> Running {

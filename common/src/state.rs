@@ -6,6 +6,8 @@
 //! - `switch.json`: the profile nginx routes to and the one before it;
 //! - `history.jsonl`: one line per stage outcome;
 //! - `switching.json` and `include.previous`: a switch in progress (see `nginx`);
+//! - `owner.json`: the app (profiles, `app.dir`) and route this directory serves;
+//! - `taken-over.json`: the last deployment an operator's command took over;
 //! - `lock`: flock'ed while a stage runs.
 //!
 //! Every write goes to a temp file in the same directory, is fsynced and
@@ -167,6 +169,74 @@ pub struct Switched {
     pub deployment_id: Option<String>,
 }
 
+/// Which route (what nonstop edits to point nginx) a journal or a state
+/// dir belongs to: two configs with the same `state_dir` must not act on
+/// each other's switches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteId {
+    /// `include`, `symlink` or `upstream-pair`.
+    pub mode: String,
+    /// The include file or the symlink nonstop changes.
+    pub path: PathBuf,
+    /// The ssh destination when nginx is on another host.
+    pub host: Option<String>,
+}
+
+impl std::fmt::Display for RouteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.mode, self.path.display())?;
+        match &self.host {
+            Some(h) => write!(f, " on {h}"),
+            None => write!(f, " on this host"),
+        }
+    }
+}
+
+/// The app a state directory belongs to, written by the first stage that
+/// uses it (`owner.json`). Its identity is the profiles and `app.dir`; the
+/// route may change with a new bundle of the same app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub profiles: Vec<Slot>,
+    pub app_dir: PathBuf,
+    pub route: RouteId,
+}
+
+impl Owner {
+    /// True when `other` is the same app (the route may differ).
+    pub fn same_app(&self, other: &Owner) -> bool {
+        self.profiles == other.profiles && self.app_dir == other.app_dir
+    }
+
+    /// "app in /srv/app with profiles real1 (8081), real2 (8082), route ...".
+    pub fn describe(&self) -> String {
+        let profiles: Vec<String> = self
+            .profiles
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.port))
+            .collect();
+        format!(
+            "the app in {} with profiles {}, route {}",
+            self.app_dir.display(),
+            profiles.join(", "),
+            self.route
+        )
+    }
+}
+
+/// A deployment whose plan an operator's explicit command took over
+/// (`taken-over.json`): its later stages refuse, naming who took it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TakenOver {
+    pub deployment_id: String,
+    /// "`switch --to real2` (pid 123, deployment d-9)".
+    pub by: String,
+    pub at_unix_ms: u64,
+}
+
 /// One line of `history.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryLine {
@@ -252,6 +322,14 @@ impl StateDir {
 
     pub fn include_backup_path(&self) -> PathBuf {
         self.root.join("include.previous")
+    }
+
+    pub fn owner_path(&self) -> PathBuf {
+        self.root.join("owner.json")
+    }
+
+    pub fn taken_over_path(&self) -> PathBuf {
+        self.root.join("taken-over.json")
     }
 
     pub fn write<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {

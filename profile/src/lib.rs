@@ -9,6 +9,9 @@
 //! - `profile --port` prints the idle port;
 //! - `profile --json` prints both witnesses, the decision and, per profile,
 //!   whether its port is listening and by which pid.
+//!
+//! When a switch was left unsettled (its journal is in the state dir), both
+//! forms say what the next mutating stage will do about it (`pending_repair`).
 
 use std::ffi::OsString;
 
@@ -19,6 +22,7 @@ use serde_json::{json, Value};
 use nonstop_common::compose;
 use nonstop_common::config::Mode;
 use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
+use nonstop_common::nginx;
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
 
@@ -49,9 +53,16 @@ where
     let args = Args::try_parse_from(args)?;
     let config = args.common.load_config()?;
     let observed = detect::observe(&config)?;
+    let repair = nginx::pending_repair(&config);
     if args.json {
-        print_answer(&serde_json::to_string_pretty(&report(&config, &observed))?)?;
+        print_answer(&serde_json::to_string_pretty(&with_repair(
+            report(&config, &observed),
+            repair.as_ref(),
+        ))?)?;
         return observed.decision.map(|_| ()).map_err(|e| anyhow!(e));
+    }
+    if let Some(r) = &repair {
+        LOG.warn(format!("pending repair: {}", r.action));
     }
     let detection = observed.decision.map_err(|e| anyhow!(e))?;
     for warning in &detection.warnings {
@@ -73,6 +84,12 @@ fn print_answer(text: &str) -> Result<()> {
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(|e| anyhow!("cannot print the answer ({text}) on stdout: {e}"))
+}
+
+/// Adds what the next mutating stage will repair (`null` when nothing).
+fn with_repair(mut doc: Value, repair: Option<&nginx::Repair>) -> Value {
+    doc["pending_repair"] = json!(repair);
+    doc
 }
 
 /// The `--json` document.

@@ -39,20 +39,16 @@ use clap::Parser;
 
 use nonstop_common::config::{Mode, RetireBusy};
 use nonstop_common::detect::{self, Probe};
+use nonstop_common::nginx::{self, Phase};
 use nonstop_common::procs;
 use nonstop_common::route;
+use nonstop_common::signals;
 use nonstop_common::state::Switched;
 use nonstop_common::time::{now_unix_ms, secs};
 use nonstop_common::upstream;
-use nonstop_common::{nginx, signals};
-use nonstop_common::{run_stage, CommonArgs, Config, Context, Log, Profile};
+use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("switch");
-
-/// How long the probe must answer the target without a break to confirm a
-/// switch when nginx's workers cannot be seen: longer than the ~100 ms nginx
-/// keeps the previous workers accepting after a reload.
-const BLIND_CONFIRM: Duration = Duration::from_millis(300);
 
 /// In upstream-pair mode, how long at least to wait for nginx to send the
 /// new app a request: more than nginx's default fail_timeout (10 s).
@@ -345,22 +341,18 @@ pub fn switch_to(ctx: &Context, target: &Profile) -> Result<Option<Vec<i32>>> {
     }
     signals::check().context("nothing was changed")?;
 
-    nginx::begin(
+    let journal = nginx::begin(
+        config,
         &ctx.state,
         target,
         old.as_deref(),
         ctx.deployment_id.as_deref(),
     )
     .context("nothing was changed")?;
-    let result = transaction(ctx, target, &new, old.as_deref());
-    // The journal goes once the include is settled: the new one confirmed,
-    // or the old one back. If putting it back failed, the journal stays so
-    // the next stage tries again.
-    let settled = result.is_ok() || route::read(config).ok().flatten() == old;
-    if settled {
-        nginx::end(&ctx.state, &LOG);
-    }
-    let old_workers = result?;
+    // The transaction ends the journal once the include is settled and
+    // nginx is seen to serve it (the new one confirmed, or the old one back);
+    // otherwise the journal stays, so the next stage settles it.
+    let old_workers = transaction(ctx, journal, target, &new, old.as_deref())?;
     record(ctx, target)?;
     Ok(old_workers)
 }
@@ -492,37 +484,54 @@ fn wait_out_fail_timeout(ctx: &Context, target: &Profile, fail_timeout: Duration
     })
 }
 
-/// Write, test, reload, confirm; undo on any failure or signal. Returns the
-/// workers of the previous configuration, when they could be seen.
+/// Write, test, reload, confirm; undo on any failure or signal. The journal
+/// records each phase before the step after it. Returns the workers of the
+/// previous configuration, when they could be seen.
 fn transaction(
     ctx: &Context,
+    mut journal: nginx::Journal,
     target: &Profile,
     new: &[u8],
     old: Option<&[u8]>,
 ) -> Result<Option<Vec<i32>>> {
     let config = &ctx.config;
+    let state = &ctx.state;
     if let Err(e) = route::write(config, new) {
-        if e.chain().any(|c| c.is::<route::MaybeWritten>()) {
-            // Not "nothing changed": over ssh the write may have happened.
-            return Err(e.context(format!(
-                "the state of {} is unknown until it is read back; nginx was not reloaded. \
-                 The next stage reads it first: it keeps the new route only if nginx answers as {}, \
-                 else it puts the previous one back",
-                route::describe(config),
-                target.name
-            )));
+        // An atomic write that failed left the old include, unless the
+        // rename went through and only the directory's sync failed (or, over
+        // ssh, the answer was lost after the write): then put the old one
+        // back (nginx was not reloaded).
+        if route::read(config).ok().flatten().as_deref() == old {
+            nginx::end(state, &LOG);
+            return Err(e.context("nothing changed"));
         }
-        return Err(e.context("nothing changed"));
+        let maybe_written = e.chain().any(|c| c.is::<route::MaybeWritten>());
+        let undone = nginx::undo(config, state, &mut journal, old, false, &LOG).with_context(|| {
+            if maybe_written {
+                // Not "nothing changed": over ssh the write may have happened.
+                format!(
+                    "{e:#}; the state of {} is unknown until it is read back; nginx was not reloaded. \
+                     The next stage reads it first: it keeps the new route only if nginx answers as {}, \
+                     else it puts the previous one back",
+                    route::describe(config),
+                    target.name
+                )
+            } else {
+                format!("{e:#}")
+            }
+        })?;
+        return Err(e.context(format!("nginx was not reloaded; {undone}")));
     }
     LOG.say(format!(
         "wrote {}: {}",
         route::describe(config),
         String::from_utf8_lossy(new).trim()
     ));
+    nginx::mark(state, &mut journal, Phase::Written)?;
 
     let tested = nginx::test(config);
     if let Err(why) = tested {
-        nginx::restore(config, old, &LOG)?;
+        nginx::undo(config, state, &mut journal, old, false, &LOG)?;
         return Err(anyhow!(
             "`{}` failed, nginx was not reloaded and {} is restored: {why}",
             config.nginx.test.join(" "),
@@ -530,30 +539,36 @@ fn transaction(
         ));
     }
     LOG.say(format!("`{}` passed", config.nginx.test.join(" ")));
+    nginx::mark(state, &mut journal, Phase::Tested)?;
     if let Err(i) = signals::check() {
-        nginx::restore(config, old, &LOG)?;
+        nginx::undo(config, state, &mut journal, old, false, &LOG)?;
         return Err(anyhow!(i).context(format!(
             "{} is restored and nginx was not reloaded",
             route::describe(config)
         )));
     }
 
-    let old_workers = accepting_workers(config);
+    let old_workers = nginx::accepting_workers(config, &LOG);
+    journal.workers_before = old_workers.clone();
+    nginx::mark(state, &mut journal, Phase::Reloading)?;
     let reloaded_at = Instant::now();
     if let Err(why) = nginx::reload(config) {
-        // A reload that reports failure may have taken effect all the same
-        // (ssh lost the connection after the remote reload ran; a
-        // `systemctl reload` timed out): nginx may now serve the new
-        // include. Reloading once more with the old one back makes nginx
-        // serve what the include says, whichever happened.
-        nginx::restore(config, old, &LOG)?;
-        let back = nginx::reload_previous(config);
+        // A reload that reports failure may still have taken effect (ssh
+        // dropped after the remote reload ran, `systemctl reload` timing
+        // out): undo as if it had, and watch nginx come back.
+        let undone =
+            nginx::undo(config, state, &mut journal, old, true, &LOG).with_context(|| {
+                format!(
+                    "`{}` failed ({why}) and may still have taken effect",
+                    config.nginx.reload.join(" ")
+                )
+            })?;
         return Err(anyhow!(
-            "`{}` failed and {} is restored; in case the reload took effect all the same, {back}: {why}",
+            "`{}` failed: {why}; it may still have taken effect, so the switch is undone: {undone}",
             config.nginx.reload.join(" "),
-            route::describe(config)
         ));
     }
+    nginx::mark(state, &mut journal, Phase::Reloaded)?;
     LOG.say(format!(
         "`{}` done; waiting for nginx to answer as {}",
         config.nginx.reload.join(" "),
@@ -573,7 +588,11 @@ fn transaction(
         config.nginx.confirm_timeout,
         Duration::from_millis(10),
         || {
-            if let Some(w) = old_workers.iter().flatten().find(|&&w| still_accepting(w)) {
+            if let Some(w) = old_workers
+                .iter()
+                .flatten()
+                .find(|&&w| nginx::still_accepting(w))
+            {
                 last =
                     format!("worker {w} of the previous configuration still accepts connections");
                 return false;
@@ -589,7 +608,7 @@ fn transaction(
                         p.name,
                         secs(since.elapsed())
                     );
-                    since.elapsed() >= BLIND_CONFIRM
+                    since.elapsed() >= nginx::BLIND_CONFIRM
                 }
                 Probe::Answered(p) => {
                     streak = None;
@@ -606,6 +625,8 @@ fn transaction(
     );
     match confirmed {
         Ok(Some(_)) => {
+            nginx::mark(state, &mut journal, Phase::Confirmed)?;
+            nginx::end(state, &LOG);
             let how = if old_workers.is_some() {
                 "the old workers stopped accepting and the probe answers"
             } else {
@@ -620,71 +641,24 @@ fn transaction(
             Ok(old_workers)
         }
         Ok(None) => {
-            nginx::restore(config, old, &LOG)?;
-            let back = nginx::reload_previous(config);
-            Err(anyhow!(
-                "nginx did not answer as {} within {} of the reload ({last}); {} is restored and {back}",
+            let what = format!(
+                "nginx did not answer as {} within {} of the reload ({last})",
                 target.name,
                 secs(config.nginx.confirm_timeout),
-                route::describe(config)
-            ))
+            );
+            let undone = nginx::undo(config, state, &mut journal, old, true, &LOG)
+                .with_context(|| what.clone())?;
+            Err(anyhow!("{what}; {undone}"))
         }
         Err(i) => {
-            nginx::restore(config, old, &LOG)?;
-            let back = nginx::reload_previous(config);
+            let undone = nginx::undo(config, state, &mut journal, old, true, &LOG)
+                .with_context(|| format!("{i}; undoing the switch to {}", target.name))?;
             Err(anyhow!(i).context(format!(
-                "the switch to {} was undone: {} is restored and {back}",
+                "the switch to {} was undone: {undone}",
                 target.name,
-                route::describe(config)
             )))
         }
     }
-}
-
-/// The nginx workers that accept connections now: the master's children
-/// (found through its pid file) titled "worker process". `None`, with a
-/// warning, when they cannot be seen; then only the probe confirms a switch.
-///
-/// Only /proc/PID/stat and /proc/PID/cmdline are read, which any user may,
-/// so this works when the hooks run as the deploy user and nginx's workers
-/// as www-data.
-fn accepting_workers(config: &Config) -> Option<Vec<i32>> {
-    if config.nginx.ssh.is_some() {
-        // Its processes are on the other host.
-        return None;
-    }
-    let pid_file = config.nginx.pid_file.as_ref()?;
-    let master = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-        .filter(|&pid| procs::is_alive(pid));
-    let Some(master) = master else {
-        LOG.warn(format!(
-            "cannot read a running nginx master's pid from {}; confirming through the probe alone \
-             (set nginx.pid_file, or \"\" to silence this)",
-            pid_file.display()
-        ));
-        return None;
-    };
-    let workers: Vec<i32> = procs::children(master)
-        .into_iter()
-        .filter(|&w| still_accepting(w))
-        .collect();
-    if workers.is_empty() {
-        LOG.warn(format!(
-            "nginx master {master} has no worker process this user can see; confirming through the probe alone"
-        ));
-        return None;
-    }
-    Some(workers)
-}
-
-/// An nginx worker accepts until it exits or takes the shutdown signal: its
-/// title then turns to "worker process is shutting down", set just before it
-/// closes its listening sockets.
-fn still_accepting(worker: i32) -> bool {
-    let title = procs::cmdline(worker);
-    procs::is_alive(worker) && title.contains("worker process") && !title.contains("shutting down")
 }
 
 fn record(ctx: &Context, target: &Profile) -> Result<()> {

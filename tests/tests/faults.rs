@@ -1407,3 +1407,369 @@ fn a_stage_whose_stderr_is_gone_still_does_its_work_and_never_exits_101() {
     served_and_named(V1, "real1");
     scene.finish(&[V1, "demo v2 real2"]);
 }
+
+// ------------------------------------------------------------ the switch journal
+
+/// Writes an executable shell script into the test dir, to be run as an
+/// argv (`[script, args...]`) in place of one of nginx's commands.
+fn script(scene: &Scene, name: &str, body: &str) -> std::path::PathBuf {
+    let path = scene.setup.dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `argv` as the JSON of a config's command, after `first` words.
+fn argv_json(first: &[&str], argv: &[String]) -> Value {
+    let mut all: Vec<Value> = first.iter().map(|a| json!(a)).collect();
+    all.extend(argv.iter().map(|a| json!(a)));
+    json!(all)
+}
+
+/// `profile --json`'s document.
+fn profile_json(scene: &Scene) -> Value {
+    let run = scene.hook("profile", &["--json"], None);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn a_switch_killed_between_restore_and_reload_back_is_reloaded_back_by_the_next_stage() {
+    let scene = Scene::new("fault-restore-kill");
+    scene.start_real2("v2");
+    let marks = scene.setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    // The reload: the real one, then it holds until the test has sent SIGTERM,
+    // so the switch undoes a reload that took effect.
+    let reload = script(
+        &scene,
+        "reload.sh",
+        "m=$1; shift; \"$@\" || exit $?; touch \"$m/reloaded\"\n\
+         i=0; while [ -e \"$m/hold-reload\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    // The test: the real one, except after the reload, when it holds until
+    // the switch has been killed: killed after it restored the include and
+    // before it reloaded nginx back.
+    let test = script(
+        &scene,
+        "test.sh",
+        "m=$1; shift; if [ -e \"$m/reloaded\" ]; then touch \"$m/testing-back\";\n\
+         i=0; while [ -e \"$m/hold-test\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; fi\n\
+         exec \"$@\"",
+    );
+    let m = marks.display().to_string();
+    let real_reload = scene.setup.nginx.command(&["-s", "reload"]);
+    let real_test = scene.setup.nginx.command(&["-t"]);
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["reload"] = argv_json(&[&reload.display().to_string(), &m], &real_reload);
+            c["nginx"]["test"] = argv_json(&[&test.display().to_string(), &m], &real_test);
+            // Without nginx's workers to watch, the confirmation must see the
+            // probe answer without a break, so the SIGTERM sent while the
+            // reload holds is always taken before the switch is confirmed.
+            c["nginx"]["pid_file"] = json!("");
+        })
+        .unwrap();
+    fs::write(marks.join("hold-reload"), "").unwrap();
+    fs::write(marks.join("hold-test"), "").unwrap();
+    let mut run = scene
+        .setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    // nginx took the new config (the reload command returns before it does).
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("reloaded")
+        .exists()
+        && scene.setup.get("/").is_ok_and(|a| a.1 == "demo v2 real2")));
+    run.signal(Signal::SIGTERM);
+    fs::remove_file(marks.join("hold-reload")).unwrap();
+    assert!(
+        run.wait_for_stderr("restored ", Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("testing-back")
+        .exists()));
+    run.signal(Signal::SIGKILL);
+    let killed = run.finish(Duration::from_secs(10)).unwrap();
+    fs::remove_file(marks.join("hold-test")).unwrap();
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "the switch must have been killed"
+    );
+    // The two witnesses disagree: the include names real1 again, nginx still
+    // routes to real2.
+    assert_eq!(scene.setup.include(), scene.include);
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // `profile` says what the next stage will do about it.
+    let report = profile_json(&scene);
+    let repair = &report["pending_repair"];
+    assert_eq!(repair["target"], "real2", "{report}");
+    assert!(
+        repair["action"]
+            .as_str()
+            .is_some_and(|a| a.contains("wait until nginx answers as real1")),
+        "{report}"
+    );
+
+    // The next deployment settles it first: nginx is reloaded back to real1,
+    // and it stops real2, never the app nginx routes to.
+    let stop = scene.hook("stop", &[], Some("d-next"));
+    stop.assert_ok();
+    assert!(
+        stop.stderr.contains("a switch to real2")
+            && stop.stderr.contains("nginx answers as real1 again"),
+        "{}",
+        stop.stderr
+    );
+    assert!(alive(scene.live_pid), "the live app was stopped");
+    assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
+    assert_eq!(scene.setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    assert!(profile_json(&scene)["pending_repair"].is_null());
+    scene.finish(&[V1, "demo v2 real2"]);
+}
+
+#[test]
+fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_journal() {
+    let scene = Scene::new("fault-reload-maybe");
+    scene.start_real2("v2");
+    let marks = scene.setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    // Reloads for real, then reports failure, as ssh dropping after the
+    // remote reload ran would. With `$m/once` it reloads only once, then
+    // (`$m/dead`) nothing.
+    let reload = script(
+        &scene,
+        "reload-fails.sh",
+        "m=$1; shift; [ -e \"$m/dead\" ] && exit 1; \"$@\"\n\
+         [ -e \"$m/once\" ] && touch \"$m/dead\"; exit 1",
+    );
+    let m = marks.display().to_string();
+    let real_reload = scene.setup.nginx.command(&["-s", "reload"]);
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["reload"] = argv_json(&[&reload.display().to_string(), &m], &real_reload);
+            c["nginx"]["confirm_timeout_secs"] = json!(3);
+        })
+        .unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(
+        &switch,
+        1,
+        &[
+            "reload-fails.sh",
+            "may still have taken effect",
+            "nginx answers as real1 again",
+        ],
+    );
+    assert!(!scene.state("switching.json").exists());
+    let profile = scene.hook("profile", &[], None);
+    profile.assert_ok();
+    assert_eq!(profile.stdout.trim(), "real2", "idle: {}", profile.stderr);
+
+    // Now the reload runs for real once, then reloads nothing: the switch
+    // cannot see nginx serve the restored include, so it keeps the journal.
+    fs::write(marks.join("once"), "").unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    assert_eq!(switch.code(), 1, "{}", switch.stderr);
+    assert!(
+        switch.stderr.contains("switching.json is kept")
+            && switch.stderr.contains("nginx may still route to real2"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    let report = profile_json(&scene);
+    assert_eq!(
+        report["pending_repair"]["phase"], "reloaded-back",
+        "{report}"
+    );
+    // Every later stage fails naming it, and stops nothing.
+    let stop = scene.hook("stop", &[], Some("d-blocked"));
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(stop.stderr.contains("switching.json"), "{}", stop.stderr);
+    assert!(alive(scene.live_pid));
+    assert!(alive(scene.setup.launched_pid("real2").unwrap()));
+    // Once the reload works again, the next stage settles it.
+    fs::remove_file(marks.join("dead")).unwrap();
+    scene
+        .setup
+        .edit_config(|c| c["nginx"]["reload"] = json!(real_reload))
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("d-after"));
+    stop.assert_ok();
+    assert!(
+        stop.stderr.contains("nginx answers as real1 again"),
+        "{}",
+        stop.stderr
+    );
+    assert!(alive(scene.live_pid));
+    assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
+    assert_eq!(scene.setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    scene.finish(&[V1, "demo v2 real2"]);
+}
+
+#[test]
+fn an_operators_explicit_switch_takes_over_an_abandoned_deployment() {
+    let scene = Scene::new("fault-takeover");
+    // Short, so that today's wait-then-fail shows quickly.
+    scene
+        .setup
+        .edit_config(|c| c["lock_timeout_secs"] = json!(5))
+        .unwrap();
+    scene.setup.drop_jar("v2").unwrap();
+    // A deployment that stopped after `start`: CodeDeploy gave up on it.
+    scene.hook("stop", &[], Some("d-gone")).assert_ok();
+    scene.hook("start", &[], Some("d-gone")).assert_ok();
+
+    // The README's recovery, from an operator, goes ahead at once.
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    switch.assert_ok();
+    assert!(
+        switch.stderr.contains("deployment d-gone is unfinished")
+            && switch.stderr.contains("taking it over"),
+        "{}",
+        switch.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+
+    // The abandoned deployment's later stages refuse, naming who took it.
+    let health = scene.hook("health", &[], Some("d-gone"));
+    assert_eq!(health.code(), 1, "{}", health.stderr);
+    assert!(
+        health
+            .stderr
+            .contains("deployment d-gone was taken over by `switch`")
+            && health.stderr.contains("naming real2"),
+        "{}",
+        health.stderr
+    );
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    assert!(alive(scene.setup.launched_pid("real2").unwrap()));
+    // A new deployment is not held off by the old plan.
+    scene.hook("stop", &[], Some("d-new")).assert_ok();
+    assert!(!alive(scene.live_pid), "real1 is idle now and was stopped");
+    assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
+    scene.finish(&[V1, "demo v2 real2"]);
+}
+
+#[test]
+fn a_journal_is_settled_only_by_its_own_app_and_route() {
+    let scene = Scene::new("fault-journal-owner");
+    scene.start_real2("v2");
+    let setup = &scene.setup;
+    let a_config: Value =
+        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    // App A's switch is killed after it wrote its include, while `nginx -t`
+    // runs (held until then).
+    let marks = setup.dir.join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    let test = script(
+        &scene,
+        "test.sh",
+        "m=$1; shift; touch \"$m/testing\"\n\
+         i=0; while [ -e \"$m/hold\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
+         exec \"$@\"",
+    );
+    let m = marks.display().to_string();
+    let real_test = setup.nginx.command(&["-t"]);
+    setup
+        .edit_config(|c| {
+            c["nginx"]["test"] = argv_json(&[&test.display().to_string(), &m], &real_test)
+        })
+        .unwrap();
+    fs::write(marks.join("hold"), "").unwrap();
+    let run = setup
+        .bundle
+        .spawn("switch", &["--to", "real2"], None, |_| {})
+        .unwrap();
+    assert!(tests::wait_until(Duration::from_secs(30), || marks
+        .join("testing")
+        .exists()));
+    run.signal(Signal::SIGKILL);
+    assert_eq!(
+        run.finish(Duration::from_secs(10)).unwrap().status.code(),
+        None
+    );
+    fs::remove_file(marks.join("hold")).unwrap();
+    let a_written = setup.include();
+    assert_ne!(a_written, scene.include, "A's include was written");
+    setup
+        .edit_config(|c| c["nginx"]["test"] = json!(real_test))
+        .unwrap();
+
+    // App B, another app on this server with the same state_dir and its own
+    // include file: refused, naming both; its include is untouched.
+    let b_dir = setup.dir.join("b");
+    fs::create_dir_all(b_dir.join("app")).unwrap();
+    let b_include = b_dir.join("b.inc");
+    let (b1, b2) = (free_port(), free_port());
+    let b_line = format!("set $service_url http://127.0.0.1:{b1};\n");
+    fs::write(&b_include, &b_line).unwrap();
+    let mut b_config = a_config.clone();
+    b_config["profiles"] = json!([{"name": "blue", "port": b1}, {"name": "green", "port": b2}]);
+    b_config["app"]["dir"] = json!(b_dir.join("app"));
+    b_config["state_dir"] = json!(setup.state_dir());
+    b_config["nginx"]["include"] = json!(b_include);
+    let b = tests::Bundle::new(&b_dir.join("bundle"), &b_config).unwrap();
+    let b_stop = b
+        .hook("stop", &[], Some("b-1"), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(b_stop.code(), 2, "{}", b_stop.stderr);
+    assert!(
+        b_stop.stderr.contains(&setup.app_dir.display().to_string())
+            && b_stop
+                .stderr
+                .contains(&b_dir.join("app").display().to_string())
+            && b_stop.stderr.contains("belongs to"),
+        "{}",
+        b_stop.stderr
+    );
+    assert_eq!(fs::read(&b_include).unwrap(), b_line.as_bytes());
+    assert_eq!(setup.include(), a_written);
+
+    // App A with its include moved (a new bundle): its state is its own,
+    // but the journal belongs to the old route, so it refuses to settle it.
+    let moved = setup.nginx.prefix.join("conf.d/moved.inc");
+    fs::write(&moved, &scene.include).unwrap();
+    setup
+        .edit_config(|c| c["nginx"]["include"] = json!(moved))
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("a-moved"));
+    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    assert!(
+        stop.stderr.contains("route changed")
+            && stop.stderr.contains(&format!(
+                "belongs to route include {}",
+                setup.nginx.include.display()
+            ))
+            && stop
+                .stderr
+                .contains(&format!("this config routes include {}", moved.display())),
+        "{}",
+        stop.stderr
+    );
+    assert_eq!(fs::read(&moved).unwrap(), scene.include);
+    assert_eq!(setup.include(), a_written);
+    assert!(scene.state("switching.json").exists());
+
+    // A's own config settles it.
+    setup
+        .edit_config(|c| c["nginx"]["include"] = a_config["nginx"]["include"].clone())
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("a-1"));
+    stop.assert_ok();
+    assert!(stop.stderr.contains("was interrupted"), "{}", stop.stderr);
+    assert_eq!(setup.include(), scene.include);
+    assert!(!scene.state("switching.json").exists());
+    assert!(alive(scene.live_pid));
+    assert_eq!(setup.get("/").unwrap(), (200, V1.into()));
+    scene.finish(&[V1]);
+}
