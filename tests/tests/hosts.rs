@@ -117,7 +117,7 @@ fn a_cut_before_the_write_changes_nothing_here_or_there() {
 }
 
 #[test]
-fn a_reload_that_ran_while_the_link_was_cut_is_kept_by_the_next_stage() {
+fn a_reload_that_ran_while_the_link_was_cut_is_undone_by_the_next_stage() {
     let (hosts, live, load) = hosts("hosts-lost-reload");
     stop_and_start(&hosts, "d-1", "v2");
 
@@ -140,11 +140,15 @@ fn a_reload_that_ran_while_the_link_was_cut_is_kept_by_the_next_stage() {
     assert!(wait_until(Duration::from_secs(10), || hosts.gate_passed()));
     hosts.mend().unwrap();
 
-    // The next deployment's first stage settles it: nginx routes to real2,
-    // which runs, and the include says so.
+    // The next deployment's first stage settles it. `health` failed, so
+    // the deployment failed: the journal's phase is past the reload, and
+    // the next stage puts nginx back on the live app and says so; the
+    // include names real1 again, and real1 still runs.
     let stop = hosts.hook("stop", &[], Some("d-2")).unwrap();
     stop.assert_ok();
-    assert_routes(&hosts, "real2", "v2");
+    assert!(stop.stderr.contains("real1 again"), "{}", stop.stderr);
+    assert!(alive(live), "the live app must not be stopped");
+    assert_routes(&hosts, "real1", "v1");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);
 }
 
@@ -216,8 +220,12 @@ fn a_cut_during_the_confirmation_is_settled_by_the_next_stage() {
     assert!(wait_until(Duration::from_secs(10), || hosts.gate_passed()));
     hosts.mend().unwrap();
 
+    // As above: the failed switch is undone by the next stage, which
+    // reloads nginx back onto the live app.
     let stop = hosts.hook("stop", &[], Some("d-2")).unwrap();
     stop.assert_ok();
-    assert_routes(&hosts, "real2", "v2");
+    assert!(stop.stderr.contains("real1 again"), "{}", stop.stderr);
+    assert!(alive(live), "the live app must not be stopped");
+    assert_routes(&hosts, "real1", "v1");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);
 }
