@@ -28,9 +28,11 @@ pub fn adoptable(config: &Config, target: &Profile, pid: i32) -> Result<String, 
     let me = nix::unistd::geteuid().as_raw();
     match uid_of(pid) {
         Some(uid) if uid == me => {}
-        Some(uid) => return Err(format!(
+        Some(uid) => {
+            return Err(format!(
             "it runs as uid {uid}, not as this user (uid {me}), so it is not the hook user's app"
-        )),
+        ))
+        }
         None => return Err("its owner cannot be read".to_string()),
     }
     judge(config, target, &procs::argv(pid))
