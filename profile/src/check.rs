@@ -441,8 +441,12 @@ fn directories(config: &Config) -> Vec<Line> {
     ];
     let local_route = config.nginx.ssh.is_none() && config.nginx.mode != Mode::UpstreamPair;
     if local_route {
+        let what = match config.nginx.mode {
+            Mode::Symlink { .. } => "symlink's directory",
+            _ => "include's directory",
+        };
         if let Some(d) = route::path(config).parent() {
-            dirs.push(("include's directory", d.to_path_buf()));
+            dirs.push((what, d.to_path_buf()));
         }
     }
     let mut lines = Vec::new();
@@ -454,17 +458,18 @@ fn directories(config: &Config) -> Vec<Line> {
             ));
             continue;
         }
-        let writable = if *what == "include's directory" {
-            route::check_writable(config)
-        } else {
-            // A directory not made yet is made by the stage: its nearest
-            // existing parent must take it.
-            let existing = dir
-                .ancestors()
-                .find(|d| d.is_dir())
-                .unwrap_or(Path::new("/"));
-            fsx::probe_dir(existing).map_err(|e| format!("{}: {e}", existing.display()))
-        };
+        let writable =
+            if what.ends_with("include's directory") || what.ends_with("symlink's directory") {
+                route::check_writable(config)
+            } else {
+                // A directory not made yet is made by the stage: its nearest
+                // existing parent must take it.
+                let existing = dir
+                    .ancestors()
+                    .find(|d| d.is_dir())
+                    .unwrap_or(Path::new("/"));
+                fsx::probe_dir(existing).map_err(|e| format!("{}: {e}", existing.display()))
+            };
         lines.push(match writable {
             Ok(()) => Line::Ok(format!(
                 "the {what} {} is this user's to write, and nobody else's",
