@@ -140,6 +140,9 @@ fn include_names(arg: &str, path: &str) -> bool {
 struct Site {
     file: String,
     in_server: bool,
+    /// Outside any block: the file itself may be included in a server
+    /// block (a snippet), which then counts.
+    top_level: bool,
     server_words: Vec<String>,
 }
 
@@ -170,6 +173,7 @@ fn includes_of(files: &[(String, String)], path: &str) -> Vec<Site> {
                         found.push(Site {
                             file: file.clone(),
                             in_server: server.is_some(),
+                            top_level: stack.is_empty(),
                             server_words,
                         });
                     }
@@ -180,6 +184,36 @@ fn includes_of(files: &[(String, String)], path: &str) -> Vec<Site> {
         }
     }
     found
+}
+
+/// The server block that includes `path`, directly or through a snippet
+/// that is itself included in one (at most `depth` snippets deep).
+fn server_including(files: &[(String, String)], path: &str, depth: usize) -> Option<Site> {
+    let sites = includes_of(files, path);
+    if let Some(i) = sites.iter().position(|s| s.in_server) {
+        return sites.into_iter().nth(i);
+    }
+    if depth == 0 {
+        return None;
+    }
+    sites
+        .iter()
+        .filter(|s| s.top_level && s.file != path)
+        .find_map(|s| server_including(files, &s.file, depth - 1))
+}
+
+/// A server block's words and those of the files it includes (one level:
+/// a `location` snippet with the `proxy_pass`).
+fn with_included(files: &[(String, String)], words: &[String]) -> Vec<String> {
+    let mut all = words.to_vec();
+    for w in words.windows(2).filter(|w| w[0] == "include") {
+        for (file, text) in files {
+            if include_names(&w[1], file) {
+                all.extend(upstream::tokenize(text));
+            }
+        }
+    }
+    all
 }
 
 /// The words of the block whose `{` is at `open`.
@@ -240,7 +274,21 @@ fn nginx_config(config: &Config) -> Vec<Line> {
 /// The judgement of [`nginx_config`] on a dump, for the unit tests.
 pub fn routes_through(config: &Config, dump: &str) -> Line {
     let files = split_dump(dump);
-    let loaded = |p: &Path| files.iter().any(|(f, _)| Path::new(f) == p);
+    // As nginx names it, or (a link or `..` on the way, local nginx) the same file.
+    // The directory resolved, the name kept: a symlink mode link must be
+    // loaded as the link, not as the site it points at.
+    let real = |p: &Path| {
+        let dir = std::fs::canonicalize(p.parent()?).ok()?;
+        Some(dir.join(p.file_name()?))
+    };
+    let loaded = |p: &Path| {
+        files.iter().any(|(f, _)| {
+            Path::new(f) == p
+                || (config.nginx.ssh.is_none()
+                    && real(p).is_some()
+                    && real(Path::new(f)) == real(p))
+        })
+    };
     match &config.nginx.mode {
         Mode::UpstreamPair => {
             let all = upstream::parse(dump);
@@ -302,7 +350,7 @@ pub fn routes_through(config: &Config, dump: &str) -> Line {
                 );
             }
             let sites = includes_of(&files, &include);
-            let Some(site) = sites.iter().find(|s| s.in_server) else {
+            let Some(site) = server_including(&files, &include, 4) else {
                 let at = sites
                     .first()
                     .map(|s| format!(" (it is included in {} outside any server block)", s.file))
@@ -313,7 +361,7 @@ pub fn routes_through(config: &Config, dump: &str) -> Line {
                 );
             };
             match var {
-                Some(v) if !has_proxy_pass(&site.server_words, &v) => Line::Fail(
+                Some(v) if !has_proxy_pass(&with_included(&files, &site.server_words), &v) => Line::Fail(
                     format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
                     format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
                 ),
@@ -798,6 +846,11 @@ mod tests {
         let outside = "# configuration file /etc/nginx/nginx.conf:\nhttp { include /etc/nginx/x/service-url.inc; server { location / { proxy_pass $service_url; } } }\n# configuration file /etc/nginx/x/service-url.inc:\nset $service_url http://127.0.0.1:8081;\n";
         let l = routes_through(&c, outside).to_string();
         assert!(l.contains("not included inside a server block"), "{l}");
+        // Through a snippet included in the server block, with the
+        // proxy_pass in another snippet: fine.
+        let snippet = "# configuration file /etc/nginx/nginx.conf:\nhttp { server { include snippets/nonstop.conf; include snippets/proxy.conf; } }\n# configuration file /etc/nginx/snippets/nonstop.conf:\ninclude /etc/nginx/x/service-url.inc;\n# configuration file /etc/nginx/x/service-url.inc:\nset $service_url http://127.0.0.1:8081;\n# configuration file /etc/nginx/snippets/proxy.conf:\nlocation / { proxy_pass $service_url; }\n";
+        let l = routes_through(&c, snippet);
+        assert!(matches!(l, Line::Ok(_)), "{l}");
     }
 
     #[test]
