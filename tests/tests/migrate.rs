@@ -84,6 +84,21 @@ fn a_server_running_the_books_scripts_deploys_without_stopping_the_live_app() {
             .is_ok_and(|(s, b)| s == 200 && b == "demo v0 real1")
     }));
 
+    // The preflight check sees both as apps nonstop will adopt (the harness's
+    // ports may lie in the ephemeral range, so only these lines are asked).
+    let check = setup.hook("profile", &["--check"], None).unwrap();
+    for (pid, port) in [(real1, p1), (real2, p2)] {
+        let line = format!("port {port} is held by pid {pid}");
+        assert!(
+            check
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("ok: ") && l.contains(&line) && l.contains("will adopt")),
+            "{}",
+            check.stdout
+        );
+    }
+
     let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(5));
     // First deployment: the idle real2 is the book's, adopted and stopped.
     setup.drop_jar("v1").unwrap();
