@@ -48,7 +48,8 @@ fn low_ports() -> [u16; 2] {
     let seed = std::process::id() as u32;
     let mut found = Vec::new();
     for i in 0..2000u32 {
-        let port = (10_000 + (seed.wrapping_mul(7919) + i * 97) % u32::from(top - 10_000)) as u16;
+        let port = (10_000 + seed.wrapping_mul(7919).wrapping_add(i * 97) % u32::from(top - 10_000))
+            as u16;
         if !found.contains(&port) && TcpListener::bind(("0.0.0.0", port)).is_ok() {
             found.push(port);
             if found.len() == 2 {
