@@ -345,4 +345,21 @@ fn a_bad_config_exits_2() {
         "{}",
         run.stdout
     );
+    // A hook timeout shorter than what health can wait (budget.rs's check).
+    f.edit(|c| {
+        c["app"].as_object_mut().unwrap().remove("comand");
+    });
+    let appspec = fs::read_to_string(tests::repo_root().join("appspec.yml"))
+        .unwrap()
+        .replace("timeout: 180", "timeout: 20");
+    fs::write(f.bundle.root.join("appspec.yml"), appspec).unwrap();
+    let run = f.check();
+    assert_eq!(run.code(), 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with("FAIL: the config")
+            && run.stdout.contains("appspec.yml line")
+            && run.stdout.contains("Raise that timeout"),
+        "{}",
+        run.stdout
+    );
 }
