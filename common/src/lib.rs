@@ -5,6 +5,7 @@
 //! This crate plays the part `uucore` plays for coreutils: every stage crate
 //! is a thin layer over it, and nothing in here exits the process.
 
+pub mod adopt;
 pub mod budget;
 pub mod cmd;
 pub mod compose;

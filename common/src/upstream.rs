@@ -321,7 +321,7 @@ fn nginx_time(text: &str) -> Option<Duration> {
 
 /// nginx's config as words, with `{`, `}` and `;` as their own tokens;
 /// comments dropped, quoted strings kept whole (without their quotes).
-fn tokenize(text: &str) -> Vec<String> {
+pub fn tokenize(text: &str) -> Vec<String> {
     let mut tokens = Vec::new();
     let mut word = String::new();
     let mut chars = text.chars().peekable();

@@ -10,6 +10,9 @@
 //! - `profile --json` prints both witnesses, the decision and, per profile,
 //!   whether its port is listening and by which pid.
 //!
+//! - `profile --check` checks everything a deployment needs on this server
+//!   (see [`check`]) and exits 0 only when one can succeed.
+//!
 //! When a switch was left unsettled (its journal is in the state dir), both
 //! forms say what the next mutating stage will do about it (`pending_repair`).
 
@@ -25,6 +28,8 @@ use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
 use nonstop_common::nginx;
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
+
+pub mod check;
 
 pub const LOG: Log = Log::new("profile");
 
@@ -42,6 +47,10 @@ pub struct Args {
     /// Print live, idle, both witnesses and each port's listener as JSON
     #[arg(long)]
     pub json: bool,
+
+    /// Check everything a deployment needs here (nginx's config, sudo, directories, PATH, ports, probe); one line per check, exit 0 only when all pass
+    #[arg(long, conflicts_with_all = ["json", "port"])]
+    pub check: bool,
 }
 
 /// Entry point of the `profile` binary.
@@ -51,6 +60,9 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args)?;
+    if args.check {
+        return preflight(&args.common);
+    }
     let config = args.common.load_config()?;
     let observed = detect::observe(&config)?;
     let repair = nginx::pending_repair(&config);
@@ -73,6 +85,34 @@ where
     } else {
         print_answer(&detection.idle.name)
     }
+}
+
+/// `--check`: one line per check on stdout; a bad config exits 2 as on
+/// every stage, any failed check 1.
+fn preflight(common: &CommonArgs) -> Result<()> {
+    let config = match common.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            print_answer(&format!(
+                "FAIL: the config: {e:#} — fix that key (the line above says which), then run `profile --check` again"
+            ))?;
+            return Err(e);
+        }
+    };
+    let lines = check::run(&config, &LOG);
+    let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    print_answer(&text.join("\n"))?;
+    let failed = lines
+        .iter()
+        .filter(|l| matches!(l, check::Line::Fail(..)))
+        .count();
+    if failed > 0 {
+        return Err(anyhow!(
+            "{failed} of {} checks failed: a deployment here would fail (each FAIL line says the fix)",
+            lines.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the answer and a newline to stdout. A stdout that is gone (a pipe

@@ -20,6 +20,7 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 use nix::sys::signal::Signal;
 
+use nonstop_common::adopt;
 use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::detect;
@@ -149,7 +150,10 @@ pub fn stop_profile(
     if !strangers.is_empty() {
         let named: Vec<String> = strangers
             .iter()
-            .map(|&p| format!("pid {p} ({})", cmdline(p)))
+            .map(|&p| match adopt::adoptable(&ctx.config, target, p) {
+                Ok(_) => format!("pid {p} ({})", cmdline(p)),
+                Err(why) => format!("pid {p} ({}; not adopted: {why})", cmdline(p)),
+            })
             .collect();
         if force {
             LOG.warn(format!(
@@ -314,7 +318,15 @@ fn is_ours(ctx: &Context, target: &Profile, pid: i32, launched: &[i32]) -> bool 
             _ => break,
         }
     }
-    runs_command(&ctx.config.app.command, target, &procs::argv(pid))
+    if runs_command(&ctx.config.app.command, target, &procs::argv(pid)) {
+        return true;
+    }
+    // The book's start.sh apps (see `adopt`): stopped like ours, said so.
+    let adopted = adopt::adoptable(&ctx.config, target, pid);
+    if let Ok(note) = &adopted {
+        LOG.say(format!("pid {pid} ({}): {note}", cmdline(pid)));
+    }
+    adopted.is_ok()
 }
 
 /// Whether `argv` is `command` rendered for `target`, with `{artifact}`
