@@ -23,6 +23,10 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     need+=(python3)
 fi
+# profile --check's test of a reload through sudo that would ask for a password.
+if ! command -v sudo >/dev/null 2>&1 && [ ! -x /usr/bin/sudo ]; then
+    need+=(sudo)
+fi
 # The two-host tests (tests/tests/hosts.rs) build network namespaces and cut
 # their link with `ip link` or an iptables DROP.
 if ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
