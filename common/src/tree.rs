@@ -27,6 +27,7 @@ use nix::unistd::Pid;
 use crate::log::Log;
 use crate::procs::{cmdline, stat_fields};
 use crate::signals;
+use crate::state::Launched;
 use crate::time::secs;
 
 /// One process for good: its pid and its start time (clock ticks since boot).
@@ -210,6 +211,25 @@ impl Group {
     }
 }
 
+/// The process group of what `start` launched, while it is provably the
+/// same group; the recorded process seeds it. Records from before groups
+/// were kept name none: then the recorded pid's group, if it leads one.
+pub fn group_of(l: &Launched) -> Option<Group> {
+    let me = l.start_time.map(|start| Proc { pid: l.pid, start });
+    let pgid = match l.group {
+        Some(g) => g,
+        None => Some(l.pid).filter(|&p| pgid(p) == Some(p))?,
+    };
+    let leader_start = l
+        .group_start_time
+        .or(if pgid == l.pid { l.start_time } else { None });
+    let known = me
+        .filter(|p| p.is_alive() && self::pgid(p.pid) == Some(pgid))
+        .into_iter()
+        .collect();
+    Some(Group::new(pgid, leader_start, known))
+}
+
 /// What `stop` (or `start`, cleaning up after a failed launch) signals: a
 /// whole process group that nonstop launched, or one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +268,31 @@ impl fmt::Display for Target {
             Target::One(p) => write!(f, "pid {}", p.pid),
         }
     }
+}
+
+/// How to signal `procs` (what a failed launch left) as a whole: each
+/// process group all of whose members are among them at once, the rest one
+/// by one.
+pub fn targets_for(procs: &[Proc]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let mut groups: Vec<i32> = procs.iter().filter_map(|p| pgid(p.pid)).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for g in groups {
+        let members = group_members(g);
+        let inside: Vec<Proc> = procs
+            .iter()
+            .copied()
+            .filter(|p| pgid(p.pid) == Some(g))
+            .collect();
+        if !members.is_empty() && members.iter().all(|m| procs.contains(m)) {
+            let leader_start = members.iter().find(|m| m.pid == g).map(|m| m.start);
+            targets.push(Target::Group(Group::new(g, leader_start, inside)));
+        } else {
+            targets.extend(inside.into_iter().map(Target::One));
+        }
+    }
+    targets
 }
 
 /// How a [`terminate`] ended.

@@ -47,6 +47,9 @@ where
 {
     let args = Args::try_parse_from(args)?;
     let config = args.common.load_config()?;
+    if let Some(warning) = nonstop_common::ports::ephemeral_warning(&config) {
+        LOG.warn(warning);
+    }
     let observed = detect::observe(&config)?;
     if args.json {
         println!(
