@@ -110,8 +110,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         }
         let k = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = PORTS.start + ((seed + k * 37) % span) as u16;
-        if (ephemeral.0..=ephemeral.1).contains(&port) || held.iter().any(|(p, _)| *p == port)
-        {
+        if (ephemeral.0..=ephemeral.1).contains(&port) || held.iter().any(|(p, _)| *p == port) {
             continue;
         }
         // The wildcard address: it conflicts with a listener or a
