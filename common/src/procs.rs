@@ -13,9 +13,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 /// What listens on one port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listening {
@@ -534,13 +531,8 @@ pub fn cmdline(pid: i32) -> String {
     }
 }
 
-/// Sends a signal; a process that is already gone is not an error.
-pub fn signal(pid: i32, sig: Signal) -> io::Result<()> {
-    match kill(Pid::from_raw(pid), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(io::Error::from(e)),
-    }
-}
+// Signals are sent through `tree::Proc::signal` and `tree::Group::signal`
+// only: both re-check the process's start time first (pid reuse).
 
 /// Polls `done` every `every` until it is true (returns the time waited) or
 /// `limit` has passed (returns `None`). This is how stages wait for an event

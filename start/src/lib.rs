@@ -8,8 +8,15 @@
 //! - the command is an argv (no shell) with `{profile}`, `{port}` and
 //!   `{artifact}` substituted, started in a new session with stdin from
 //!   /dev/null and stdout/stderr appended to the log, so the hook returns;
-//! - a taken port is refused, naming the pid, and an app that dies in its
-//!   first moments fails the stage with the end of its log.
+//! - a taken port is refused, naming the pid, and so is one that cannot be
+//!   bound because a connection holds it as its source port (naming it and
+//!   the sysctl that reserves the port); an app that dies in its first
+//!   moments fails the stage with the end of its log;
+//! - the launch leads its own session and process group (what `stop`
+//!   signals), and `start` is its child subreaper while it watches it: a
+//!   launcher that forks the app and exits 0 has the app adopted (the
+//!   leftover that listens on the port), and whatever a failed launch left
+//!   is stopped, so no orphan keeps the idle port.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

@@ -5,7 +5,10 @@
 //! "Address already in use". Here the listener is found through /proc, the
 //! stage waits for the event itself (the process gone and the port free),
 //! sends SIGKILL after `app.stop_timeout_secs`, and refuses outright to touch
-//! the profile nginx routes to.
+//! the profile nginx routes to. What `start` launched is stopped as a whole
+//! process group (a wrapper's children and helpers with it), and every
+//! signal, the SIGKILL escalation included, re-checks the process's start
+//! time first, so a reused pid is never signalled.
 //!
 //! It also refuses to signal a process on the idle port that is not ours: one
 //! nonstop did not launch (no `launched-*.json` names it or its parent) and
