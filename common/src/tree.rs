@@ -165,6 +165,8 @@ pub struct Group {
     leader_start: Option<u64>,
     /// Members seen at the last look.
     known: Vec<Proc>,
+    /// How many times [`Group::is_running`] looked.
+    looks: u32,
 }
 
 impl Group {
@@ -175,6 +177,7 @@ impl Group {
             pgid,
             leader_start,
             known,
+            looks: 0,
         }
     }
 
@@ -195,6 +198,19 @@ impl Group {
             return self.leader_start == Some(leader.start) || self.known.contains(leader);
         }
         now.iter().any(|p| self.known.contains(p))
+    }
+
+    /// Whether anything of it still runs. Mostly cheap: while a member seen
+    /// before is still in it, one stat read; a full look through /proc
+    /// otherwise, and every 16th call, so that members forked meanwhile are
+    /// known before the ones seen before exit (see [`Group::members`]).
+    pub fn is_running(&mut self) -> bool {
+        self.looks = self.looks.wrapping_add(1);
+        let pgid = self.pgid;
+        let known_alive = self.known.iter().any(|p| {
+            Stat::read(p.pid).is_some_and(|s| !s.exited && s.start == p.start && s.pgid == pgid)
+        });
+        (known_alive && self.looks % 16 != 0) || !self.members().is_empty()
     }
 
     /// Signals the whole group after checking it is still ours; `Ok(false)`
@@ -244,6 +260,14 @@ impl Target {
         match self {
             Target::Group(g) => g.members(),
             Target::One(p) => Some(*p).filter(Proc::is_alive).into_iter().collect(),
+        }
+    }
+
+    /// Whether anything of it still runs (see [`Group::is_running`]).
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Target::Group(g) => g.is_running(),
+            Target::One(p) => p.is_alive(),
         }
     }
 
@@ -329,7 +353,9 @@ pub fn terminate(
         all
     };
     let mut ended = Ended::default();
-    let waited = signals::wait_for(timeout, poll, || running(targets).is_empty() && also())?;
+    // Polled every few ms: a look at the known members, not all of /proc.
+    let any_running = |targets: &mut [Target]| targets.iter_mut().any(Target::is_running);
+    let waited = signals::wait_for(timeout, poll, || !any_running(targets) && also())?;
     if waited.is_some() {
         ended.after_term = waited;
         return Ok(ended);
@@ -347,7 +373,7 @@ pub fn terminate(
         t.signal(Signal::SIGKILL)
             .with_context(|| format!("cannot send SIGKILL to {t}"))?;
     }
-    signals::wait_for(kill_wait, poll, || running(targets).is_empty() && also())?;
+    signals::wait_for(kill_wait, poll, || !any_running(targets) && also())?;
     ended.left = running(targets).iter().map(Proc::describe).collect();
     Ok(ended)
 }
