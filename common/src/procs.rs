@@ -75,99 +75,6 @@ pub fn established(port: u16) -> io::Result<usize> {
     }
 }
 
-/// One TCP socket bound to a local port: a listener, or a connection that
-/// uses the port as its source port (which keeps an app from binding it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpSocket {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// The kernel's TCP state number (1 ESTABLISHED ... 10 LISTEN).
-    pub state: u8,
-    pub inode: u64,
-}
-
-impl TcpSocket {
-    /// The state as `ss` names it.
-    pub fn state_name(&self) -> &'static str {
-        const NAMES: [&str; 13] = [
-            "?",
-            "ESTABLISHED",
-            "SYN-SENT",
-            "SYN-RECV",
-            "FIN-WAIT-1",
-            "FIN-WAIT-2",
-            "TIME-WAIT",
-            "CLOSE",
-            "CLOSE-WAIT",
-            "LAST-ACK",
-            "LISTEN",
-            "CLOSING",
-            "NEW-SYN-RECV",
-        ];
-        NAMES.get(usize::from(self.state)).copied().unwrap_or("?")
-    }
-}
-
-/// Every TCP socket (any state, IPv4 and IPv6) whose local port is `port`.
-pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSocket>> {
-    match sock_diag::all(port) {
-        Ok(found) => Ok(found),
-        Err(_) => {
-            let mut found = Vec::new();
-            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-                match fs::read_to_string(table) {
-                    Ok(text) => found.extend(sockets_in(&text, port)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
-                }
-            }
-            Ok(found)
-        }
-    }
-}
-
-/// Parses a /proc/net/tcp{,6} table: the sockets whose local port is `port`.
-fn sockets_in(table: &str, port: u16) -> Vec<TcpSocket> {
-    let addr = |text: &str| -> Option<SocketAddr> {
-        let (hex_ip, hex_port) = text.rsplit_once(':')?;
-        let port = u16::from_str_radix(hex_port, 16).ok()?;
-        // The kernel prints each 32-bit word of the address in host order.
-        let mut bytes = Vec::new();
-        for i in (0..hex_ip.len()).step_by(8) {
-            let word = u32::from_str_radix(hex_ip.get(i..i + 8)?, 16).ok()?;
-            bytes.extend_from_slice(&word.to_ne_bytes());
-        }
-        let ip = match bytes.len() {
-            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
-            _ => return None,
-        };
-        Some(SocketAddr::new(ip, port))
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = addr(fields.get(1)?)?;
-            let remote = addr(fields.get(2)?)?;
-            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
-            let inode = fields.get(9)?.parse::<u64>().ok()?;
-            (local.port() == port).then_some(TcpSocket {
-                local,
-                remote,
-                state,
-                inode,
-            })
-        })
-        .collect()
-}
-
-/// The processes (this user can see) holding a socket inode, for messages.
-pub fn pids_holding_inode(inode: u64) -> Vec<i32> {
-    pids_holding(&HashSet::from([inode]))
-}
-
 fn count_in_state(table: &str, port: u16, state: &str) -> usize {
     table
         .lines()
@@ -236,8 +143,8 @@ mod sock_diag {
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_DUMP: u16 = 0x300;
     const IPPROTO_TCP: u8 = 6;
-    pub(super) const TCP_ESTABLISHED: u8 = 1;
-    pub(super) const TCP_LISTEN: u8 = 10;
+    const TCP_ESTABLISHED: u8 = 1;
+    const TCP_LISTEN: u8 = 10;
     const AF_INET: u8 = 2;
     const AF_INET6: u8 = 10;
     const HEADER: usize = 16;
@@ -277,24 +184,29 @@ mod sock_diag {
     }
 
     pub(super) fn listen_inodes(port: u16) -> io::Result<Vec<u64>> {
-        Ok(dump(1 << TCP_LISTEN, port)?
+        Ok(dump(TCP_LISTEN, port)?
             .into_iter()
-            .filter(|s| s.state == TCP_LISTEN && s.inode != 0)
-            .map(|s| s.inode)
+            .filter(|&i| i != 0)
             .collect())
     }
 
     /// How many connections to local `port` are established.
     pub(super) fn established(port: u16) -> io::Result<usize> {
-        Ok(dump(1 << TCP_ESTABLISHED, port)?
+        Ok(dump(TCP_ESTABLISHED, port)?.len())
+    }
+
+    /// The inodes of TCP sockets in `state` whose local port is `port`.
+    fn dump(state: u8, port: u16) -> io::Result<Vec<u64>> {
+        Ok(dump_sockets(1 << state, port)?
             .into_iter()
-            .filter(|s| s.state == TCP_ESTABLISHED)
-            .count())
+            .filter(|s| s.state == state)
+            .map(|s| s.inode)
+            .collect())
     }
 
     /// Every TCP socket whose local port is `port`, in any state.
     pub(super) fn all(port: u16) -> io::Result<Vec<super::TcpSocket>> {
-        dump(!0, port)
+        dump_sockets(!0, port)
     }
 
     /// An address of `family` from the 16 bytes of a socket id.
@@ -306,7 +218,7 @@ mod sock_diag {
     }
 
     /// The TCP sockets in one of `states` (a bit mask) whose local port is `port`.
-    fn dump(states: u32, port: u16) -> io::Result<Vec<super::TcpSocket>> {
+    fn dump_sockets(states: u32, port: u16) -> io::Result<Vec<super::TcpSocket>> {
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Datagram,
@@ -444,6 +356,99 @@ fn socket_inode(link: &str) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// One TCP socket bound to a local port: a listener, or a connection that
+/// uses the port as its source port (which keeps an app from binding it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The kernel's TCP state number (1 ESTABLISHED ... 10 LISTEN).
+    pub state: u8,
+    pub inode: u64,
+}
+
+impl TcpSocket {
+    /// The state as `ss` names it.
+    pub fn state_name(&self) -> &'static str {
+        const NAMES: [&str; 13] = [
+            "?",
+            "ESTABLISHED",
+            "SYN-SENT",
+            "SYN-RECV",
+            "FIN-WAIT-1",
+            "FIN-WAIT-2",
+            "TIME-WAIT",
+            "CLOSE",
+            "CLOSE-WAIT",
+            "LAST-ACK",
+            "LISTEN",
+            "CLOSING",
+            "NEW-SYN-RECV",
+        ];
+        NAMES.get(usize::from(self.state)).copied().unwrap_or("?")
+    }
+}
+
+/// Every TCP socket (any state, IPv4 and IPv6) whose local port is `port`.
+pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSocket>> {
+    match sock_diag::all(port) {
+        Ok(found) => Ok(found),
+        Err(_) => {
+            let mut found = Vec::new();
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                match fs::read_to_string(table) {
+                    Ok(text) => found.extend(sockets_in(&text, port)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
+                }
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// Parses a /proc/net/tcp{,6} table: the sockets whose local port is `port`.
+fn sockets_in(table: &str, port: u16) -> Vec<TcpSocket> {
+    let addr = |text: &str| -> Option<SocketAddr> {
+        let (hex_ip, hex_port) = text.rsplit_once(':')?;
+        let port = u16::from_str_radix(hex_port, 16).ok()?;
+        // The kernel prints each 32-bit word of the address in host order.
+        let mut bytes = Vec::new();
+        for i in (0..hex_ip.len()).step_by(8) {
+            let word = u32::from_str_radix(hex_ip.get(i..i + 8)?, 16).ok()?;
+            bytes.extend_from_slice(&word.to_ne_bytes());
+        }
+        let ip = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = addr(fields.get(1)?)?;
+            let remote = addr(fields.get(2)?)?;
+            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+            let inode = fields.get(9)?.parse::<u64>().ok()?;
+            (local.port() == port).then_some(TcpSocket {
+                local,
+                remote,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// The processes (this user can see) holding a socket inode, for messages.
+pub fn pids_holding_inode(inode: u64) -> Vec<i32> {
+    pids_holding(&HashSet::from([inode]))
 }
 
 /// The live children of a process.
