@@ -205,8 +205,14 @@ fn a_wrapper_whose_helper_ignores_sigterm_leaves_nothing_behind() {
 #[test]
 fn a_wrapper_that_does_not_exec_leaves_nothing_behind() {
     let scene = Scene::new("trees-noexec");
-    // The shell stays java's parent, and has more to do once java exits.
-    scene.wrap(&["sh", "-c", "\"$@\"; sleep 300", "sh"]);
+    // The shell stays java's parent, notes a SIGTERM rather than dying of
+    // it, and has more to do once java exits (a post-stop step).
+    scene.wrap(&[
+        "sh",
+        "-c",
+        "trap 'echo wrapper: TERM' TERM; \"$@\"; sleep 300",
+        "sh",
+    ]);
     scene.setup.start_by_hand("real2", "v2").unwrap();
     let shell = scene.setup.launched_pid("real2").unwrap();
     let stop = scene.hook("stop", &["--profile", "real2"], None);
