@@ -261,10 +261,15 @@ pub fn stop_profile(
         return Ok(());
     }
     if ended.left.is_empty() && holders.is_empty() {
-        LOG.say(format!(
-            "killed {} (SIGKILL); nothing of it is left; port {port} is free",
-            ended.killed.join(", ")
-        ));
+        if ended.killed.is_empty() {
+            // Everything had exited; the port took longer than that to free.
+            LOG.say(format!("exited; port {port} is free"));
+        } else {
+            LOG.say(format!(
+                "killed {} (SIGKILL); nothing of it is left; port {port} is free",
+                ended.killed.join(", ")
+            ));
+        }
         return Ok(());
     }
     let mut left = ended.left.clone();
