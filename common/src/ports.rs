@@ -220,6 +220,28 @@ mod tests {
             eph.fix(&[38081]),
             "sysctl -w net.ipv4.ip_local_reserved_ports=38082,38081"
         );
+        let config = |ports: [u16; 2]| {
+            let text = format!(
+                r#"{{"profiles": [{{"name": "real1", "port": {}}}, {{"name": "real2", "port": {}}}],
+                    "app": {{"dir": "/srv/app"}}}}"#,
+                ports[0], ports[1]
+            );
+            crate::config::parse(&text, std::path::Path::new("/srv/nonstop.json")).unwrap()
+        };
+        // The seed's ports: one reserved, one not.
+        let warning = eph.warning(&config([38081, 38082])).unwrap();
+        assert!(
+            warning.starts_with(
+                "port 38081 (real1) is inside net.ipv4.ip_local_port_range (32768-60999)"
+            ),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("`sysctl -w net.ipv4.ip_local_reserved_ports=38082,38081`"),
+            "{warning}"
+        );
+        // The book's ports are below the range: nothing to say.
+        assert_eq!(eph.warning(&config([8081, 8082])), None);
     }
 
     #[test]
