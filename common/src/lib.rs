@@ -17,12 +17,14 @@ pub mod http;
 pub mod lock;
 pub mod log;
 pub mod nginx;
+pub mod ports;
 pub mod procs;
 pub mod route;
 pub mod signals;
 pub mod stage;
 pub mod state;
 pub mod time;
+pub mod tree;
 pub mod upstream;
 
 pub use config::{Config, Profile};

@@ -10,10 +10,8 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 /// What listens on one port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -190,6 +188,7 @@ fn listen_inodes(table: &str, port: u16) -> Vec<u64> {
 /// with the connections a loaded server has open.
 mod sock_diag {
     use std::io;
+    use std::net::{IpAddr, SocketAddr};
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{
@@ -214,9 +213,10 @@ mod sock_diag {
     const MSG_LEN: usize = 72;
     const INODE_AT: usize = 68;
 
-    /// A request for every TCP socket of `family` in LISTEN state: struct
-    /// nlmsghdr, then struct inet_diag_req_v2 with a zero socket id.
-    fn request(family: u8, state: u8, seq: u32) -> Vec<u8> {
+    /// A request for every TCP socket of `family` in one of `states` (a bit
+    /// mask of TCP states): struct nlmsghdr, then struct inet_diag_req_v2
+    /// with a zero socket id.
+    fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
         let len = HEADER + 56;
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -225,7 +225,7 @@ mod sock_diag {
         req.extend_from_slice(&seq.to_ne_bytes());
         req.extend_from_slice(&0u32.to_ne_bytes());
         req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-        req.extend_from_slice(&(1u32 << state).to_ne_bytes());
+        req.extend_from_slice(&states.to_ne_bytes());
         req.resize(len, 0);
         req
     }
@@ -261,6 +261,28 @@ mod sock_diag {
 
     /// The inodes of TCP sockets in `state` whose local port is `port`.
     fn dump(state: u8, port: u16) -> io::Result<Vec<u64>> {
+        Ok(dump_sockets(1 << state, port)?
+            .into_iter()
+            .filter(|s| s.state == state)
+            .map(|s| s.inode)
+            .collect())
+    }
+
+    /// Every TCP socket whose local port is `port`, in any state.
+    pub(super) fn all(port: u16) -> io::Result<Vec<super::TcpSocket>> {
+        dump_sockets(!0, port)
+    }
+
+    /// An address of `family` from the 16 bytes of a socket id.
+    fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
+        match family {
+            AF_INET => Some(IpAddr::from(<[u8; 4]>::try_from(raw.get(..4)?).ok()?)),
+            _ => Some(IpAddr::from(<[u8; 16]>::try_from(raw.get(..16)?).ok()?)),
+        }
+    }
+
+    /// The TCP sockets in one of `states` (a bit mask) whose local port is `port`.
+    fn dump_sockets(states: u32, port: u16) -> io::Result<Vec<super::TcpSocket>> {
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Datagram,
@@ -268,12 +290,12 @@ mod sock_diag {
             SockProtocol::NetlinkSockDiag,
         )?;
         let fd = sock.as_raw_fd();
-        let mut inodes = Vec::new();
+        let mut found = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
             sendto(
                 fd,
-                &request(family, state, seq),
+                &request(family, states, seq),
                 &NetlinkAddr::new(0, 0),
                 MsgFlags::empty(),
             )?;
@@ -299,9 +321,18 @@ mod sock_diag {
                         }
                         SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
                             let sport = u16::from_be_bytes([body[4], body[5]]);
-                            let inode = u32_at(body, INODE_AT).unwrap_or(0);
-                            if body[1] == state && sport == port {
-                                inodes.push(u64::from(inode));
+                            let dport = u16::from_be_bytes([body[6], body[7]]);
+                            let local = address(body[0], &body[8..24]);
+                            let remote = address(body[0], &body[24..40]);
+                            if let (true, Some(local), Some(remote)) =
+                                (sport == port, local, remote)
+                            {
+                                found.push(super::TcpSocket {
+                                    local: SocketAddr::new(local, sport),
+                                    remote: SocketAddr::new(remote, dport),
+                                    state: body[1],
+                                    inode: u64::from(u32_at(body, INODE_AT).unwrap_or(0)),
+                                });
                             }
                         }
                         _ => {}
@@ -314,7 +345,7 @@ mod sock_diag {
                 }
             }
         }
-        Ok(inodes)
+        Ok(found)
     }
 
     #[cfg(test)]
@@ -391,6 +422,99 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
+/// One TCP socket bound to a local port: a listener, or a connection that
+/// uses the port as its source port (which keeps an app from binding it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The kernel's TCP state number (1 ESTABLISHED ... 10 LISTEN).
+    pub state: u8,
+    pub inode: u64,
+}
+
+impl TcpSocket {
+    /// The state as `ss` names it.
+    pub fn state_name(&self) -> &'static str {
+        const NAMES: [&str; 13] = [
+            "?",
+            "ESTABLISHED",
+            "SYN-SENT",
+            "SYN-RECV",
+            "FIN-WAIT-1",
+            "FIN-WAIT-2",
+            "TIME-WAIT",
+            "CLOSE",
+            "CLOSE-WAIT",
+            "LAST-ACK",
+            "LISTEN",
+            "CLOSING",
+            "NEW-SYN-RECV",
+        ];
+        NAMES.get(usize::from(self.state)).copied().unwrap_or("?")
+    }
+}
+
+/// Every TCP socket (any state, IPv4 and IPv6) whose local port is `port`.
+pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSocket>> {
+    match sock_diag::all(port) {
+        Ok(found) => Ok(found),
+        Err(_) => {
+            let mut found = Vec::new();
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                match fs::read_to_string(table) {
+                    Ok(text) => found.extend(sockets_in(&text, port)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{table}: {e}"))),
+                }
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// Parses a /proc/net/tcp{,6} table: the sockets whose local port is `port`.
+fn sockets_in(table: &str, port: u16) -> Vec<TcpSocket> {
+    let addr = |text: &str| -> Option<SocketAddr> {
+        let (hex_ip, hex_port) = text.rsplit_once(':')?;
+        let port = u16::from_str_radix(hex_port, 16).ok()?;
+        // The kernel prints each 32-bit word of the address in host order.
+        let mut bytes = Vec::new();
+        for i in (0..hex_ip.len()).step_by(8) {
+            let word = u32::from_str_radix(hex_ip.get(i..i + 8)?, 16).ok()?;
+            bytes.extend_from_slice(&word.to_ne_bytes());
+        }
+        let ip = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = addr(fields.get(1)?)?;
+            let remote = addr(fields.get(2)?)?;
+            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+            let inode = fields.get(9)?.parse::<u64>().ok()?;
+            (local.port() == port).then_some(TcpSocket {
+                local,
+                remote,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// The processes (this user can see) holding a socket inode, for messages.
+pub fn pids_holding_inode(inode: u64) -> Vec<i32> {
+    pids_holding(&HashSet::from([inode]))
+}
+
 /// The live children of a process.
 pub fn children(parent: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -412,7 +536,7 @@ pub fn children(parent: i32) -> Vec<i32> {
 
 /// The fields of /proc/PID/stat after the command name, which may itself
 /// contain spaces and parentheses.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
+pub(crate) fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     Some(rest.split_whitespace().map(str::to_string).collect())
@@ -476,13 +600,8 @@ pub fn cmdline(pid: i32) -> String {
     }
 }
 
-/// Sends a signal; a process that is already gone is not an error.
-pub fn signal(pid: i32, sig: Signal) -> io::Result<()> {
-    match kill(Pid::from_raw(pid), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(io::Error::from(e)),
-    }
-}
+// Signals are sent through `tree::Proc::signal` and `tree::Group::signal`
+// only: both re-check the process's start time first (pid reuse).
 
 /// Polls `done` every `every` until it is true (returns the time waited) or
 /// `limit` has passed (returns `None`). This is how stages wait for an event
@@ -528,6 +647,16 @@ mod tests {
         // 5555 is an established connection to 8082, not a listener.
         assert_eq!(listen_inodes(TABLE, 8082), vec![7777]);
         assert!(listen_inodes(TABLE, 80).is_empty());
+    }
+
+    #[test]
+    fn connections_are_read_from_the_proc_table_too() {
+        let found = sockets_in(TABLE, 8082);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].local.to_string(), "127.0.0.1:8082");
+        assert_eq!(found[0].remote.to_string(), "127.0.0.1:54180");
+        assert_eq!(found[0].state_name(), "ESTABLISHED");
+        assert_eq!(found[1].state_name(), "LISTEN");
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub fn run_stage(
 ) -> Result<()> {
     let started = Instant::now();
     let config = args.load_config()?;
+    if let Some(warning) = crate::ports::ephemeral_warning(&config) {
+        log.warn(warning);
+    }
     let deployment_id = args.deployment_id()?;
     let explicit = explicit
         .map(|name| config.profile_arg(name).cloned())

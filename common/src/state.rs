@@ -157,6 +157,18 @@ pub struct Launched {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The process group `stop` signals as a whole: the launch's (`start`
+    /// makes it a session leader) or the adopted app's. `None` in records
+    /// from before groups were kept: then `pid`'s group if it leads one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<i32>,
+    /// The start time of the group's leader, which may have exited (a
+    /// launcher that forked the app and returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_start_time: Option<u64>,
+    /// When `pid` was adopted: the launcher that forked it and exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_pid: Option<i32>,
 }
 
 /// What `switch` did last.

@@ -64,6 +64,9 @@ where
         return preflight(&args.common);
     }
     let config = args.common.load_config()?;
+    if let Some(warning) = nonstop_common::ports::ephemeral_warning(&config) {
+        LOG.warn(warning);
+    }
     let observed = detect::observe(&config)?;
     let repair = nginx::pending_repair(&config);
     if args.json {

@@ -8,8 +8,15 @@
 //! - the command is an argv (no shell) with `{profile}`, `{port}` and
 //!   `{artifact}` substituted, started in a new session with stdin from
 //!   /dev/null and stdout/stderr appended to the log, so the hook returns;
-//! - a taken port is refused, naming the pid, and an app that dies in its
-//!   first moments fails the stage with the end of its log.
+//! - a taken port is refused, naming the pid, and so is one that cannot be
+//!   bound because a connection holds it as its source port (naming it and
+//!   the sysctl that reserves the port); an app that dies in its first
+//!   moments fails the stage with the end of its log;
+//! - the launch leads its own session and process group (what `stop`
+//!   signals), and `start` is its child subreaper while it watches it: a
+//!   launcher that forks the app and exits 0 has the app adopted (the
+//!   leftover that listens on the port), and whatever a failed launch left
+//!   is stopped, so no orphan keeps the idle port.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -26,10 +33,12 @@ use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::fsx;
 use nonstop_common::log::tail_for_message;
-use nonstop_common::procs::{is_same_alive, listening, start_time};
+use nonstop_common::ports;
+use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time};
 use nonstop_common::signals::{self, wait_for};
 use nonstop_common::state::Launched;
 use nonstop_common::time::{now_unix_ms, secs};
+use nonstop_common::tree::{self, Proc};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("start");
@@ -92,6 +101,15 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             target.name
         ));
     }
+    // Nothing listens, yet a connection may hold the port as its source port
+    // (it is in the kernel's ephemeral range): the app would die with
+    // "Address already in use", so say which connection and how to fix it.
+    ports::check_bindable(port).map_err(|why| {
+        anyhow!(
+            "port {port} ({}) is not free although nothing listens on it: {why}; nothing was started",
+            target.name
+        )
+    })?;
     if let Some(l) = previous.filter(|l| is_same_alive(l.pid, l.start_time)) {
         return Err(anyhow!(
             "the app nonstop started for {} earlier (pid {}) is still running, though not listening on {port}; run `stop` first",
@@ -172,6 +190,14 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         argv.join(" ")
     );
 
+    // Whatever the launch forks and leaves behind (a start.sh ending with
+    // `&`, a daemonizing launcher) reparents to this process instead of init,
+    // so it can be adopted or stopped below.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        LOG.warn(format!(
+            "cannot become the launch's child subreaper ({e}); what it forks is followed through its session only"
+        ));
+    }
     let mut child = spawn_detached(&argv, &config.app.dir, &log).with_context(|| {
         format!(
             "cannot start `{}` in {}",
@@ -180,11 +206,12 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         )
     })?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
+    let launch_start = start_time(pid);
     let record = Launched {
         profile: target.name.clone(),
         port,
         pid,
-        start_time: start_time(pid),
+        start_time: launch_start,
         artifact: artifact.clone(),
         command: argv.clone(),
         log: log_path.clone(),
@@ -193,6 +220,10 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         deployment_id: ctx.deployment_id.clone(),
         container_id: None,
         image_id: None,
+        // A session leader leads its process group too: `stop` signals it whole.
+        group: Some(pid),
+        group_start_time: launch_start,
+        launcher_pid: None,
     };
     ctx.state
         .write(&ctx.state.launched_path(&target.name), &record)?;
@@ -203,17 +234,23 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         log_path.display()
     ));
 
-    // Watch its first moments: an exit fails the stage now, a listening port
-    // ends the watch early, and after the grace period `health` takes over.
+    // Watch its first moments: an exit fails the stage now (unless it left
+    // the app running), a listening port ends the watch early (the launch
+    // itself or, for a wrapper that does not exec, one of its group), and
+    // after the grace period `health` takes over.
     let mut exited = None;
+    let mut listener = None;
     let settled = wait_for(config.app.start_grace, Duration::from_millis(10), || {
         if let Ok(Some(status)) = child.try_wait() {
             exited = Some(status);
             return true;
         }
-        listening(port)
-            .map(|l| l.pids.contains(&pid))
-            .unwrap_or(false)
+        listener = listening(port).ok().and_then(|l| {
+            l.pids
+                .into_iter()
+                .find(|&p| p == pid || tree::pgid(p) == Some(pid))
+        });
+        listener.is_some()
     })
     .with_context(|| {
         format!(
@@ -222,20 +259,185 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         )
     })?;
     if let Some(status) = exited {
-        return Err(anyhow!(
-            "{} (pid {pid}) exited at once ({status}); {}",
-            target.name,
-            tail_for_message(&log_path, log_offset)
-        ));
+        let launch = Proc {
+            pid,
+            start: launch_start.unwrap_or(0),
+        };
+        return after_exit(ctx, target, record, launch, status);
     }
-    match settled {
-        Some(t) => LOG.say(format!("pid {pid} listens on {port} after {}", secs(t))),
-        None => LOG.say(format!(
+    match (settled, listener) {
+        (Some(t), Some(p)) if p == pid => {
+            LOG.say(format!("pid {pid} listens on {port} after {}", secs(t)))
+        }
+        (Some(t), Some(p)) => LOG.say(format!(
+            "pid {p} ({}), of pid {pid}'s process group, listens on {port} after {}",
+            cmdline(p),
+            secs(t)
+        )),
+        _ => LOG.say(format!(
             "pid {pid} is running after {}; `health` will wait for it to answer",
             secs(config.app.start_grace)
         )),
     }
     Ok(())
+}
+
+/// The launch exited within its first moments. If it exited 0 and left
+/// processes running (a launcher that forks the app and returns), the one
+/// of them that comes to listen on the port is adopted: recorded as the app,
+/// with its process group, for `health` and `stop`. Otherwise whatever it
+/// left is stopped and the stage fails: no orphan keeps the idle port.
+fn after_exit(
+    ctx: &Context,
+    target: &Profile,
+    mut record: Launched,
+    launch: Proc,
+    status: std::process::ExitStatus,
+) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
+    let me = std::process::id() as i32;
+    let (log, log_offset) = (record.log.clone(), record.log_offset);
+    let tail = || tail_for_message(&log, log_offset);
+    let left = tree::leftovers(me, launch);
+    if left.is_empty() {
+        return Err(anyhow!(
+            "{} (pid {}) exited at once ({status}) and left nothing running; {}",
+            target.name,
+            launch.pid,
+            tail()
+        ));
+    }
+    let named = |procs: &[Proc]| {
+        procs
+            .iter()
+            .map(Proc::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !status.success() {
+        let what = named(&left);
+        let stopped = stop_leftovers(config, &left)?;
+        return Err(anyhow!(
+            "{} (pid {}) exited at once ({status}), leaving {what} running; {stopped}; {}",
+            target.name,
+            launch.pid,
+            tail()
+        ));
+    }
+
+    // Exit 0 with something left: a launcher that forked the app. Until one
+    // of them listens, the first one stands in the record, so that `stop`
+    // finds it should this stage be interrupted.
+    LOG.say(format!(
+        "the launch (pid {}) exited 0 and left {} running; waiting up to {} for one of them to listen on {port}",
+        launch.pid,
+        named(&left),
+        secs(config.health.timeout)
+    ));
+    record.launcher_pid = Some(launch.pid);
+    adopt_into(&mut record, left[0], launch);
+    ctx.state
+        .write(&ctx.state.launched_path(&target.name), &record)?;
+    let mut now = left.clone();
+    let mut listener = None;
+    let found = wait_for(config.health.timeout, Duration::from_millis(10), || {
+        now = tree::leftovers(me, launch);
+        let on_port = listening(port).map(|l| l.pids).unwrap_or_default();
+        listener = now.iter().copied().find(|p| on_port.contains(&p.pid));
+        now.is_empty() || listener.is_some()
+    })
+    .with_context(|| {
+        format!(
+            "what the launch of {} left ({}) is recorded; `stop --profile {}` stops it",
+            target.name,
+            named(&now),
+            target.name
+        )
+    })?;
+    if let Some(app) = listener {
+        adopt_into(&mut record, app, launch);
+        ctx.state
+            .write(&ctx.state.launched_path(&target.name), &record)?;
+        LOG.say(format!(
+            "adopted {} as {}: it listens on {port}; the launch (pid {}) had exited 0",
+            app.describe(),
+            target.name,
+            launch.pid
+        ));
+        let group = record.group;
+        let apart: Vec<Proc> = now
+            .iter()
+            .copied()
+            .filter(|p| tree::pgid(p.pid) != group)
+            .collect();
+        if !apart.is_empty() {
+            LOG.warn(format!(
+                "the launch also left {} running outside {}'s process group; not adopted, left running",
+                named(&apart),
+                app.pid
+            ));
+        }
+        return Ok(());
+    }
+    if found.is_some() {
+        return Err(anyhow!(
+            "{} (pid {}) exited at once ({status}), and what it left running exited too; {}",
+            target.name,
+            launch.pid,
+            tail()
+        ));
+    }
+    let what = named(&now);
+    let stopped = stop_leftovers(config, &now)?;
+    Err(anyhow!(
+        "the launch of {} (pid {}) exited 0 and left {what} running, none of which listened on {port} within {}; {stopped}; {}",
+        target.name,
+        launch.pid,
+        secs(config.health.timeout),
+        tail()
+    ))
+}
+
+/// Records `app` (one of what `launch` left) as the launched app, with its
+/// process group and that group leader's start time.
+fn adopt_into(record: &mut Launched, app: Proc, launch: Proc) {
+    record.pid = app.pid;
+    record.start_time = Some(app.start);
+    record.group = tree::pgid(app.pid);
+    record.group_start_time = match record.group {
+        Some(g) if g == launch.pid => Some(launch.start),
+        Some(g) if g == app.pid => Some(app.start),
+        Some(g) => start_time(g),
+        None => None,
+    };
+}
+
+/// Stops what a failed launch left (SIGTERM, SIGKILL after
+/// `app.stop_timeout_secs`), and says how that went.
+fn stop_leftovers(config: &nonstop_common::Config, left: &[Proc]) -> Result<String> {
+    let mut targets = tree::targets_for(left);
+    let ended = tree::terminate(
+        &mut targets,
+        config.app.stop_timeout,
+        Duration::from_secs(5),
+        &LOG,
+        || true,
+    )
+    .context("what the launch left may still be running")?;
+    Ok(if !ended.left.is_empty() {
+        format!(
+            "they were sent SIGTERM and SIGKILL, and {} still run",
+            ended.left.join(", ")
+        )
+    } else if ended.killed.is_empty() {
+        "they were stopped (SIGTERM)".to_string()
+    } else {
+        format!(
+            "they were stopped ({} needed SIGKILL)",
+            ended.killed.join(", ")
+        )
+    })
 }
 
 /// The Compose backend: a fresh container of the profile's service only
@@ -329,6 +531,9 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
         deployment_id: ctx.deployment_id.clone(),
         container_id: Some(container.id.clone()),
         image_id: Some(container.image_id.clone()),
+        group: None,
+        group_start_time: None,
+        launcher_pid: None,
     };
     ctx.state
         .write(&ctx.state.launched_path(&target.name), &record)?;

@@ -5,7 +5,10 @@
 //! "Address already in use". Here the listener is found through /proc, the
 //! stage waits for the event itself (the process gone and the port free),
 //! sends SIGKILL after `app.stop_timeout_secs`, and refuses outright to touch
-//! the profile nginx routes to.
+//! the profile nginx routes to. What `start` launched is stopped as a whole
+//! process group (a wrapper's children and helpers with it), and every
+//! signal, the SIGKILL escalation included, re-checks the process's start
+//! time first, so a reused pid is never signalled.
 //!
 //! It also refuses to signal a process on the idle port that is not ours: one
 //! nonstop did not launch (no `launched-*.json` names it or its parent) and
@@ -18,23 +21,23 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
-use nix::sys::signal::Signal;
 
 use nonstop_common::adopt;
 use nonstop_common::compose;
 use nonstop_common::config::{render, wildcard_match, Compose};
 use nonstop_common::detect;
-use nonstop_common::procs::{self, cmdline, is_alive, is_same_alive, listening};
+use nonstop_common::procs::{self, cmdline, is_same_alive, listening};
 use nonstop_common::signals::{self, wait_for};
 use nonstop_common::state::Launched;
 use nonstop_common::time::secs;
+use nonstop_common::tree::{self, Proc, Target};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("stop");
 
 /// How long a SIGKILLed process may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How often the stage looks whether the process has gone.
+/// How often the stage looks whether the service's port is free.
 const POLL: Duration = Duration::from_millis(5);
 
 /// Stop the app on the idle port (SIGTERM, then SIGKILL after the timeout).
@@ -107,26 +110,39 @@ pub fn stop_profile(
             "port {port} is held by a process this user cannot see (another user's?); not stopping anything"
         ));
     }
+    // Each process is taken with its start time now: every signal below
+    // re-checks it, so a pid reused meanwhile is never signalled.
+    let mut victims: Vec<Proc> = seen.pids.iter().filter_map(|&p| Proc::of(p)).collect();
     // Every app nonstop launched and that still runs, for `is_ours`; the
-    // target's own one joins the victims even before it listens.
-    let mut victims = seen.pids.clone();
+    // target's own one joins the victims even before it listens, and its
+    // process group (a wrapper's children, the helpers) goes with it.
     let mut launched_pids = Vec::new();
+    let mut group = None;
     for profile in &ctx.config.profiles {
         let record: Option<Launched> = ctx
             .state
             .read(&ctx.state.launched_path(&profile.name), &LOG)?;
-        if let Some(l) = record.filter(|l| is_same_alive(l.pid, l.start_time)) {
-            launched_pids.push(l.pid);
-            if profile == target && l.port == port && !victims.contains(&l.pid) {
+        let Some(l) = record else { continue };
+        if profile == target && l.port == port {
+            group = tree::group_of(&l);
+        }
+        if !is_same_alive(l.pid, l.start_time) {
+            continue;
+        }
+        launched_pids.push(l.pid);
+        if profile == target && l.port == port && !victims.iter().any(|v| v.pid == l.pid) {
+            if let Some(p) = Proc::of(l.pid) {
                 LOG.say(format!(
                     "{} (pid {}) started by nonstop is running but not listening yet",
                     target.name, l.pid
                 ));
-                victims.push(l.pid);
+                victims.push(p);
             }
         }
     }
-    if victims.is_empty() {
+    let mut group = group.map(Target::Group);
+    let members = group.as_mut().map(Target::members).unwrap_or_default();
+    if victims.is_empty() && members.is_empty() {
         LOG.say(format!(
             "nothing listens on {port} ({}); nothing to stop",
             target.name
@@ -135,24 +151,29 @@ pub fn stop_profile(
     }
     if let Some(live) = live.filter(|l| *l != target) {
         let on_live = listening(live.port).map(|l| l.pids).unwrap_or_default();
-        if let Some(pid) = victims.iter().find(|p| on_live.contains(p)) {
+        if let Some(p) = victims
+            .iter()
+            .chain(&members)
+            .find(|p| on_live.contains(&p.pid))
+        {
             return Err(anyhow!(
-                "pid {pid} listens on {port} and also on the live port {}; stopping it would stop the live app",
+                "pid {} listens on {port} and also on the live port {}, or is in the process group of what does; stopping it would stop the live app",
+                p.pid,
                 live.port
             ));
         }
     }
-    let strangers: Vec<i32> = victims
+    let strangers: Vec<Proc> = victims
         .iter()
         .copied()
-        .filter(|&pid| !is_ours(ctx, target, pid, &launched_pids))
+        .filter(|p| !members.contains(p) && !is_ours(ctx, target, p.pid, &launched_pids))
         .collect();
     if !strangers.is_empty() {
         let named: Vec<String> = strangers
             .iter()
-            .map(|&p| match adopt::adoptable(&ctx.config, target, p) {
-                Ok(_) => format!("pid {p} ({})", cmdline(p)),
-                Err(why) => format!("pid {p} ({}; not adopted: {why})", cmdline(p)),
+            .map(|p| match adopt::adoptable(&ctx.config, target, p.pid) {
+                Ok(_) => p.describe(),
+                Err(why) => format!("pid {} ({}; not adopted: {why})", p.pid, cmdline(p.pid)),
             })
             .collect();
         if force {
@@ -170,67 +191,104 @@ pub fn stop_profile(
             ));
         }
     }
+    // The launched group as a whole; anything else (an app of ours started
+    // by hand, a stranger under --force) by its pid alone: its group may be
+    // an operator's shell.
+    let mut targets: Vec<Target> = group.into_iter().filter(|_| !members.is_empty()).collect();
+    targets.extend(
+        victims
+            .iter()
+            .filter(|p| !members.contains(p))
+            .map(|&p| Target::One(p)),
+    );
+    let in_group = |p: &Proc| {
+        members
+            .iter()
+            .filter(|m| m != &p)
+            .map(Proc::describe)
+            .collect::<Vec<_>>()
+    };
 
     let timeout = ctx.config.app.stop_timeout;
     if ctx.dry_run {
-        for &pid in &victims {
+        for p in &victims {
+            let others = if members.contains(p) {
+                in_group(p)
+            } else {
+                Vec::new()
+            };
+            let with = if others.is_empty() {
+                String::new()
+            } else {
+                format!(", and its process group with {}", others.join(", "))
+            };
             LOG.say(format!(
-                "would send SIGTERM to pid {pid} ({}) on {port}, then SIGKILL if it is still running after {}",
-                cmdline(pid),
+                "would send SIGTERM to pid {} ({}) on {port}{with}, then SIGKILL if it is still running after {}",
+                p.pid,
+                cmdline(p.pid),
                 secs(timeout)
             ));
         }
         return Ok(());
     }
     signals::check().context("nothing was signalled")?;
-    for &pid in &victims {
+    for p in &victims {
         LOG.say(format!(
-            "{} (pid {pid}: {}) on {port}; sending SIGTERM",
+            "{} (pid {}: {}) on {port}; sending SIGTERM",
             target.name,
-            cmdline(pid)
+            p.pid,
+            cmdline(p.pid)
         ));
-        procs::signal(pid, Signal::SIGTERM).with_context(|| format!("cannot signal pid {pid}"))?;
     }
-    let gone = || {
-        victims.iter().all(|&p| !is_alive(p))
-            && listening(port).map(|l| l.is_free()).unwrap_or(false)
-    };
-    let interrupted = || {
+    for t in &targets {
+        if let Target::Group(g) = t {
+            let all: Vec<String> = members.iter().map(Proc::describe).collect();
+            LOG.say(format!(
+                "sending SIGTERM to its whole process group {}: {}",
+                g.pgid,
+                all.join(", ")
+            ));
+        }
+    }
+    let ended = tree::terminate(&mut targets, timeout, KILL_WAIT, &LOG, || {
+        listening(port).map(|l| l.is_free()).unwrap_or(false)
+    })
+    .with_context(|| {
+        let pids: Vec<i32> = victims.iter().chain(&members).map(|p| p.pid).collect();
         format!(
-            "pids {victims:?} were sent SIGTERM and may still be shutting down; run `stop` again to finish"
+            "pids {pids:?} were sent SIGTERM and may still be shutting down; run `stop` again to finish"
         )
-    };
-    if let Some(waited) = wait_for(timeout, POLL, gone).with_context(interrupted)? {
+    })?;
+    let holders = listening(port).map(|l| l.pids).unwrap_or_default();
+    if let Some(waited) = ended.after_term {
         LOG.say(format!(
             "exited after {}; port {port} is free",
             secs(waited)
         ));
         return Ok(());
     }
-
-    let stubborn: Vec<i32> = victims.iter().copied().filter(|&p| is_alive(p)).collect();
-    for &pid in &stubborn {
-        LOG.warn(format!(
-            "pid {pid} still running {} after SIGTERM; sending SIGKILL",
-            secs(timeout)
-        ));
-        procs::signal(pid, Signal::SIGKILL).with_context(|| format!("cannot signal pid {pid}"))?;
-    }
-    match wait_for(KILL_WAIT, POLL, gone).with_context(interrupted)? {
-        Some(waited) => {
+    if ended.left.is_empty() && holders.is_empty() {
+        if ended.killed.is_empty() {
+            // Everything had exited; the port took longer than that to free.
+            LOG.say(format!("exited; port {port} is free"));
+        } else {
             LOG.say(format!(
-                "killed pids {stubborn:?}; gone after {}; port {port} is free",
-                secs(waited)
+                "killed {} (SIGKILL); nothing of it is left; port {port} is free",
+                ended.killed.join(", ")
             ));
-            Ok(())
         }
-        None => {
-            let holders = listening(port).map(|l| l.pids).unwrap_or_default();
-            Err(anyhow!(
-                "port {port} is still taken after SIGKILL (pids {holders:?}); look at it by hand"
-            ))
-        }
+        return Ok(());
     }
+    let mut left = ended.left.clone();
+    left.extend(
+        holders
+            .iter()
+            .map(|&p| format!("pid {p} ({}) on port {port}", cmdline(p))),
+    );
+    Err(anyhow!(
+        "still running after SIGKILL: {}; look at it by hand",
+        left.join(", ")
+    ))
 }
 
 /// The Compose backend: `stop -t SECS SERVICE` for the target's service
@@ -303,8 +361,10 @@ fn stop_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()
 }
 
 /// A process is ours when nonstop launched it or its parent (a wrapper
-/// script that forks the JVM), or when it runs the configured command for
-/// this profile (an app started before its record, or by hand the same way).
+/// script that forks the JVM), when it is in the process group of what
+/// nonstop launched (checked by the caller), or when it runs the configured
+/// command for this profile (an app started before its record, or by hand
+/// the same way).
 fn is_ours(ctx: &Context, target: &Profile, pid: i32, launched: &[i32]) -> bool {
     let mut p = Some(pid);
     for _ in 0..8 {
