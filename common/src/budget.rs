@@ -299,6 +299,22 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
                 Some("app.start_grace_ms"),
                 config.app.start_grace,
             );
+            if !compose {
+                // A launcher that forks and exits 0 (start/src/lib.rs): its
+                // leftover is waited for until it listens, and what a failed
+                // launch left is stopped.
+                p.wait(
+                    "a forking launcher's process coming to listen",
+                    Some("health.timeout_secs"),
+                    config.health.timeout,
+                );
+                p.wait(
+                    "stopping what a failed launch left",
+                    Some("app.stop_timeout_secs"),
+                    config.app.stop_timeout,
+                );
+                p.wait("its exit after SIGKILL", None, KILL_WAIT);
+            }
         }
         "health" => {
             frame(&mut p);
@@ -582,7 +598,7 @@ mod tests {
             got,
             [
                 ("AfterInstall", "stop", Some(120)),
-                ("ApplicationStart", "start", Some(120)),
+                ("ApplicationStart", "start", Some(180)),
                 ("ValidateService", "health", Some(180)),
             ]
         );
