@@ -18,11 +18,12 @@
 
 mod load;
 mod report;
+mod startup;
 mod svg;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,10 +31,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Parser;
-use tests::{http_get, Setup, SetupOptions, STAGES};
+use tests::{http_get, Setup, SetupOptions};
 
 use load::Load;
-use report::{BinaryFigures, Deployment, Stage};
+use report::{Deployment, Stage};
 
 /// Measure nonstop's deployments under load through a private nginx.
 #[derive(Debug, Parser)]
@@ -63,7 +64,8 @@ struct Args {
     #[arg(long, short)]
     verbose: bool,
 
-    /// Internal: run COMMAND, print its wall time (µs), peak RSS (KiB) and exit code
+    /// Internal: run COMMAND once cold, 10 times to warm up, then --runs
+    /// times, and print the times (µs), peak RSS (KiB) and exit code as JSON
     #[arg(long, hide = true)]
     measure_child: bool,
 
@@ -74,7 +76,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = if args.measure_child {
-        measure_child(&args.command).map(|()| true)
+        startup::measure_child(&args.command, args.runs).map(|()| true)
     } else {
         bench(&args)
     };
@@ -118,10 +120,11 @@ fn bench(args: &Args) -> Result<bool> {
     setup.bootstrap("v1")?;
 
     eprintln!(
-        "bench: start-up time and peak RSS of each binary ({} runs each)",
+        "bench: start-up time and peak RSS of each binary (1 cold + {} warm-up + {} runs each)",
+        startup::WARMUP,
         args.runs
     );
-    let binaries = measure_binaries(&setup, args.runs)?;
+    let binaries = startup::measure(&setup.bundle, args.runs, &setup.dir.path)?;
 
     let load = Load::start(setup.nginx.port, "/", 2, 2, Duration::from_millis(5));
     let t0 = load.started();
@@ -340,88 +343,4 @@ fn first_answer(
         }
         None
     })
-}
-
-/// Start-up time and peak RSS of each binary: `--help` for all five,
-/// `profile --json` against the running setup.
-fn measure_binaries(setup: &Setup, runs: usize) -> Result<Vec<BinaryFigures>> {
-    let mut out = Vec::new();
-    let mut cases: Vec<(String, Vec<String>)> = STAGES
-        .iter()
-        .map(|s| (s.to_string(), vec!["--help".to_string()]))
-        .collect();
-    cases.push(("profile".into(), vec!["--json".into()]));
-    for (stage, extra) in cases {
-        let bin = setup.bundle.bin(&stage);
-        let mut times = Vec::new();
-        let mut rss = 0;
-        for _ in 0..runs.max(1) {
-            let (wall, max_rss, code) = run_measured(&bin, &extra)?;
-            if code != 0 {
-                bail!("{} {} exited {code}", bin.display(), extra.join(" "));
-            }
-            times.push(wall);
-            rss = rss.max(max_rss);
-        }
-        out.push(BinaryFigures::new(
-            format!("{stage} {}", extra.join(" ")),
-            &times,
-            rss,
-        ));
-    }
-    Ok(out)
-}
-
-/// Runs `bin extra` through `bench --measure-child`, so the peak RSS of
-/// its children is that one process's.
-fn run_measured(bin: &Path, extra: &[String]) -> Result<(Duration, u64, i32)> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--measure-child")
-        .arg("--")
-        .arg(bin)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<i64> = text
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    match fields[..] {
-        [us, kib, code] => Ok((
-            Duration::from_micros(us.unsigned_abs()),
-            kib.unsigned_abs(),
-            i32::try_from(code).unwrap_or(-1),
-        )),
-        _ => bail!(
-            "measuring {} failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
-/// The `--measure-child` mode: spawn, wait, report.
-fn measure_child(command: &[String]) -> Result<()> {
-    let (program, rest) = command
-        .split_first()
-        .ok_or_else(|| anyhow!("--measure-child needs a command after --"))?;
-    let started = Instant::now();
-    let status = Command::new(program)
-        .args(rest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir("/")
-        .status()
-        .with_context(|| format!("cannot run {program}"))?;
-    let wall = started.elapsed();
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-    println!(
-        "{} {} {}",
-        wall.as_micros(),
-        usage.max_rss(),
-        status.code().unwrap_or(-1)
-    );
-    Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::load::{Kind, Outcome, Sample};
+use crate::startup::BinaryFigures;
 use crate::Args;
 
 /// One stage run, as moments since the load began.
@@ -332,32 +333,6 @@ pub fn summarise(results: &[DeploymentFigures], samples: &[Sample]) -> Summary {
     }
 }
 
-/// Start-up time and peak RSS of one binary invocation.
-#[derive(Debug, Clone, Serialize)]
-pub struct BinaryFigures {
-    pub command: String,
-    pub runs: usize,
-    /// The first run after the binary was copied into the bundle.
-    pub first_ms: f64,
-    pub median_ms: f64,
-    pub max_ms: f64,
-    pub peak_rss_kib: u64,
-}
-
-impl BinaryFigures {
-    pub fn new(command: String, times: &[Duration], peak_rss_kib: u64) -> BinaryFigures {
-        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
-        BinaryFigures {
-            command,
-            runs: ms.len(),
-            first_ms: ms.first().copied().unwrap_or(0.0),
-            max_ms: ms.iter().copied().fold(0.0, f64::max),
-            median_ms: median(ms).unwrap_or(0.0),
-            peak_rss_kib,
-        }
-    }
-}
-
 /// What the figures were measured on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -554,13 +529,31 @@ pub fn markdown(
         opt_ms(summary.median_only_new_after_s),
     );
 
-    let _ = writeln!(out, "\n| binary | first run | median | max | peak RSS |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\nStart-up, exec to exit, from a helper process of its own: the cold first run apart, then {} warm-up runs dropped, then the median of the rest; `hyperfine -N --warmup 20` on the same command beside it.\n",
+        crate::startup::WARMUP
+    );
+    let _ = writeln!(
+        out,
+        "| binary | cold first run | median | max | hyperfine median (mean ± σ) | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
     for b in binaries {
+        let hf = b
+            .hyperfine
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "{:.2} ms ({:.2} ± {:.2})",
+                    h.median_ms, h.mean_ms, h.stddev_ms
+                )
+            })
+            .unwrap_or_else(|| "not installed".into());
         let _ = writeln!(
             out,
-            "| `{}` | {:.1} ms | {:.1} ms | {:.1} ms | {} KiB |",
-            b.command, b.first_ms, b.median_ms, b.max_ms, b.peak_rss_kib
+            "| `{}` | {:.2} ms | {:.2} ms | {:.2} ms | {hf} | {} KiB |",
+            b.command, b.cold_ms, b.median_ms, b.max_ms, b.peak_rss_kib
         );
     }
     out
