@@ -123,6 +123,9 @@ impl Scenario<'_> {
                 ((unix_ms(first_answer_wall) - spawned_unix_ms as f64) / 1000.0).max(0.0),
             ),
             include_written: written.map(since_t0),
+            spawned: Duration::from_secs_f64(
+                ((spawned_unix_ms as f64 - unix_ms(self.t0_wall)) / 1000.0).max(0.0),
+            ),
             confirmed,
             retired_exit,
             warmup_s,

@@ -37,12 +37,31 @@ pub struct Deployment {
     pub include_written: Option<Duration>,
     /// When `switch` said it had confirmed through nginx.
     pub confirmed: Option<Duration>,
+    /// When `start` spawned the app (its `started_unix_ms`).
+    pub spawned: Duration,
     /// When the app retired by `switch` exited, if one was.
     pub retired_exit: Option<Duration>,
     /// The warm-up requests to the idle port before the switch, if sent.
     pub warmup_s: Option<f64>,
     /// The most fds any stage of the deployment held open at once.
     pub peak_fds: usize,
+}
+
+/// The overhead to the switch's confirmation, piece by piece (seconds):
+/// `profile` + `stop` + `start` up to the spawn + `health` after the first
+/// answer + `switch` up to the include written + from there to the
+/// confirmation. (`start` after the spawn and `health` before the first
+/// answer are the app's own start-up.)
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    pub profile_s: f64,
+    pub stop_s: f64,
+    /// Of `stop`: the old app's own shutdown.
+    pub old_app_shutdown_s: f64,
+    pub start_until_spawn_s: f64,
+    pub health_after_answer_s: f64,
+    pub switch_until_written_s: f64,
+    pub written_until_confirmed_s: f64,
 }
 
 /// Latency of a set of requests, in ms.
@@ -154,6 +173,8 @@ pub struct DeploymentFigures {
     pub keepalive_closed: usize,
     pub warmup_s: Option<f64>,
     pub peak_fds: usize,
+    /// Where the overhead to the confirmation goes.
+    pub breakdown: Breakdown,
     pub requests: usize,
     pub served: usize,
     pub status_5xx: usize,
@@ -354,6 +375,21 @@ pub fn analyse(
                     .count(),
                 warmup_s: d.warmup_s,
                 peak_fds: d.peak_fds,
+                breakdown: Breakdown {
+                    profile_s: stage("profile").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+                    stop_s: stop.map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+                    old_app_shutdown_s: old_shutdown,
+                    start_until_spawn_s: stage("start")
+                        .map(|x| s(d.spawned) - s(x.begin))
+                        .unwrap_or(0.0),
+                    health_after_answer_s: s(health_end) - s(d.first_answer),
+                    switch_until_written_s: d
+                        .include_written
+                        .map(|w| s(w) - s(switch_begin))
+                        .unwrap_or(0.0),
+                    written_until_confirmed_s: s(confirmed)
+                        - d.include_written.map(s).unwrap_or(s(switch_begin)),
+                },
                 requests: during.len(),
                 served: during.iter().filter(|x| x.served_by().is_some()).count(),
                 status_5xx: during
@@ -413,6 +449,7 @@ pub struct Summary {
     /// And in the steady stretches before them.
     pub before_over_100ms: usize,
     pub median_keepalive_closed: f64,
+    pub median_breakdown: Breakdown,
     /// Every request of the run, deployments or not.
     pub requests: usize,
     pub status_5xx: usize,
@@ -494,6 +531,15 @@ pub fn summarise(results: &[DeploymentFigures], samples: &[Sample]) -> Summary {
         after_over_100ms: afters.iter().map(|l| l.over_100ms).sum(),
         before_over_100ms: befores.iter().map(|l| l.over_100ms).sum(),
         median_keepalive_closed: z(m(&|d| Some(d.keepalive_closed as f64))),
+        median_breakdown: Breakdown {
+            profile_s: z(m(&|d| Some(d.breakdown.profile_s))),
+            stop_s: z(m(&|d| Some(d.breakdown.stop_s))),
+            old_app_shutdown_s: z(m(&|d| Some(d.breakdown.old_app_shutdown_s))),
+            start_until_spawn_s: z(m(&|d| Some(d.breakdown.start_until_spawn_s))),
+            health_after_answer_s: z(m(&|d| Some(d.breakdown.health_after_answer_s))),
+            switch_until_written_s: z(m(&|d| Some(d.breakdown.switch_until_written_s))),
+            written_until_confirmed_s: z(m(&|d| Some(d.breakdown.written_until_confirmed_s))),
+        },
         requests: samples.len(),
         status_5xx: count(&|x| x.status().is_some_and(|c| c >= 500)),
         status_other: count(&|x| {
@@ -762,6 +808,18 @@ pub fn markdown(
             if met { "yes" } else { "**no**" }
         );
     }
+    let b = &summary.median_breakdown;
+    let _ = writeln!(
+        out,
+        "\nThe overhead to the confirmation, piece by piece (medians): profile {}, stop {} (of which the old app's own shutdown {}), start until it spawned the app {}, health after the app's first answer {}, switch until the include was written {}, from there until confirmed through nginx {}.",
+        ms(b.profile_s),
+        ms(b.stop_s),
+        ms(b.old_app_shutdown_s),
+        ms(b.start_until_spawn_s),
+        ms(b.health_after_answer_s),
+        ms(b.switch_until_written_s),
+        ms(b.written_until_confirmed_s),
+    );
     let _ = writeln!(
         out,
         "\nWhere the time goes (medians): profile {}, stop {} (when it stopped an app: {}, of which the app's own shutdown {}), start {}, health {}, switch {} (of which retiring the previous app {}); app start-up {}; only the new profile answers {} after the include is written; the new app's slowest of its first 10 answers {}.",
