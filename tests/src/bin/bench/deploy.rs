@@ -239,23 +239,26 @@ fn watch_exit(pid: i32) -> JoinHandle<Option<Instant>> {
 }
 
 /// The moment the app on `port` first answers `/profile` with its profile,
-/// polled every 2 ms straight on its port, until found or `stop` is set.
+/// polled every 2 ms straight on its port, until found, or 5 s after `stop`
+/// is set (`health` passed, so an answer is due; on a loaded machine the
+/// poller's own try may have timed out just then).
 fn first_answer(
     port: u16,
     profile: String,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Option<(Instant, SystemTime)>> {
     std::thread::spawn(move || {
-        let limit = Instant::now() + Duration::from_secs(180);
+        let mut limit = Instant::now() + Duration::from_secs(180);
+        let mut stopping = false;
         while Instant::now() < limit {
             if let Ok((200, body)) = http_get(port, "/profile", Duration::from_secs(1)) {
                 if body.trim() == profile {
                     return Some((Instant::now(), SystemTime::now()));
                 }
             }
-            // Checked after a try, so a stop right after the answer still sees it.
-            if stop.load(Ordering::Relaxed) {
-                return None;
+            if !stopping && stop.load(Ordering::Relaxed) {
+                stopping = true;
+                limit = limit.min(Instant::now() + Duration::from_secs(5));
             }
             std::thread::sleep(Duration::from_millis(2));
         }

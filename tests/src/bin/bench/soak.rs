@@ -224,9 +224,11 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
     line(&mut out, "stage processes left running", &|r| {
         r.stages_left as u64
     });
-    line(&mut out, "processes naming the run's dir (nginx master, apps)", &|r| {
-        r.processes as u64
-    });
+    line(
+        &mut out,
+        "processes naming the run's dir (nginx master, apps)",
+        &|r| r.processes as u64,
+    );
     line(&mut out, "nginx master's fds", &|r| {
         r.nginx_master_fds as u64
     });
