@@ -24,8 +24,6 @@ pub struct Scenario<'a> {
     pub retire: bool,
     /// A request of this many ms in flight to the live app at each switch; 0: none.
     pub slow_ms: u64,
-    /// GETs sent straight to the idle port between `health` and `switch`.
-    pub warmup_requests: usize,
     pub verbose: bool,
     /// When the load began, as an `Instant` and on the wall clock.
     pub t0: Instant,
@@ -69,15 +67,6 @@ impl Scenario<'_> {
         health?;
         let (first_answer, first_answer_wall) =
             first.ok_or_else(|| anyhow!("health passed but {idle} never answered the poller"))?;
-
-        // Outside the stages: what a warm-up step before the switch would do.
-        let warmup_s = (self.warmup_requests > 0).then(|| {
-            let began = Instant::now();
-            for _ in 0..self.warmup_requests {
-                let _ = http_get(idle_port, "/", Duration::from_secs(5));
-            }
-            began.elapsed().as_secs_f64()
-        });
 
         // A slow request to the live app, in flight when the include changes.
         let slow = (self.slow_ms > 0).then(|| {
@@ -128,7 +117,6 @@ impl Scenario<'_> {
             ),
             confirmed,
             retired_exit,
-            warmup_s,
             peak_fds,
         };
         Ok((deployment, slow))

@@ -72,8 +72,8 @@ pub struct Args {
     #[arg(long)]
     retire: bool,
 
-    /// Send this many GETs straight to the new app's port between `health`
-    /// and `switch` (what a warm-up step would do), to measure its effect
+    /// Deploy with `health.warmup` = {"paths": ["/"], "requests": N}: `health`
+    /// sends N GETs to the new app's port before the switch
     #[arg(long, default_value_t = 0)]
     warmup_requests: usize,
 
@@ -166,7 +166,6 @@ pub fn run_deployments(
         layout: opts.layout,
         retire: opts.retire,
         slow_ms: opts.slow_ms,
-        warmup_requests: opts.warmup_requests,
         verbose: opts.verbose,
         t0,
         t0_wall: SystemTime::now() - t0.elapsed(),
@@ -227,7 +226,6 @@ pub struct ScenarioOpts {
     pub layout: Layout,
     pub retire: bool,
     pub slow_ms: u64,
-    pub warmup_requests: usize,
     pub verbose: bool,
     /// Pause between deployments.
     pub gap_ms: u64,
@@ -251,6 +249,7 @@ fn bench(args: &Args) -> Result<bool> {
         "bench: nginx on 127.0.0.1:{}; real1 on {}, real2 on {}; app start-up delay {} ms",
         setup.nginx.port, setup.ports[0], setup.ports[1], args.startup_ms
     );
+    warmup_config(&setup, args.warmup_requests)?;
     setup.bootstrap("v1")?;
 
     eprintln!(
@@ -266,7 +265,6 @@ fn bench(args: &Args) -> Result<bool> {
             layout: Layout::Include,
             retire: args.retire,
             slow_ms: args.slow_ms,
-            warmup_requests: args.warmup_requests,
             verbose: args.verbose,
             gap_ms: 1000,
         },
@@ -309,6 +307,16 @@ fn bench(args: &Args) -> Result<bool> {
         args.out.join("bench.json").display()
     );
     Ok(run.ok && summary.clean())
+}
+
+/// `health.warmup` for `--warmup-requests N` (none for 0).
+pub fn warmup_config(setup: &Setup, requests: usize) -> Result<()> {
+    if requests == 0 {
+        return Ok(());
+    }
+    setup.edit_config(|c| {
+        c["health"]["warmup"] = serde_json::json!({"paths": ["/"], "requests": requests});
+    })
 }
 
 pub fn write(path: &Path, text: &str) -> Result<()> {

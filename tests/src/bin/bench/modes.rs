@@ -179,6 +179,7 @@ fn one(
             ..Default::default()
         },
     )?;
+    crate::warmup_config(&setup, args.warmup_requests)?;
     setup.bootstrap("v1")?;
     let run = run_deployments(
         &setup,
@@ -186,7 +187,6 @@ fn one(
             layout,
             retire,
             slow_ms: args.slow_ms,
-            warmup_requests: args.warmup_requests,
             verbose: args.verbose,
             gap_ms: 1000,
         },

@@ -41,8 +41,6 @@ pub struct Deployment {
     pub spawned: Duration,
     /// When the app retired by `switch` exited, if one was.
     pub retired_exit: Option<Duration>,
-    /// The warm-up requests to the idle port before the switch, if sent.
-    pub warmup_s: Option<f64>,
     /// The most fds any stage of the deployment held open at once.
     pub peak_fds: usize,
 }
@@ -171,7 +169,6 @@ pub struct DeploymentFigures {
     pub post_failed: usize,
     /// Kept-alive connections closed under their client (it had to reconnect).
     pub keepalive_closed: usize,
-    pub warmup_s: Option<f64>,
     pub peak_fds: usize,
     /// Where the overhead to the confirmation goes.
     pub breakdown: Breakdown,
@@ -373,7 +370,6 @@ pub fn analyse(
                     .iter()
                     .filter(|x| x.kind == Kind::KeptAlive && x.new_conn)
                     .count(),
-                warmup_s: d.warmup_s,
                 peak_fds: d.peak_fds,
                 breakdown: Breakdown {
                     profile_s: stage("profile").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
@@ -717,7 +713,7 @@ pub fn markdown(
         args.startup_ms, args.slow_ms,
         if args.retire { "on" } else { "off" },
         if args.warmup_requests > 0 {
-            format!(" {} warm-up GETs to the new app's port before each switch.", args.warmup_requests)
+            format!(" `health.warmup`: {} GETs of / to the new app's port before each switch.", args.warmup_requests)
         } else {
             String::new()
         }

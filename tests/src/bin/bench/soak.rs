@@ -131,7 +131,6 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
             layout: Layout::Include,
             retire: args.retire,
             slow_ms: 0,
-            warmup_requests: 0,
             verbose: args.verbose,
             gap_ms: 0,
         },
