@@ -37,7 +37,29 @@ fn health_warms_the_new_app_up_before_the_switch() {
     assert!(warmed < switched, "{err}");
     assert!(!err.contains("warm-up requests got no 2xx"), "{err}");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
-    assert_all_served(&load.finish(), &["v1", "v2"]);
+
+    // Warm-up requests that fail (each outlasts health.request_timeout_ms)
+    // are reported; the app passed its health check, so the switch goes on.
+    setup
+        .edit_config(|c| {
+            c["health"]["warmup"] = json!({"paths": ["/slow?ms=1500"], "requests": 2});
+        })
+        .unwrap();
+    setup.drop_jar("v3").unwrap();
+    for stage in ["stop", "start"] {
+        setup.hook(stage, &[], Some("w-2")).unwrap().assert_ok();
+    }
+    let health = setup.hook("health", &[], Some("w-2")).unwrap();
+    health.assert_ok();
+    assert!(
+        health
+            .stderr
+            .contains("2 of the 2 warm-up requests got no 2xx"),
+        "{}",
+        health.stderr
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+    assert_all_served(&load.finish(), &["v1", "v2", "v3"]);
 
     // Checked like every key: a bad path is a config error naming it.
     setup
