@@ -76,8 +76,12 @@ pub fn measure(bundle: &tests::Bundle, runs: usize, scratch: &Path) -> Result<Ve
             );
         }
         let ms: Vec<f64> = report.runs_us.iter().map(|&u| u as f64 / 1000.0).collect();
+        // hyperfine's figure is a comparison, not a result: its failure is
+        // said and the run goes on.
         let hyperfine = if hyperfine {
-            Some(run_hyperfine(&bin, &extra, runs.max(10), scratch)?)
+            run_hyperfine(&bin, &extra, runs.max(10), scratch)
+                .map_err(|e| eprintln!("bench: warning: {e:#}"))
+                .ok()
         } else {
             None
         };
