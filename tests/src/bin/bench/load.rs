@@ -53,9 +53,6 @@ pub struct Sample {
     pub kind: Kind,
     /// A POST (non-idempotent), not a GET.
     pub post: bool,
-    /// Sent on a connection opened for it: for a kept-alive client after
-    /// its first request, the previous connection had been closed.
-    pub new_conn: bool,
     pub outcome: Outcome,
 }
 
@@ -189,7 +186,6 @@ fn client(port: u16, path: String, spec: ClientSpec) -> impl FnMut(Instant) -> S
             latency: sent.elapsed(),
             kind,
             post,
-            new_conn: !reused,
             outcome,
         }
     }
@@ -213,7 +209,6 @@ pub fn slow_request(port: u16, path: &str, t0: Instant) -> JoinHandle<Sample> {
             latency: sent.elapsed(),
             kind: Kind::Slow,
             post: false,
-            new_conn: true,
             outcome,
         }
     })

@@ -99,7 +99,7 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
             Some(s) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {retire} | {:.2} s | {:.2} s | {} | {} | {} | {} | {:.0} | {} of {} | {} of {} | {} ({:.1} / {:.1} ms) | {} ({}) |",
+                    "| {} | {retire} | {:.2} s | {:.2} s | {} | {} | {} | {} | {:.1} | {} of {} | {} of {} | {} ({:.1} / {:.1} ms) | {} ({}) |",
                     r.mode,
                     s.median_wall_s,
                     s.median_app_startup_s,
@@ -107,7 +107,7 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
                     ms(s.median_overhead_confirmed_s),
                     ms(s.median_overhead_own_s),
                     s.median_retire_s.map(ms).unwrap_or_else(|| "–".into()),
-                    s.median_keepalive_closed,
+                    s.keepalive_read_errors as f64 / s.deployments.max(1) as f64,
                     s.failed,
                     s.requests,
                     s.post_failed,

@@ -167,7 +167,9 @@ pub struct DeploymentFigures {
     pub failed: usize,
     pub post_requests: usize,
     pub post_failed: usize,
-    /// Kept-alive connections closed under their client (it had to reconnect).
+    /// Kept-alive connections nginx closed under their client: a request
+    /// written onto one read EOF (nginx's `keepalive_requests` limit, which
+    /// announces its close with `Connection: close`, is not counted).
     pub keepalive_closed: usize,
     pub peak_fds: usize,
     /// Where the overhead to the confirmation goes.
@@ -368,7 +370,7 @@ pub fn analyse(
                     .count(),
                 keepalive_closed: during
                     .iter()
-                    .filter(|x| x.kind == Kind::KeptAlive && x.new_conn)
+                    .filter(|x| matches!(x.outcome, Outcome::KeepAliveReadError(_)))
                     .count(),
                 peak_fds: d.peak_fds,
                 breakdown: Breakdown {
