@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nonstop's tests, demo and benchmark need on a Debian machine:
-# nginx, a JDK (javac, jar, java), OpenSSH (server and client) and python3
-# (the non-JVM demo app), from Debian's packages, when missing.
+# nginx, a JDK (javac, jar, java), OpenSSH (server and client), python3 (the
+# non-JVM demo app), iproute2, iptables and sudo, from Debian's packages, when
+# missing; hyperfine too when it can (optional).
 # Rust (cargo 1.85 or newer) must already be there.
 set -euo pipefail
 
@@ -61,6 +62,18 @@ if [ "${#need[@]}" -gt 0 ]; then
     if [ "$status" -ne 0 ]; then
         echo "install-deps: apt-get install ${need[*]} failed ($status)" >&2
         exit "$status"
+    fi
+fi
+
+# Optional: the benchmark prints hyperfine's start-up figure beside its own
+# when it is there; nothing fails without it.
+if ! command -v hyperfine >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends hyperfine >/dev/null 2>&1; then
+        echo "install-deps: hyperfine (optional, for the benchmark's comparison) could not be installed; going on without it" >&2
     fi
 fi
 

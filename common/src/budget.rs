@@ -328,6 +328,13 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
                 Some("health.request_timeout_ms"),
                 config.health.request_timeout,
             );
+            if config.health.warmup.is_some() {
+                p.wait(
+                    "warming the new app up",
+                    Some("health.warmup"),
+                    crate::config::MAX_WARMUP,
+                );
+            }
             if compose {
                 p.commands("docker inspect and logs of the container", 2);
             }

@@ -128,7 +128,27 @@ pub struct Health {
     pub interval: Duration,
     pub timeout: Duration,
     pub request_timeout: Duration,
+    /// Requests sent to the idle port once it is healthy, before the switch.
+    pub warmup: Option<Warmup>,
 }
+
+/// `health.warmup`: GETs to the new app's own port after it passed the
+/// health check and before nginx is switched to it, so that its first
+/// users do not pay for a cold start (a JVM's classes loaded and code
+/// compiled on first use). Measured by the benchmark; opt-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warmup {
+    /// Paths on the idle port, requested in turn.
+    pub paths: Vec<String>,
+    /// How many requests in all.
+    pub requests: u32,
+}
+
+/// Upper bound of `health.warmup.requests`: the warm-up delays the switch.
+pub const MAX_WARMUP_REQUESTS: u64 = 10_000;
+/// The most the whole warm-up may take: it delays the switch, and the hook
+/// budget counts it.
+pub const MAX_WARMUP: Duration = Duration::from_secs(10);
 
 /// How nginx is told which profile to route to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +255,14 @@ struct RawHealth {
     interval_ms: Option<u64>,
     timeout_secs: Option<u64>,
     request_timeout_ms: Option<u64>,
+    warmup: Option<RawWarmup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    paths: Vec<String>,
+    requests: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -525,6 +553,35 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
         return Err("key `health.expect`: empty; an empty answer must not count as healthy".into());
     }
     check_placeholders("health.expect", &expect, &["profile", "port"])?;
+    let warmup = match health.warmup {
+        None => None,
+        Some(w) => {
+            if w.paths.is_empty() {
+                return Err(
+                    "key `health.warmup.paths`: empty; name at least one path such as \"/\"".into(),
+                );
+            }
+            for path in &w.paths {
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(format!(
+                        "key `health.warmup.paths`: {path:?} must start with '/' and contain no spaces"
+                    ));
+                }
+            }
+            let requests = w.requests.unwrap_or(100);
+            if requests == 0 || requests > MAX_WARMUP_REQUESTS {
+                return Err(format!(
+                    "key `health.warmup.requests`: {requests} is not between 1 and {MAX_WARMUP_REQUESTS}"
+                ));
+            }
+            Some(Warmup {
+                paths: w.paths,
+                requests: u32::try_from(requests).unwrap_or(u32::MAX),
+            })
+        }
+    };
 
     let nginx = raw.nginx;
     let template = nginx
@@ -763,6 +820,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
                 1000,
                 MAX_REQUEST_MS,
             )?,
+            warmup,
         },
         nginx: Nginx {
             mode,
@@ -1176,6 +1234,39 @@ mod tests {
             c.include_line(&c.profiles[1]),
             "upstream u { server 127.0.0.1:8082; }\n"
         );
+    }
+
+    #[test]
+    fn health_warmup_is_opt_in_and_checked() {
+        let c = parse_str(r#"{"app": {"dir": "/a"}}"#).unwrap();
+        assert_eq!(c.health.warmup, None);
+        let c = parse_str(
+            r#"{"app": {"dir": "/a"}, "health": {"warmup": {"paths": ["/", "/api/items?page=1"], "requests": 40}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.health.warmup,
+            Some(Warmup {
+                paths: vec!["/".into(), "/api/items?page=1".into()],
+                requests: 40
+            })
+        );
+        let c =
+            parse_str(r#"{"app": {"dir": "/a"}, "health": {"warmup": {"paths": ["/"]}}}"#).unwrap();
+        assert_eq!(c.health.warmup.map(|w| w.requests), Some(100));
+        for bad in [
+            r#"{"paths": []}"#,
+            r#"{"paths": ["api"]}"#,
+            r#"{"paths": ["/a b"]}"#,
+            r#"{"paths": ["/"], "requests": 0}"#,
+            r#"{"paths": ["/"], "requests": 10001}"#,
+            r#"{"paths": ["/"], "count": 3}"#,
+        ] {
+            let msg = err_of(&format!(
+                r#"{{"app": {{"dir": "/a"}}, "health": {{"warmup": {bad}}}}}"#
+            ));
+            assert!(msg.contains("warmup"), "{bad}: {msg}");
+        }
     }
 
     #[test]

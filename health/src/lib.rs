@@ -6,7 +6,8 @@
 //! `health.interval_ms` from the first moment, needs the body to equal
 //! `health.expect` (default: the profile's own name), gives up after
 //! `health.timeout_secs`, and fails at once when the started process has
-//! died, quoting the end of its log.
+//! died, quoting the end of its log. With `health.warmup` it then sends
+//! the new app some requests on its own port before nginx is switched to it.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -19,10 +20,14 @@ use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::is_same_alive;
 use nonstop_common::state::Launched;
 use nonstop_common::time::secs;
-use nonstop_common::{detect, signals};
+use nonstop_common::{detect, http, signals};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
 pub const LOG: Log = Log::new("health");
+
+/// The most time a warm-up may take: it delays the switch, and its
+/// requests are each bounded by `health.request_timeout_ms` only.
+const WARMUP_LIMIT: Duration = nonstop_common::config::MAX_WARMUP;
 
 /// How often a still-waiting check says so.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -58,6 +63,7 @@ where
         // In upstream-pair mode a build that listens is already in nginx's
         // upstream: one that fails is stopped rather than left serving.
         wait_healthy(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
+        warm_up(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());
@@ -81,12 +87,74 @@ fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
         secs(config.health.interval),
         secs(config.health.timeout)
     ));
+    if let Some(w) = &config.health.warmup {
+        LOG.say(format!(
+            "would then send {} warm-up requests to {} on port {}",
+            w.requests,
+            w.paths.join(", "),
+            target.port
+        ));
+    }
     if no_switch {
         LOG.say("would leave nginx as it is (--no-switch)");
         Ok(())
     } else {
         nonstop_switch::dry_run(ctx, target)
     }
+}
+
+/// `health.warmup`: GETs to the paths in turn on the target's own port,
+/// once it is healthy, so that a fresh JVM has loaded and compiled its
+/// request path before nginx sends it users (measured by the benchmark:
+/// the new app's first answers through nginx are several times slower
+/// without). Answers that are not 2xx are reported, not fatal: the app
+/// passed its health check. Bounded by [`WARMUP_LIMIT`].
+fn warm_up(ctx: &Context, target: &Profile) -> Result<()> {
+    let Some(warmup) = &ctx.config.health.warmup else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let mut not_ok = 0u32;
+    let mut last_problem = String::new();
+    for path in warmup.paths.iter().cycle().take(warmup.requests as usize) {
+        signals::check()
+            .with_context(|| format!("{} was not switched to; nginx is as it was", target.name))?;
+        if started.elapsed() >= WARMUP_LIMIT {
+            LOG.warn(format!(
+                "warm-up of {} stopped after {} ({sent} of {} requests sent)",
+                target.name,
+                secs(WARMUP_LIMIT),
+                warmup.requests
+            ));
+            break;
+        }
+        let url = format!("http://127.0.0.1:{}{path}", target.port);
+        sent += 1;
+        match http::get(&url, ctx.config.health.request_timeout) {
+            Ok(answer) if answer.is_success() => {}
+            Ok(answer) => {
+                not_ok += 1;
+                last_problem = format!("{url} answered HTTP {}", answer.status);
+            }
+            Err(why) => {
+                not_ok += 1;
+                last_problem = format!("{url}: {why}");
+            }
+        }
+    }
+    LOG.say(format!(
+        "warmed up {} with {sent} requests to {} in {}",
+        target.name,
+        warmup.paths.join(", "),
+        secs(started.elapsed())
+    ));
+    if not_ok > 0 {
+        LOG.warn(format!(
+            "{not_ok} of the {sent} warm-up requests got no 2xx (last: {last_problem})"
+        ));
+    }
+    Ok(())
 }
 
 /// Polls the target's health URL until it answers as expected.

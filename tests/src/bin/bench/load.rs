@@ -10,6 +10,10 @@
 //!   reached nginx and an HTTP client retries it, so it is counted apart
 //!   (`keepalive_read_errors`), as the issue asks, not as a failure.
 //!
+//! Some clients of each kind send POSTs (empty body): a client must not
+//! retry a POST whose kept-alive connection was closed under it (the request
+//! may have been processed), so a POST lost that way is a failed request.
+//!
 //! And one *slow* request (`/slow`) per switch, sent by [`slow_request`].
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -47,6 +51,8 @@ pub struct Sample {
     pub at: Duration,
     pub latency: Duration,
     pub kind: Kind,
+    /// A POST (non-idempotent), not a GET.
+    pub post: bool,
     pub outcome: Outcome,
 }
 
@@ -56,6 +62,22 @@ impl Sample {
             Outcome::Answered { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// A request that failed through no fault of the connection's reuse:
+    /// an error answer, or a new connection that failed.
+    pub fn failed(&self) -> bool {
+        match &self.outcome {
+            Outcome::Answered { status, .. } => !(200..300).contains(status),
+            Outcome::ConnectionError(_) => true,
+            Outcome::KeepAliveReadError(_) => false,
+        }
+    }
+
+    /// A POST written onto a kept-alive connection nginx closed at that
+    /// moment: a client must not retry it, so for its user it is lost.
+    pub fn post_lost(&self) -> bool {
+        self.post && matches!(self.outcome, Outcome::KeepAliveReadError(_))
     }
 
     /// The profile that answered with a 2xx, if one did.
@@ -73,15 +95,47 @@ pub struct Load(Clients<Sample>);
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One client of the load: how it connects, and whether it POSTs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSpec {
+    pub kind: Kind,
+    pub post: bool,
+}
+
+/// The benchmark's usual load: two GET clients of each kind and one POST
+/// client of each kind.
+pub const STANDARD: [ClientSpec; 6] = [
+    ClientSpec {
+        kind: Kind::Fresh,
+        post: false,
+    },
+    ClientSpec {
+        kind: Kind::Fresh,
+        post: false,
+    },
+    ClientSpec {
+        kind: Kind::KeptAlive,
+        post: false,
+    },
+    ClientSpec {
+        kind: Kind::KeptAlive,
+        post: false,
+    },
+    ClientSpec {
+        kind: Kind::Fresh,
+        post: true,
+    },
+    ClientSpec {
+        kind: Kind::KeptAlive,
+        post: true,
+    },
+];
+
 impl Load {
-    pub fn start(port: u16, path: &str, fresh: usize, kept_alive: usize, pause: Duration) -> Load {
-        Load(Clients::start(fresh + kept_alive, pause, |i| {
-            let kind = if i < fresh {
-                Kind::Fresh
-            } else {
-                Kind::KeptAlive
-            };
-            client(port, path.to_string(), kind)
+    pub fn start(port: u16, path: &str, clients: &[ClientSpec], pause: Duration) -> Load {
+        let clients = clients.to_vec();
+        Load(Clients::start(clients.len(), pause, |i| {
+            client(port, path.to_string(), clients[i])
         }))
     }
 
@@ -100,8 +154,9 @@ impl Load {
 
 /// One client's request function: a kept-alive client keeps its connection
 /// from one call to the next while nginx leaves it open.
-fn client(port: u16, path: String, kind: Kind) -> impl FnMut(Instant) -> Sample {
+fn client(port: u16, path: String, spec: ClientSpec) -> impl FnMut(Instant) -> Sample {
     let mut conn: Option<BufReader<TcpStream>> = None;
+    let ClientSpec { kind, post } = spec;
     move |t0| {
         let sent = Instant::now();
         let reused = conn.is_some();
@@ -111,7 +166,7 @@ fn client(port: u16, path: String, kind: Kind) -> impl FnMut(Instant) -> Sample 
         }
         .and_then(|mut c| {
             let keep = kind == Kind::KeptAlive;
-            exchange(&mut c, &path, keep).map(|(status, body, open)| {
+            exchange(&mut c, &path, keep, post).map(|(status, body, open)| {
                 if keep && open {
                     conn = Some(c);
                 }
@@ -130,6 +185,7 @@ fn client(port: u16, path: String, kind: Kind) -> impl FnMut(Instant) -> Sample 
             at: sent - t0,
             latency: sent.elapsed(),
             kind,
+            post,
             outcome,
         }
     }
@@ -141,7 +197,7 @@ pub fn slow_request(port: u16, path: &str, t0: Instant) -> JoinHandle<Sample> {
     let path = path.to_string();
     std::thread::spawn(move || {
         let sent = Instant::now();
-        let outcome = match connect(port).and_then(|mut c| exchange(&mut c, &path, false)) {
+        let outcome = match connect(port).and_then(|mut c| exchange(&mut c, &path, false, false)) {
             Ok((status, body, _)) => Outcome::Answered {
                 status,
                 profile: last_word(&body),
@@ -152,6 +208,7 @@ pub fn slow_request(port: u16, path: &str, t0: Instant) -> JoinHandle<Sample> {
             at: sent - t0,
             latency: sent.elapsed(),
             kind: Kind::Slow,
+            post: false,
             outcome,
         }
     })
@@ -171,16 +228,23 @@ fn connect(port: u16) -> Result<BufReader<TcpStream>, String> {
     Ok(BufReader::new(stream))
 }
 
-/// Writes one GET and reads its answer: status, body, and whether the
-/// connection may carry another request.
+/// Writes one GET (or an empty-bodied POST) and reads its answer: status,
+/// body, and whether the connection may carry another request.
 fn exchange(
     conn: &mut BufReader<TcpStream>,
     path: &str,
     keep_alive: bool,
+    post: bool,
 ) -> Result<(u16, String, bool), String> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
+    let method = if post {
+        "POST {path} HTTP/1.1\r\nContent-Length: 0\r\n"
+    } else {
+        "GET {path} HTTP/1.1\r\n"
+    }
+    .replace("{path}", path);
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\nUser-Agent: nonstop-bench\r\n\r\n"
+        "{method}Host: 127.0.0.1\r\nConnection: {connection}\r\nUser-Agent: nonstop-bench\r\n\r\n"
     );
     conn.get_mut()
         .write_all(request.as_bytes())

@@ -4,41 +4,49 @@
 //! It bootstraps the demo app on real1 behind a private nginx, then runs N
 //! consecutive deployments through the five release binaries
 //! (`profile`, `stop`, `start`, `health --no-switch`, `switch`, each with the
-//! deployment's `DEPLOYMENT_ID`) while clients request through nginx the
+//! deployment's `DEPLOYMENT_ID`) while clients GET and POST through nginx the
 //! whole time and a 2 s request is in flight at every switch. Around the
 //! stages it watches, from outside, the moments the stages themselves cannot
 //! report: when the old app exited, when the new one first answered on its
-//! port, when the include file was written, and from which moment every
-//! request was answered by the new profile.
+//! port, when the include file was written, when `switch` confirmed, and
+//! from which moment every request was answered by the new profile.
 //!
 //! Output: a Markdown table on stdout, and in `--out` `bench.json` (every
 //! figure), `bench.md` (the tables) and `timeline.svg` (every request over
-//! time). Exit 1 when any request got a 5xx or failed on a new connection,
-//! when a slow request failed, or when a stage failed.
+//! time). Exit 1 when a request failed (a 5xx, a failed new connection, a
+//! POST lost on a closed kept-alive connection), when a slow request failed,
+//! or when a stage failed. Timings never fail it.
+//!
+//! `--modes N` runs every nginx mode and backend side by side instead
+//! ([`modes`]); `--soak N` runs N deployments of a fast app in a row and
+//! watches for leaks ([`soak`]).
 
+mod deploy;
 mod load;
+mod modes;
 mod report;
+mod soak;
+mod startup;
 mod svg;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use tests::{http_get, Setup, SetupOptions, STAGES};
+use tests::{Layout, Setup, SetupOptions};
 
-use load::Load;
-use report::{BinaryFigures, Deployment, Stage};
+use deploy::Scenario;
+use load::{ClientSpec, Load, Sample};
+use report::Deployment;
 
 /// Measure nonstop's deployments under load through a private nginx.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
-struct Args {
+pub struct Args {
     /// Number of consecutive deployments
     #[arg(long, default_value_t = 10)]
     deploys: usize,
@@ -55,15 +63,36 @@ struct Args {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
 
-    /// Runs of each binary for its start-up time and peak RSS
+    /// Runs of each binary for its start-up time and peak RSS (after 1 cold
+    /// run and 10 warm-up runs)
     #[arg(long, default_value_t = 30)]
     runs: usize,
+
+    /// Deploy with `app.retire` on
+    #[arg(long)]
+    retire: bool,
+
+    /// Deploy with `health.warmup` = {"paths": ["/"], "requests": N}: `health`
+    /// sends N GETs to the new app's port before the switch
+    #[arg(long, default_value_t = 0)]
+    warmup_requests: usize,
+
+    /// Instead: every mode (include, symlink, upstream pair, compose), with
+    /// retire off and on, N deployments each, side by side
+    #[arg(long, value_name = "N", conflicts_with = "soak")]
+    modes: Option<usize>,
+
+    /// Instead: N deployments in a row of a fast app, watching nonstop's
+    /// fds and processes, the state dir and the app's logs
+    #[arg(long, value_name = "N")]
+    soak: Option<usize>,
 
     /// Print what every stage said
     #[arg(long, short)]
     verbose: bool,
 
-    /// Internal: run COMMAND, print its wall time (µs), peak RSS (KiB) and exit code
+    /// Internal: run COMMAND once cold, 10 times to warm up, then --runs
+    /// times, and print the times (µs), peak RSS (KiB) and exit code as JSON
     #[arg(long, hide = true)]
     measure_child: bool,
 
@@ -74,7 +103,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = if args.measure_child {
-        measure_child(&args.command).map(|()| true)
+        startup::measure_child(&args.command, args.runs).map(|()| true)
+    } else if let Some(n) = args.modes {
+        modes::run(&args, n)
+    } else if let Some(n) = args.soak {
+        soak::run(&args, n)
     } else {
         bench(&args)
     };
@@ -88,21 +121,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(args: &Args) -> Result<bool> {
-    if args.deploys == 0 {
-        bail!("--deploys must be at least 1");
-    }
-    eprintln!("bench: building the demo app and starting a private nginx ...");
-    let setup = Setup::new(
-        "bench",
-        &SetupOptions {
-            startup_delay_ms: args.startup_ms,
-            java_opts: vec![],
-            ..Default::default()
-        },
-    )?;
-    // The figures are for what a user gets: nonstop's own defaults for the
-    // health poll and the start-up watch, not the test suite's faster ones.
+/// A setup of the demo app with nonstop's own defaults for the health poll
+/// and the start-up watch (the figures are for what a user gets, not for
+/// the test suite's faster settings).
+pub fn setup(name: &str, opts: &SetupOptions) -> Result<Setup> {
+    let setup = Setup::new(name, opts)?;
     setup.edit_config(|c| {
         if let Some(h) = c["health"].as_object_mut() {
             h.remove("interval_ms");
@@ -111,36 +134,71 @@ fn bench(args: &Args) -> Result<bool> {
             a.remove("start_grace_ms");
         }
     })?;
-    eprintln!(
-        "bench: nginx on 127.0.0.1:{}; real1 on {}, real2 on {}; app start-up delay {} ms",
-        setup.nginx.port, setup.ports[0], setup.ports[1], args.startup_ms
-    );
-    setup.bootstrap("v1")?;
+    Ok(setup)
+}
 
-    eprintln!(
-        "bench: start-up time and peak RSS of each binary ({} runs each)",
-        args.runs
-    );
-    let binaries = measure_binaries(&setup, args.runs)?;
+/// What N deployments under load left.
+#[derive(Debug)]
+pub struct Run {
+    pub deployments: Vec<Deployment>,
+    pub slow: Vec<Option<Sample>>,
+    pub samples: Vec<Sample>,
+    /// Every stage of every deployment succeeded.
+    pub ok: bool,
+}
 
-    let load = Load::start(setup.nginx.port, "/", 2, 2, Duration::from_millis(5));
+/// On a bootstrapped `setup`: N deployments under `clients`, `next_build(n)`
+/// dropping deployment n's build first, `after(n, deployment)` called after
+/// each.
+pub fn run_deployments(
+    setup: &Setup,
+    opts: &ScenarioOpts,
+    deploys: usize,
+    clients: &[ClientSpec],
+    pause: Duration,
+    mut next_build: impl FnMut(usize) -> Result<()>,
+    mut after: impl FnMut(usize, &Deployment) -> Result<()>,
+) -> Result<Run> {
+    let load = Load::start(setup.nginx.port, "/", clients, pause);
     let t0 = load.started();
-    let t0_wall = SystemTime::now();
+    let sc = Scenario {
+        setup,
+        layout: opts.layout,
+        retire: opts.retire,
+        slow_ms: opts.slow_ms,
+        verbose: opts.verbose,
+        t0,
+        t0_wall: SystemTime::now() - t0.elapsed(),
+    };
+    // Steady traffic before the first deployment, for the latency baseline.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut deployments = Vec::new();
     let mut slow = Vec::new();
     let mut live = "real1".to_string();
     let mut ok = true;
-    for n in 1..=args.deploys {
+    for n in 1..=deploys {
         let idle = if live == "real1" { "real2" } else { "real1" }.to_string();
         let id = format!("bench-{n}");
-        setup.drop_jar(&format!("v{}", n + 1))?;
-        eprintln!("bench: {id}: {live} → {idle}");
-        match deploy(&setup, args, &id, &live, &idle, t0, t0_wall) {
+        if let Err(e) = next_build(n) {
+            eprintln!("bench: {id}: cannot drop the build: {e:#}");
+            ok = false;
+            break;
+        }
+        if opts.verbose || deploys <= 50 || n % 50 == 0 {
+            eprintln!("bench: {id}: {live} → {idle}");
+        }
+        match sc.deploy(&id, &live, &idle) {
             Ok((d, s)) => {
-                deployments.push(d);
                 // Waited for between deployments, so the next `stop` does not
                 // wait for the old app to drain it.
-                slow.push(s.join().ok());
+                slow.push(s.and_then(|s: JoinHandle<Sample>| s.join().ok()));
+                let r = after(n, &d);
+                deployments.push(d);
+                if let Err(e) = r {
+                    eprintln!("bench: after {id}: {e:#}");
+                    ok = false;
+                    break;
+                }
             }
             Err(e) => {
                 eprintln!("bench: {id} failed: {e:#}");
@@ -149,13 +207,76 @@ fn bench(args: &Args) -> Result<bool> {
             }
         }
         live = idle;
+        // Steady seconds between deployments: the next one's baseline.
+        std::thread::sleep(Duration::from_millis(opts.gap_ms));
     }
     // Some traffic after the last switch, then stop the clients.
     std::thread::sleep(Duration::from_millis(300));
-    let samples = load.finish();
+    Ok(Run {
+        deployments,
+        slow,
+        samples: load.finish(),
+        ok,
+    })
+}
 
-    let results = report::analyse(&deployments, &samples, &slow);
-    let summary = report::summarise(&results, &samples);
+/// The knobs of [`Scenario`] that a run chooses.
+#[derive(Debug, Clone)]
+pub struct ScenarioOpts {
+    pub layout: Layout,
+    pub retire: bool,
+    pub slow_ms: u64,
+    pub verbose: bool,
+    /// Pause between deployments.
+    pub gap_ms: u64,
+}
+
+fn bench(args: &Args) -> Result<bool> {
+    if args.deploys == 0 {
+        bail!("--deploys must be at least 1");
+    }
+    eprintln!("bench: building the demo app and starting a private nginx ...");
+    let setup = setup(
+        "bench",
+        &SetupOptions {
+            startup_delay_ms: args.startup_ms,
+            java_opts: vec![],
+            retire: args.retire,
+            ..Default::default()
+        },
+    )?;
+    eprintln!(
+        "bench: nginx on 127.0.0.1:{}; real1 on {}, real2 on {}; app start-up delay {} ms",
+        setup.nginx.port, setup.ports[0], setup.ports[1], args.startup_ms
+    );
+    warmup_config(&setup, args.warmup_requests)?;
+    setup.bootstrap("v1")?;
+
+    eprintln!(
+        "bench: start-up time and peak RSS of each binary (1 cold + {} warm-up + {} runs each)",
+        startup::WARMUP,
+        args.runs
+    );
+    let binaries = startup::measure(&setup.bundle, args.runs, &setup.dir.path)?;
+
+    let run = run_deployments(
+        &setup,
+        &ScenarioOpts {
+            layout: Layout::Include,
+            retire: args.retire,
+            slow_ms: args.slow_ms,
+            verbose: args.verbose,
+            gap_ms: 1000,
+        },
+        args.deploys,
+        &load::STANDARD,
+        Duration::from_millis(5),
+        |n| setup.drop_jar(&format!("v{}", n + 1)).map(|_| ()),
+        |_, _| Ok(()),
+    )?;
+
+    let results = report::analyse(&run.deployments, &run.samples, &run.slow);
+    let summary = report::summarise(&results, &run.samples);
     fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let machine = report::machine();
@@ -163,10 +284,12 @@ fn bench(args: &Args) -> Result<bool> {
         "machine": machine,
         "app_startup_delay_ms": args.startup_ms,
         "slow_request_ms": args.slow_ms,
+        "retire": args.retire,
+        "warmup_requests": args.warmup_requests,
         "deployments": results,
         "summary": summary,
         "binaries": binaries,
-        "requests": samples.len(),
+        "requests": run.samples.len(),
     });
     write(
         &args.out.join("bench.json"),
@@ -176,252 +299,26 @@ fn bench(args: &Args) -> Result<bool> {
     write(&args.out.join("bench.md"), &markdown)?;
     write(
         &args.out.join("timeline.svg"),
-        &svg::timeline(&samples, &slow, &results),
+        &svg::timeline(&run.samples, &run.slow, &results),
     )?;
     println!("{markdown}");
     println!(
         "bench: wrote {}, bench.md and timeline.svg there",
         args.out.join("bench.json").display()
     );
-    Ok(ok && summary.clean())
+    Ok(run.ok && summary.clean())
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+/// `health.warmup` for `--warmup-requests N` (none for 0).
+pub fn warmup_config(setup: &Setup, requests: usize) -> Result<()> {
+    if requests == 0 {
+        return Ok(());
+    }
+    setup.edit_config(|c| {
+        c["health"]["warmup"] = serde_json::json!({"paths": ["/"], "requests": requests});
+    })
+}
+
+pub fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// One deployment: the five stages, watched from outside.
-fn deploy(
-    setup: &Setup,
-    args: &Args,
-    id: &str,
-    live: &str,
-    idle: &str,
-    t0: Instant,
-    t0_wall: SystemTime,
-) -> Result<(Deployment, JoinHandle<load::Sample>)> {
-    let idle_port = setup.ports[usize::from(idle == "real2")];
-    let mut stages = Vec::new();
-    let verbose = args.verbose;
-    let s = |d: Duration| d.as_secs_f64();
-    let mut run = |stage: &str, args: &[&str]| -> Result<()> {
-        let begin = t0.elapsed();
-        let out = setup
-            .bundle
-            .hook(stage, args, Some(id), Duration::from_secs(180))?;
-        let end = t0.elapsed();
-        if verbose {
-            eprintln!("  $ {stage} {}   # {:.3} s", args.join(" "), s(end - begin));
-            for line in out.stderr.lines() {
-                eprintln!("    {line}");
-            }
-        }
-        if !out.status.success() {
-            bail!("{stage} exited {}: {}", out.code(), out.stderr.trim());
-        }
-        stages.push(Stage {
-            name: stage.to_string(),
-            begin,
-            end,
-        });
-        Ok(())
-    };
-
-    run("profile", &[])?;
-    let old_app = setup
-        .launched_pid(idle)
-        .filter(|&pid| running(pid))
-        .map(watch_exit);
-    run("stop", &[])?;
-    let app_exit = old_app
-        .map(|w| w.join().map_err(|_| anyhow!("exit watcher panicked")))
-        .transpose()?
-        .flatten()
-        .map(|at| at - t0);
-
-    let stop_poll = Arc::new(AtomicBool::new(false));
-    let poller = first_answer(idle_port, idle.to_string(), stop_poll.clone());
-    run("start", &[])?;
-    let spawned_unix_ms = launched_unix_ms(setup, idle)?;
-    let health = run("health", &["--no-switch"]);
-    stop_poll.store(true, Ordering::Relaxed);
-    let first = poller
-        .join()
-        .map_err(|_| anyhow!("answer poller panicked"))?;
-    health?;
-    let (first_answer, first_answer_wall) =
-        first.ok_or_else(|| anyhow!("health passed but {idle} never answered the poller"))?;
-
-    // A slow request to the live app, in flight when the include changes.
-    let slow = load::slow_request(setup.nginx.port, &format!("/slow?ms={}", args.slow_ms), t0);
-    // Outside the deployment's stages: lets the request reach the app first.
-    std::thread::sleep(Duration::from_millis(100));
-    run("switch", &[])?;
-    let written = fs::metadata(&setup.nginx.include)
-        .and_then(|m| m.modified())
-        .context("reading the include file's mtime")?;
-
-    let since_t0 = |t: SystemTime| t.duration_since(t0_wall).unwrap_or_default();
-    let unix_ms = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    let deployment = Deployment {
-        id: id.to_string(),
-        from: live.to_string(),
-        to: idle.to_string(),
-        stages,
-        old_app_exit: app_exit,
-        first_answer: first_answer - t0,
-        app_startup: Duration::from_secs_f64(
-            ((unix_ms(first_answer_wall) - spawned_unix_ms as f64) / 1000.0).max(0.0),
-        ),
-        include_written: since_t0(written),
-    };
-    Ok((deployment, slow))
-}
-
-/// `started_unix_ms` of the app `start` launched for `profile`.
-fn launched_unix_ms(setup: &Setup, profile: &str) -> Result<u64> {
-    let path = setup.state_dir().join(format!("launched-{profile}.json"));
-    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path)?)?;
-    v["started_unix_ms"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("no started_unix_ms in {}", path.display()))
-}
-
-/// Whether `pid` runs: exists and is not a zombie (the apps are reparented
-/// away from `start`, so nobody here reaps them).
-fn running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-        })
-        .unwrap_or(false)
-}
-
-/// The moment `pid` exits, polled every millisecond, at most 2 minutes.
-fn watch_exit(pid: i32) -> JoinHandle<Option<Instant>> {
-    std::thread::spawn(move || {
-        let limit = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < limit {
-            if !running(pid) {
-                return Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        None
-    })
-}
-
-/// The moment the app on `port` first answers `/profile` with its profile,
-/// polled every 2 ms straight on its port, until found or `stop` is set.
-fn first_answer(
-    port: u16,
-    profile: String,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<Option<(Instant, SystemTime)>> {
-    std::thread::spawn(move || {
-        let limit = Instant::now() + Duration::from_secs(180);
-        while Instant::now() < limit {
-            if let Ok((200, body)) = http_get(port, "/profile", Duration::from_secs(1)) {
-                if body.trim() == profile {
-                    return Some((Instant::now(), SystemTime::now()));
-                }
-            }
-            // Checked after a try, so a stop right after the answer still sees it.
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        None
-    })
-}
-
-/// Start-up time and peak RSS of each binary: `--help` for all five,
-/// `profile --json` against the running setup.
-fn measure_binaries(setup: &Setup, runs: usize) -> Result<Vec<BinaryFigures>> {
-    let mut out = Vec::new();
-    let mut cases: Vec<(String, Vec<String>)> = STAGES
-        .iter()
-        .map(|s| (s.to_string(), vec!["--help".to_string()]))
-        .collect();
-    cases.push(("profile".into(), vec!["--json".into()]));
-    for (stage, extra) in cases {
-        let bin = setup.bundle.bin(&stage);
-        let mut times = Vec::new();
-        let mut rss = 0;
-        for _ in 0..runs.max(1) {
-            let (wall, max_rss, code) = run_measured(&bin, &extra)?;
-            if code != 0 {
-                bail!("{} {} exited {code}", bin.display(), extra.join(" "));
-            }
-            times.push(wall);
-            rss = rss.max(max_rss);
-        }
-        out.push(BinaryFigures::new(
-            format!("{stage} {}", extra.join(" ")),
-            &times,
-            rss,
-        ));
-    }
-    Ok(out)
-}
-
-/// Runs `bin extra` through `bench --measure-child`, so the peak RSS of
-/// its children is that one process's.
-fn run_measured(bin: &Path, extra: &[String]) -> Result<(Duration, u64, i32)> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("--measure-child")
-        .arg("--")
-        .arg(bin)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<i64> = text
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    match fields[..] {
-        [us, kib, code] => Ok((
-            Duration::from_micros(us.unsigned_abs()),
-            kib.unsigned_abs(),
-            i32::try_from(code).unwrap_or(-1),
-        )),
-        _ => bail!(
-            "measuring {} failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
-/// The `--measure-child` mode: spawn, wait, report.
-fn measure_child(command: &[String]) -> Result<()> {
-    let (program, rest) = command
-        .split_first()
-        .ok_or_else(|| anyhow!("--measure-child needs a command after --"))?;
-    let started = Instant::now();
-    let status = Command::new(program)
-        .args(rest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir("/")
-        .status()
-        .with_context(|| format!("cannot run {program}"))?;
-    let wall = started.elapsed();
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
-    println!(
-        "{} {} {}",
-        wall.as_micros(),
-        usage.max_rss(),
-        status.code().unwrap_or(-1)
-    );
-    Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::load::{Kind, Outcome, Sample};
+use crate::startup::BinaryFigures;
 use crate::Args;
 
 /// One stage run, as moments since the load began.
@@ -32,8 +33,68 @@ pub struct Deployment {
     pub first_answer: Duration,
     /// From `start` spawning it to that first answer.
     pub app_startup: Duration,
-    /// The include file's mtime.
-    pub include_written: Duration,
+    /// The include file's (or the symlink's) mtime; none in upstream-pair mode.
+    pub include_written: Option<Duration>,
+    /// When `switch` said it had confirmed through nginx.
+    pub confirmed: Option<Duration>,
+    /// When `start` spawned the app (its `started_unix_ms`).
+    pub spawned: Duration,
+    /// When the app retired by `switch` exited, if one was.
+    pub retired_exit: Option<Duration>,
+    /// The most fds any stage of the deployment held open at once.
+    pub peak_fds: usize,
+}
+
+/// The overhead to the switch's confirmation, piece by piece (seconds):
+/// `profile` + `stop` + `start` up to the spawn + `health` after the first
+/// answer + `switch` up to the include written + from there to the
+/// confirmation. (`start` after the spawn and `health` before the first
+/// answer are the app's own start-up.)
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    pub profile_s: f64,
+    pub stop_s: f64,
+    /// Of `stop`: the old app's own shutdown.
+    pub old_app_shutdown_s: f64,
+    pub start_until_spawn_s: f64,
+    pub health_after_answer_s: f64,
+    pub switch_until_written_s: f64,
+    pub written_until_confirmed_s: f64,
+}
+
+/// Latency of a set of requests, in ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Requests that took over 100 ms.
+    pub over_100ms: usize,
+}
+
+impl Latency {
+    fn of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Latency {
+        let mut ms: Vec<f64> = samples
+            .filter(|x| x.served_by().is_some())
+            .map(|x| x.latency.as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let q = |f: f64| {
+            if ms.is_empty() {
+                0.0
+            } else {
+                ms[((ms.len() - 1) as f64 * f).round() as usize]
+            }
+        };
+        Latency {
+            requests: ms.len(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            max_ms: ms.last().copied().unwrap_or(0.0),
+            over_100ms: ms.iter().filter(|&&x| x > 100.0).count(),
+        }
+    }
 }
 
 /// A stage in the output, in seconds since the load began.
@@ -70,20 +131,49 @@ pub struct DeploymentFigures {
     pub overhead_s: f64,
     /// From `stop` beginning to the old app's exit: the app's own shutdown.
     pub old_app_shutdown_s: Option<f64>,
-    /// The overhead less the old app's own shutdown: what nonstop itself
-    /// and nginx add.
-    pub overhead_own_s: f64,
     /// From the old app's exit to `stop` returning.
     pub stop_after_exit_s: Option<f64>,
     /// From the new app's first answer to `health` returning.
     pub health_notice_s: f64,
-    pub include_written_s: f64,
-    /// From the include written to `switch` returning, which it does once
-    /// it has confirmed through nginx.
-    pub switch_confirmed_s: f64,
-    /// From the include written to the first request after which every
-    /// answer came from the new profile.
+    pub include_written_s: Option<f64>,
+    /// From the include written to `switch` saying it confirmed through nginx.
+    pub switch_confirmed_s: Option<f64>,
+    /// From the include written (upstream pair: from `switch` beginning) to
+    /// the first request after which every answer came from the new profile.
     pub only_new_after_s: Option<f64>,
+    /// The stages' time up to the switch's confirmation (without the
+    /// retiring that `switch` does after it) − app start-up.
+    pub overhead_confirmed_s: f64,
+    /// That, less the old app's own shutdown that `stop` waited for: what
+    /// nonstop and nginx add where `stop` has nothing to wait for.
+    pub overhead_own_s: f64,
+    /// From the confirmation to `switch` returning: retiring the previous app.
+    pub retire_s: Option<f64>,
+    /// From `switch` beginning to the retired app's exit.
+    pub retired_exit_s: Option<f64>,
+    /// When traffic moved: the first request through nginx answered by the
+    /// new profile (seconds since the load began).
+    pub moved_s: Option<f64>,
+    /// Requests sent in the steady stretch before the deployment began.
+    pub latency_before: Latency,
+    /// Requests sent in the second after traffic moved.
+    pub latency_after: Latency,
+    /// latency_after.p99 / latency_before.p99.
+    pub p99_ratio: Option<f64>,
+    /// The slowest of the new app's first 10 answers through nginx (ms):
+    /// a fresh JVM's cold start shows here.
+    pub new_app_first10_max_ms: Option<f64>,
+    /// Requests that failed: an error answer or a failed new connection.
+    pub failed: usize,
+    pub post_requests: usize,
+    pub post_failed: usize,
+    /// Kept-alive connections nginx closed under their client: a request
+    /// written onto one read EOF (nginx's `keepalive_requests` limit, which
+    /// announces its close with `Connection: close`, is not counted).
+    pub keepalive_closed: usize,
+    pub peak_fds: usize,
+    /// Where the overhead to the confirmation goes.
+    pub breakdown: Breakdown,
     pub requests: usize,
     pub served: usize,
     pub status_5xx: usize,
@@ -114,6 +204,17 @@ pub fn analyse(
     slow: &[Option<Sample>],
 ) -> Vec<DeploymentFigures> {
     let end_of_run = samples.last().map(|x| x.at).unwrap_or_default();
+    // When traffic moved in each deployment, for the next one's baseline.
+    let previous_moved: Vec<Option<Duration>> = deployments
+        .iter()
+        .map(|d| {
+            let begin = d.stages.first().map(|x| x.begin).unwrap_or_default();
+            samples
+                .iter()
+                .find(|x| x.at >= begin && x.served_by() == Some(d.to.as_str()))
+                .map(|x| x.at)
+        })
+        .collect();
     deployments
         .iter()
         .enumerate()
@@ -134,6 +235,8 @@ pub fn analyse(
             let health_end = stage("health").map(|x| x.end).unwrap_or_default();
             let switch_end = stage("switch").map(|x| x.end).unwrap_or_default();
 
+            let switch_begin = stage("switch").map(|x| x.begin).unwrap_or_default();
+            let reference = d.include_written.unwrap_or(switch_begin);
             // The last request the old profile answered; every one sent
             // after it went to the new one.
             let last_old = during
@@ -143,8 +246,59 @@ pub fn analyse(
                 Some(k) => during[k + 1..]
                     .iter()
                     .find(|x| x.served_by() == Some(d.to.as_str()))
-                    .map(|x| s(x.at) - s(d.include_written)),
+                    .map(|x| s(x.at) - s(reference)),
                 None => None,
+            };
+            // Traffic moved with the first request nginx gave the new app.
+            let new_answers: Vec<&&Sample> = during
+                .iter()
+                .filter(|x| x.served_by() == Some(d.to.as_str()))
+                .collect();
+            let moved = new_answers.first().map(|x| x.at);
+            let after = match moved {
+                Some(m) => Latency::of(
+                    during
+                        .iter()
+                        .copied()
+                        .filter(|x| x.at >= m && x.at < m + Duration::from_secs(1)),
+                ),
+                None => Latency::default(),
+            };
+            // The steady stretch: up to 1.5 s before the deployment began,
+            // and not within the second after the previous switch.
+            let steady_from = begin.saturating_sub(Duration::from_millis(1500)).max(
+                i.checked_sub(1)
+                    .and_then(|p| previous_moved.get(p).copied().flatten())
+                    .map(|m| m + Duration::from_secs(1))
+                    .unwrap_or_default(),
+            );
+            let before = Latency::of(
+                samples
+                    .iter()
+                    .filter(|x| x.at >= steady_from && x.at < begin && x.kind != Kind::Slow),
+            );
+            let p99_ratio =
+                (before.p99_ms > 0.0 && after.requests > 0).then(|| after.p99_ms / before.p99_ms);
+            let first10 = new_answers
+                .iter()
+                .take(10)
+                .map(|x| x.latency.as_secs_f64() * 1000.0)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let confirmed = d.confirmed.unwrap_or(switch_end);
+            let to_confirmed: f64 = d
+                .stages
+                .iter()
+                .map(|x| {
+                    if x.name == "switch" {
+                        s(confirmed) - s(x.begin)
+                    } else {
+                        s(x.end - x.begin)
+                    }
+                })
+                .sum();
+            let old_shutdown = match (stop, d.old_app_exit) {
+                (Some(st), Some(exit)) => s(exit) - s(st.begin),
+                _ => 0.0,
             };
 
             let slow = slow.get(i).cloned().flatten();
@@ -191,20 +345,49 @@ pub fn analyse(
                     (Some(st), Some(exit)) => Some(s(exit) - s(st.begin)),
                     _ => None,
                 },
-                overhead_own_s: wall
-                    - s(d.app_startup)
-                    - match (stop, d.old_app_exit) {
-                        (Some(st), Some(exit)) => s(exit) - s(st.begin),
-                        _ => 0.0,
-                    },
                 stop_after_exit_s: match (stop, d.old_app_exit) {
                     (Some(st), Some(exit)) => Some(s(st.end) - s(exit)),
                     _ => None,
                 },
                 health_notice_s: s(health_end) - s(d.first_answer),
-                include_written_s: s(d.include_written),
-                switch_confirmed_s: s(switch_end) - s(d.include_written),
+                include_written_s: d.include_written.map(s),
+                switch_confirmed_s: d.include_written.map(|w| s(confirmed) - s(w)),
                 only_new_after_s: only_new_after,
+                overhead_confirmed_s: to_confirmed - s(d.app_startup),
+                overhead_own_s: to_confirmed - s(d.app_startup) - old_shutdown,
+                retire_s: d.retired_exit.map(|_| s(switch_end) - s(confirmed)),
+                retired_exit_s: d.retired_exit.map(|e| s(e) - s(switch_begin)),
+                moved_s: moved.map(s),
+                latency_before: before,
+                latency_after: after,
+                p99_ratio,
+                new_app_first10_max_ms: first10,
+                failed: during.iter().filter(|x| x.failed()).count(),
+                post_requests: during.iter().filter(|x| x.post).count(),
+                post_failed: during
+                    .iter()
+                    .filter(|x| x.post && (x.failed() || x.post_lost()))
+                    .count(),
+                keepalive_closed: during
+                    .iter()
+                    .filter(|x| matches!(x.outcome, Outcome::KeepAliveReadError(_)))
+                    .count(),
+                peak_fds: d.peak_fds,
+                breakdown: Breakdown {
+                    profile_s: stage("profile").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+                    stop_s: stop.map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+                    old_app_shutdown_s: old_shutdown,
+                    start_until_spawn_s: stage("start")
+                        .map(|x| s(d.spawned) - s(x.begin))
+                        .unwrap_or(0.0),
+                    health_after_answer_s: s(health_end) - s(d.first_answer),
+                    switch_until_written_s: d
+                        .include_written
+                        .map(|w| s(w) - s(switch_begin))
+                        .unwrap_or(0.0),
+                    written_until_confirmed_s: s(confirmed)
+                        - d.include_written.map(s).unwrap_or(s(switch_begin)),
+                },
                 requests: during.len(),
                 served: during.iter().filter(|x| x.served_by().is_some()).count(),
                 status_5xx: during
@@ -240,6 +423,7 @@ pub struct Summary {
     pub median_wall_s: f64,
     pub median_app_startup_s: f64,
     pub median_overhead_s: f64,
+    pub median_overhead_confirmed_s: f64,
     pub median_overhead_own_s: f64,
     pub median_stop_s: f64,
     pub median_start_s: f64,
@@ -251,25 +435,39 @@ pub struct Summary {
     pub median_stop_with_app_s: Option<f64>,
     pub median_stop_after_exit_s: Option<f64>,
     pub median_health_notice_s: f64,
-    pub median_switch_confirmed_s: f64,
+    pub median_switch_confirmed_s: Option<f64>,
     pub median_only_new_after_s: Option<f64>,
+    pub median_retire_s: Option<f64>,
+    pub median_before: Latency,
+    pub median_after: Latency,
+    pub median_p99_ratio: Option<f64>,
+    pub median_new_app_first10_max_ms: Option<f64>,
+    /// Requests over 100 ms in the second after a switch, all deployments.
+    pub after_over_100ms: usize,
+    /// And in the steady stretches before them.
+    pub before_over_100ms: usize,
+    pub median_keepalive_closed: f64,
+    pub median_breakdown: Breakdown,
     /// Every request of the run, deployments or not.
     pub requests: usize,
     pub status_5xx: usize,
     pub status_other: usize,
     pub connection_errors: usize,
     pub keepalive_read_errors: usize,
+    pub failed: usize,
+    pub post_requests: usize,
+    pub post_failed: usize,
     pub slow_failed: usize,
 }
 
 impl Summary {
     /// Nothing dropped: no 5xx or other error answer, no failed new
-    /// connection, every slow request answered by the old profile.
+    /// connection, every slow request answered by the old profile. A POST
+    /// lost on a kept-alive connection nginx closed at its reload is counted
+    /// (`post_failed`) but does not fail the run: no deployment tool can
+    /// prevent it in the modes that reload nginx; the modes table shows it.
     pub fn clean(&self) -> bool {
-        self.status_5xx == 0
-            && self.status_other == 0
-            && self.connection_errors == 0
-            && self.slow_failed == 0
+        self.failed == 0 && self.slow_failed == 0
     }
 }
 
@@ -286,16 +484,31 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+fn median_latency(all: &[&Latency]) -> Latency {
+    let m = |f: &dyn Fn(&Latency) -> f64| median(all.iter().map(|l| f(l)).collect()).unwrap_or(0.0);
+    Latency {
+        requests: all.iter().map(|l| l.requests).sum(),
+        p50_ms: m(&|l| l.p50_ms),
+        p99_ms: m(&|l| l.p99_ms),
+        max_ms: m(&|l| l.max_ms),
+        over_100ms: all.iter().map(|l| l.over_100ms).sum(),
+    }
+}
+
 pub fn summarise(results: &[DeploymentFigures], samples: &[Sample]) -> Summary {
     let m = |f: &dyn Fn(&DeploymentFigures) -> Option<f64>| {
         median(results.iter().filter_map(f).collect())
     };
     let z = |x: Option<f64>| x.unwrap_or(0.0);
+    let count = |f: &dyn Fn(&Sample) -> bool| samples.iter().filter(|x| f(x)).count();
+    let befores: Vec<&Latency> = results.iter().map(|d| &d.latency_before).collect();
+    let afters: Vec<&Latency> = results.iter().map(|d| &d.latency_after).collect();
     Summary {
         deployments: results.len(),
         median_wall_s: z(m(&|d| Some(d.wall_s))),
         median_app_startup_s: z(m(&|d| Some(d.app_startup_s))),
         median_overhead_s: z(m(&|d| Some(d.overhead_s))),
+        median_overhead_confirmed_s: z(m(&|d| Some(d.overhead_confirmed_s))),
         median_overhead_own_s: z(m(&|d| Some(d.overhead_own_s))),
         median_stop_s: z(m(&|d| d.stage("stop"))),
         median_start_s: z(m(&|d| d.stage("start"))),
@@ -306,55 +519,37 @@ pub fn summarise(results: &[DeploymentFigures], samples: &[Sample]) -> Summary {
         median_stop_with_app_s: m(&|d| d.old_app_shutdown_s.and(d.stage("stop"))),
         median_stop_after_exit_s: m(&|d| d.stop_after_exit_s),
         median_health_notice_s: z(m(&|d| Some(d.health_notice_s))),
-        median_switch_confirmed_s: z(m(&|d| Some(d.switch_confirmed_s))),
+        median_switch_confirmed_s: m(&|d| d.switch_confirmed_s),
         median_only_new_after_s: m(&|d| d.only_new_after_s),
+        median_retire_s: m(&|d| d.retire_s),
+        median_before: median_latency(&befores),
+        median_after: median_latency(&afters),
+        median_p99_ratio: m(&|d| d.p99_ratio),
+        median_new_app_first10_max_ms: m(&|d| d.new_app_first10_max_ms),
+        after_over_100ms: afters.iter().map(|l| l.over_100ms).sum(),
+        before_over_100ms: befores.iter().map(|l| l.over_100ms).sum(),
+        median_keepalive_closed: z(m(&|d| Some(d.keepalive_closed as f64))),
+        median_breakdown: Breakdown {
+            profile_s: z(m(&|d| Some(d.breakdown.profile_s))),
+            stop_s: z(m(&|d| Some(d.breakdown.stop_s))),
+            old_app_shutdown_s: z(m(&|d| Some(d.breakdown.old_app_shutdown_s))),
+            start_until_spawn_s: z(m(&|d| Some(d.breakdown.start_until_spawn_s))),
+            health_after_answer_s: z(m(&|d| Some(d.breakdown.health_after_answer_s))),
+            switch_until_written_s: z(m(&|d| Some(d.breakdown.switch_until_written_s))),
+            written_until_confirmed_s: z(m(&|d| Some(d.breakdown.written_until_confirmed_s))),
+        },
         requests: samples.len(),
-        status_5xx: samples
-            .iter()
-            .filter(|x| x.status().is_some_and(|c| c >= 500))
-            .count(),
-        status_other: samples
-            .iter()
-            .filter(|x| {
-                x.status()
-                    .is_some_and(|c| !(200..300).contains(&c) && c < 500)
-            })
-            .count(),
-        connection_errors: samples
-            .iter()
-            .filter(|x| matches!(x.outcome, Outcome::ConnectionError(_)))
-            .count(),
-        keepalive_read_errors: samples
-            .iter()
-            .filter(|x| matches!(x.outcome, Outcome::KeepAliveReadError(_)))
-            .count(),
+        status_5xx: count(&|x| x.status().is_some_and(|c| c >= 500)),
+        status_other: count(&|x| {
+            x.status()
+                .is_some_and(|c| !(200..300).contains(&c) && c < 500)
+        }),
+        connection_errors: count(&|x| matches!(x.outcome, Outcome::ConnectionError(_))),
+        keepalive_read_errors: count(&|x| matches!(x.outcome, Outcome::KeepAliveReadError(_))),
+        failed: count(&|x| x.kind != Kind::Slow && x.failed()),
+        post_requests: count(&|x| x.post),
+        post_failed: count(&|x| x.post && (x.failed() || x.post_lost())),
         slow_failed: results.iter().filter(|d| !d.slow.ok).count(),
-    }
-}
-
-/// Start-up time and peak RSS of one binary invocation.
-#[derive(Debug, Clone, Serialize)]
-pub struct BinaryFigures {
-    pub command: String,
-    pub runs: usize,
-    /// The first run after the binary was copied into the bundle.
-    pub first_ms: f64,
-    pub median_ms: f64,
-    pub max_ms: f64,
-    pub peak_rss_kib: u64,
-}
-
-impl BinaryFigures {
-    pub fn new(command: String, times: &[Duration], peak_rss_kib: u64) -> BinaryFigures {
-        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
-        BinaryFigures {
-            command,
-            runs: ms.len(),
-            first_ms: ms.first().copied().unwrap_or(0.0),
-            max_ms: ms.iter().copied().fold(0.0, f64::max),
-            median_ms: median(ms).unwrap_or(0.0),
-            peak_rss_kib,
-        }
     }
 }
 
@@ -418,30 +613,31 @@ fn secs(x: f64) -> String {
     format!("{x:.2} s")
 }
 
-/// The tables: per deployment, the goals, the binaries.
-pub fn markdown(
-    machine: &Machine,
-    args: &Args,
-    results: &[DeploymentFigures],
-    summary: &Summary,
-    binaries: &[BinaryFigures],
-) -> String {
-    let mut out = String::new();
+/// "1.23" or "–".
+fn ratio(x: Option<f64>) -> String {
+    x.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// "p50 / p99 / max" in ms.
+fn lat(l: &Latency) -> String {
+    format!("{:.1} / {:.1} / {:.1}", l.p50_ms, l.p99_ms, l.max_ms)
+}
+
+/// The load, in words.
+pub const LOAD_WORDS: &str = "2 clients on new connections + 2 on kept-alive ones sending GETs, 1 of each sending POSTs, 5 ms apart";
+
+/// The per-deployment tables (stages; latency around the switch).
+pub fn deployment_tables(out: &mut String, results: &[DeploymentFigures]) {
     let _ = writeln!(
         out,
-        "Machine: {} × {}, {}, kernel {}, {}, {}. Demo app start-up delay {} ms; a {} ms request in flight at each switch; load: 2 clients on new connections + 2 on kept-alive ones, 5 ms apart.\n",
-        machine.cores, machine.cpu, machine.os, machine.kernel, machine.nginx, machine.java,
-        args.startup_ms, args.slow_ms
+        "| deployment | from → to | profile | stop | start | health | switch | total | app start-up | overhead | overhead to confirmed | health notices | stop after exit | switch confirmed | only new after | requests | failed | POSTs failed | keep-alive closed | slow request |"
     );
-    let _ = writeln!(
-        out,
-        "| deployment | from → to | profile | stop | start | health | switch | total | app start-up | overhead | health notices | stop after exit | switch confirmed | only new after | requests | 5xx | conn. errors | keep-alive read errors | slow request |"
-    );
-    let _ = writeln!(out, "|{}", "---|".repeat(19));
+    let _ = writeln!(out, "|{}", "---|".repeat(20));
     for d in results {
         let st = |n: &str| d.stage(n).map(secs).unwrap_or_else(|| "–".into());
         let slow = match (&d.slow.answered_by, d.slow.ok) {
             (Some(p), true) => format!("200 from {p} in {}", secs(d.slow.secs)),
+            (None, false) if d.slow.error.as_deref() == Some("not sent") => "–".into(),
             _ => format!(
                 "FAILED ({})",
                 d.slow
@@ -453,7 +649,7 @@ pub fn markdown(
         };
         let _ = writeln!(
             out,
-            "| {} | {} → {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} → {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             d.id,
             d.from,
             d.to,
@@ -465,17 +661,66 @@ pub fn markdown(
             secs(d.wall_s),
             secs(d.app_startup_s),
             ms(d.overhead_s),
+            ms(d.overhead_confirmed_s),
             ms(d.health_notice_s),
             opt_ms(d.stop_after_exit_s),
-            ms(d.switch_confirmed_s),
+            opt_ms(d.switch_confirmed_s),
             opt_ms(d.only_new_after_s),
             d.requests,
-            d.status_5xx,
-            d.connection_errors,
-            d.keepalive_read_errors,
+            d.failed,
+            d.post_failed,
+            d.keepalive_closed,
             slow
         );
     }
+    let _ = writeln!(
+        out,
+        "\nLatency through nginx (ms, p50 / p99 / max of the requests that got a 2xx) in the steady stretch before each deployment began and in the second after traffic moved (the first request the new app answered):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| deployment | before | after | p99 ratio | over 100 ms after (before) | new app's first 10 answers, slowest |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for d in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} ({}) | {} |",
+            d.id,
+            lat(&d.latency_before),
+            lat(&d.latency_after),
+            ratio(d.p99_ratio),
+            d.latency_after.over_100ms,
+            d.latency_before.over_100ms,
+            d.new_app_first10_max_ms
+                .map(|x| format!("{x:.1} ms"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+}
+
+/// The tables: per deployment, the goals, the binaries.
+pub fn markdown(
+    machine: &Machine,
+    args: &Args,
+    results: &[DeploymentFigures],
+    summary: &Summary,
+    binaries: &[BinaryFigures],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Machine: {} × {}, {}, kernel {}, {}, {}. Demo app start-up delay {} ms; a {} ms request in flight at each switch; retire {}; load: {LOAD_WORDS}.{}\n",
+        machine.cores, machine.cpu, machine.os, machine.kernel, machine.nginx, machine.java,
+        args.startup_ms, args.slow_ms,
+        if args.retire { "on" } else { "off" },
+        if args.warmup_requests > 0 {
+            format!(" `health.warmup`: {} GETs of / to the new app's port before each switch.", args.warmup_requests)
+        } else {
+            String::new()
+        }
+    );
+    deployment_tables(&mut out, results);
 
     let worst_start = binaries
         .iter()
@@ -484,26 +729,47 @@ pub fn markdown(
         .fold(0.0, f64::max);
     let goals: Vec<(&str, String, bool)> = vec![
         (
-            "0 5xx, 0 failed slow requests",
+            "0 failed requests, 0 failed slow requests",
             format!(
-                "{} 5xx, {} other errors, {} connection errors, {} failed slow requests ({} requests)",
+                "{} failed ({} 5xx, {} other errors, {} connection errors), {} failed slow requests ({} requests); POSTs lost on a kept-alive connection nginx closed: {} of {}",
+                summary.failed,
                 summary.status_5xx,
                 summary.status_other,
                 summary.connection_errors,
                 summary.slow_failed,
-                summary.requests
+                summary.requests,
+                summary.post_failed,
+                summary.post_requests,
             ),
             summary.clean(),
         ),
         (
-            "overhead ≤ 0.3 s",
+            "overhead ≤ 0.25 s where `stop` has nothing to wait for",
             format!(
-                "{} ({} without the old app's own shutdown, median {})",
-                ms(summary.median_overhead_s),
+                "{} (to the switch's confirmation, less the old app's own shutdown, median {}; hook time − start-up: {})",
                 ms(summary.median_overhead_own_s),
-                opt_ms(summary.median_old_app_shutdown_s)
+                opt_ms(summary.median_old_app_shutdown_s),
+                ms(summary.median_overhead_s),
             ),
-            summary.median_overhead_s <= 0.3,
+            summary.median_overhead_own_s <= 0.25,
+        ),
+        (
+            "p99 in the second after the switch ≤ 1.5 × steady p99",
+            format!(
+                "{} (p99 {:.1} ms after, {:.1} ms before)",
+                ratio(summary.median_p99_ratio),
+                summary.median_after.p99_ms,
+                summary.median_before.p99_ms
+            ),
+            summary.median_p99_ratio.is_some_and(|r| r <= 1.5),
+        ),
+        (
+            "no request over 100 ms caused by the switch",
+            format!(
+                "{} over 100 ms in the seconds after the switches, {} in the steady stretches",
+                summary.after_over_100ms, summary.before_over_100ms
+            ),
+            summary.after_over_100ms <= summary.before_over_100ms,
         ),
         (
             "health notices ≤ 0.25 s after the first answer",
@@ -517,8 +783,8 @@ pub fn markdown(
         ),
         (
             "switch confirmed ≤ 0.2 s after the include is written",
-            ms(summary.median_switch_confirmed_s),
-            summary.median_switch_confirmed_s <= 0.2,
+            opt_ms(summary.median_switch_confirmed_s),
+            summary.median_switch_confirmed_s.is_none_or(|x| x <= 0.2),
         ),
         (
             "each binary starts in ≤ 5 ms",
@@ -528,8 +794,8 @@ pub fn markdown(
     ];
     let _ = writeln!(
         out,
-        "\nMedians of {} deployments (keep-alive read errors: {}, nginx closing idle kept-alive connections at its reload; not failures):\n",
-        summary.deployments, summary.keepalive_read_errors
+        "\nMedians of {} deployments (kept-alive connections closed under their client: {} per deployment; {} GETs on them a client retries):\n",
+        summary.deployments, summary.median_keepalive_closed, summary.keepalive_read_errors.saturating_sub(summary.post_failed)
     );
     let _ = writeln!(out, "| goal | measured | met |");
     let _ = writeln!(out, "|---|---|---|");
@@ -540,9 +806,21 @@ pub fn markdown(
             if met { "yes" } else { "**no**" }
         );
     }
+    let b = &summary.median_breakdown;
     let _ = writeln!(
         out,
-        "\nWhere the time goes (medians): profile {}, stop {} (when it stopped an app: {}, of which the app's own shutdown {}), start {}, health {}, switch {}; app start-up {}; only the new profile answers {} after the include is written.",
+        "\nThe overhead to the confirmation, piece by piece (medians): profile {}, stop {} (of which the old app's own shutdown {}), start until it spawned the app {}, health after the app's first answer {}, switch until the include was written {}, from there until confirmed through nginx {}.",
+        ms(b.profile_s),
+        ms(b.stop_s),
+        ms(b.old_app_shutdown_s),
+        ms(b.start_until_spawn_s),
+        ms(b.health_after_answer_s),
+        ms(b.switch_until_written_s),
+        ms(b.written_until_confirmed_s),
+    );
+    let _ = writeln!(
+        out,
+        "\nWhere the time goes (medians): profile {}, stop {} (when it stopped an app: {}, of which the app's own shutdown {}), start {}, health {}, switch {} (of which retiring the previous app {}); app start-up {}; only the new profile answers {} after the include is written; the new app's slowest of its first 10 answers {}.",
         ms(summary.median_profile_s),
         ms(summary.median_stop_s),
         opt_ms(summary.median_stop_with_app_s),
@@ -550,17 +828,40 @@ pub fn markdown(
         ms(summary.median_start_s),
         ms(summary.median_health_s),
         ms(summary.median_switch_s),
+        opt_ms(summary.median_retire_s),
         secs(summary.median_app_startup_s),
         opt_ms(summary.median_only_new_after_s),
+        summary
+            .median_new_app_first10_max_ms
+            .map(|x| format!("{x:.1} ms"))
+            .unwrap_or_else(|| "–".into()),
     );
 
-    let _ = writeln!(out, "\n| binary | first run | median | max | peak RSS |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\nStart-up, exec to exit, from a helper process of its own: the cold first run apart, then {} warm-up runs dropped, then the median of the rest; `hyperfine -N --warmup 20` on the same command beside it.\n",
+        crate::startup::WARMUP
+    );
+    let _ = writeln!(
+        out,
+        "| binary | cold first run | median | max | hyperfine median (mean ± σ) | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
     for b in binaries {
+        let hf = b
+            .hyperfine
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "{:.2} ms ({:.2} ± {:.2})",
+                    h.median_ms, h.mean_ms, h.stddev_ms
+                )
+            })
+            .unwrap_or_else(|| "not installed".into());
         let _ = writeln!(
             out,
-            "| `{}` | {:.1} ms | {:.1} ms | {:.1} ms | {} KiB |",
-            b.command, b.first_ms, b.median_ms, b.max_ms, b.peak_rss_kib
+            "| `{}` | {:.2} ms | {:.2} ms | {:.2} ms | {hf} | {} KiB |",
+            b.command, b.cold_ms, b.median_ms, b.max_ms, b.peak_rss_kib
         );
     }
     out

@@ -6,7 +6,8 @@
 //! scale; each request is a dot coloured by the profile that answered it,
 //! red when it failed, orange for a kept-alive connection nginx closed. The
 //! slow requests are ringed. Thin vertical lines mark where each stage began,
-//! a dashed one the moment the include file was written. A gap or a red dot
+//! a dashed one the moment the include file was written, and a band shaded
+//! in the new profile's colour the second after traffic moved. A gap or a red dot
 //! near a dashed line would be a dropped request; the picture shows the
 //! colour change without one.
 
@@ -136,16 +137,35 @@ pub fn timeline(
                 escape(&stage.name)
             );
         }
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#8e44ad" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}" fill="#8e44ad" font-size="9">{4} → {5}</text>"##,
-            x(d.include_written_s),
-            H - BOTTOM,
-            x(d.include_written_s) + 3.0,
-            TOP + 10.0,
-            escape(&d.from),
-            escape(&d.to)
-        );
+        // The second after traffic moved, shaded in the new profile's
+        // colour: the requests whose latency the report compares with the
+        // steady stretch before (a fresh JVM's cold first answers land here).
+        if let Some(m) = d.moved_s {
+            let c = profiles
+                .iter()
+                .position(|p| p == &d.to)
+                .and_then(|i| PROFILE_COLOURS.get(i).copied())
+                .unwrap_or(OTHER);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{}" fill="{c}" fill-opacity="0.08"/>"#,
+                x(m),
+                x(m + 1.0) - x(m),
+                H - TOP - BOTTOM
+            );
+        }
+        if let Some(w) = d.include_written_s.or(d.moved_s) {
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#8e44ad" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}" fill="#8e44ad" font-size="9">{4} → {5}</text>"##,
+                x(w),
+                H - BOTTOM,
+                x(w) + 3.0,
+                TOP + 10.0,
+                escape(&d.from),
+                escape(&d.to)
+            );
+        }
     }
 
     // One dot per request; requests that land on the same pixel in the
