@@ -314,7 +314,13 @@ fn a_port_held_by_a_stranger_is_caught() {
 #[test]
 fn an_ephemeral_port_is_caught() {
     let f = Fixture::new("pre-ephemeral", Kind::Include);
-    let ephemeral = free_port(); // the kernel picks it from its ephemeral range
+    // The kernel picks it from its ephemeral range (the harness's
+    // `free_port` never does).
+    let ephemeral = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     f.edit(|c| c["profiles"][1]["port"] = json!(ephemeral));
     assert_fails(
         &f.check(),
