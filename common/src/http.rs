@@ -112,3 +112,18 @@ fn describe(err: ureq::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_is_recognised_in_any_case_with_the_roots_dot() {
+        for host in ["localhost", "LocalHost", "localhost."] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in ["127.0.0.1", "localhost.example", "mylocalhost", ""] {
+            assert!(!is_localhost(host), "{host}");
+        }
+    }
+}
