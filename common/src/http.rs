@@ -4,8 +4,19 @@
 //! 10 MiB answer must not cost memory), decoded lossily, and only ever
 //! compared with configured names. No connection is pooled, so every probe
 //! opens a new connection and sees what nginx's current workers route to.
+//!
+//! `localhost` is resolved here, to 127.0.0.1, never by the C library: the
+//! shipped binaries are linked statically against glibc, whose name lookup
+//! (getaddrinfo through NSS) needs glibc's own shared modules at run time,
+//! which a server with another glibc, or an empty container, does not have.
+//! IP addresses need no lookup at all. Any other host name still goes to
+//! getaddrinfo; README says to use an address in `probe_url`.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// The most of a body that is read; a longer answer is a failed probe.
 pub const MAX_BODY: u64 = 4096;
@@ -26,7 +37,7 @@ impl Answer {
 /// GET `url` with a total time limit. `Err` says why no answer came, in words
 /// for a log line (`connection refused`, `timed out after 1.00 s`, ...).
 pub fn get(url: &str, timeout: Duration) -> Result<Answer, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .max_redirects(0)
@@ -34,8 +45,8 @@ pub fn get(url: &str, timeout: Duration) -> Result<Answer, String> {
         .max_idle_connections_per_host(0)
         // An http_proxy in the hook's environment must not reroute a probe of localhost.
         .proxy(None)
-        .build()
-        .into();
+        .build();
+    let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), Loopback::default());
     let mut response = agent.get(url).call().map_err(describe)?;
     let status = response.status().as_u16();
     let bytes = response
@@ -55,6 +66,42 @@ pub fn get(url: &str, timeout: Duration) -> Result<Answer, String> {
     })
 }
 
+/// Resolves `localhost` (any case, with or without the root's dot) to
+/// 127.0.0.1 itself; everything else as ureq does (an IP literal is only
+/// parsed). See the module's doc for why.
+#[derive(Debug, Default)]
+struct Loopback(DefaultResolver);
+
+impl Resolver for Loopback {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        if let Some(authority) = uri.authority() {
+            if is_localhost(authority.host()) {
+                let port = authority
+                    .port_u16()
+                    .unwrap_or(if uri.scheme_str() == Some("https") {
+                        443
+                    } else {
+                        80
+                    });
+                let mut addrs = self.0.empty();
+                addrs.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                return Ok(addrs);
+            }
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+}
+
 fn describe(err: ureq::Error) -> String {
     match err {
         ureq::Error::Timeout(_) => "timed out".to_string(),
@@ -63,5 +110,20 @@ fn describe(err: ureq::Error) -> String {
             _ => io.to_string(),
         },
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_is_recognised_in_any_case_with_the_roots_dot() {
+        for host in ["localhost", "LocalHost", "localhost."] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in ["127.0.0.1", "localhost.example", "mylocalhost", ""] {
+            assert!(!is_localhost(host), "{host}");
+        }
     }
 }

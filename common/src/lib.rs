@@ -31,3 +31,13 @@ pub use config::{Config, Profile};
 pub use error::{exit_code, main_with, usage, Usage};
 pub use log::Log;
 pub use stage::{run_stage, CommonArgs, Context};
+
+/// What every stage's `--version` prints after its name: the version and
+/// the commit it was built from (common/build.rs), so that a binary found on
+/// a server says which source it is.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NONSTOP_COMMIT"),
+    ")"
+);

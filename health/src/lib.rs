@@ -34,7 +34,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Wait until the idle profile's app answers correctly, then switch nginx to it.
 #[derive(Debug, Parser)]
-#[command(name = "health", version, about, long_about = None)]
+#[command(name = "health", version = nonstop_common::VERSION, about, long_about = None)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

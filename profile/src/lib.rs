@@ -35,7 +35,7 @@ pub const LOG: Log = Log::new("profile");
 
 /// Print the idle profile (the one the next deployment goes to).
 #[derive(Debug, Parser)]
-#[command(name = "profile", version, about, long_about = None)]
+#[command(name = "profile", version = nonstop_common::VERSION, about, long_about = None)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

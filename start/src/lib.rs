@@ -45,7 +45,7 @@ pub const LOG: Log = Log::new("start");
 
 /// Launch the newest build on the idle profile's port.
 #[derive(Debug, Parser)]
-#[command(name = "start", version, about, long_about = None)]
+#[command(name = "start", version = nonstop_common::VERSION, about, long_about = None)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

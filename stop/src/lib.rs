@@ -42,7 +42,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Stop the app on the idle port (SIGTERM, then SIGKILL after the timeout).
 #[derive(Debug, Parser)]
-#[command(name = "stop", version, about, long_about = None)]
+#[command(name = "stop", version = nonstop_common::VERSION, about, long_about = None)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,

@@ -57,7 +57,7 @@ const PAIR_CONFIRM_MIN: Duration = Duration::from_secs(30);
 /// Point nginx at a profile (default: the idle one), test, reload and confirm
 /// through nginx; restore the previous include on any failure.
 #[derive(Debug, Parser)]
-#[command(name = "switch", version, about, long_about = None)]
+#[command(name = "switch", version = nonstop_common::VERSION, about, long_about = None)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
