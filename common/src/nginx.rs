@@ -48,7 +48,7 @@ pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 pub const BLIND_CONFIRM: Duration = Duration::from_millis(300);
 
 /// How long a later stage watches a switch it found to see whether it took.
-const TOOK_LIMIT: Duration = Duration::from_millis(1500);
+pub const TOOK_LIMIT: Duration = Duration::from_millis(1500);
 
 /// How far a switch got. Each phase is written before the step after it
 /// begins, so a journal in phase P means every step up to P happened and the
@@ -237,16 +237,17 @@ pub fn reload(config: &Config) -> Result<(), String> {
 }
 
 /// After a restore, brings nginx back to the restored config (test first).
-/// Returns words for a message.
-pub fn reload_previous(config: &Config) -> String {
+/// Words for a message either way; `Err` when the reload back did not
+/// report success.
+pub fn reload_previous(config: &Config) -> Result<String, String> {
     if let Err(why) = test(config) {
-        return format!("the restored config fails its test too: {why}");
+        return Err(format!("the restored config fails its test too: {why}"));
     }
     match reload(config) {
-        Ok(()) => "nginx was reloaded with it".to_string(),
-        Err(why) => format!(
+        Ok(()) => Ok("nginx was reloaded with it".to_string()),
+        Err(why) => Err(format!(
             "reloading nginx with it reported a failure ({why}), which may still have taken effect"
-        ),
+        )),
     }
 }
 
@@ -393,8 +394,21 @@ pub fn undo(
         .filter(|w| !journal.workers_before.iter().flatten().any(|b| b == w))
         .collect();
     mark(state, journal, Phase::ReloadedBack)?;
-    let words = reload_previous(config);
+    let back = reload_previous(config);
     let want = names(config, old);
+    let words = match &back {
+        Ok(w) | Err(w) => w.clone(),
+    };
+    if back.is_err() && want.is_none() && leaving.is_empty() {
+        // Neither witness can show nginx left the new config: the restored
+        // include names no profile and nginx's workers cannot be seen. A
+        // reload back that did not report success proves nothing either.
+        return Err(kept(format!(
+            "restored {} but {words}, and nothing can show that nginx serves the restored config: nginx may still route to {}",
+            route::describe(config),
+            journal.target.name
+        )));
+    }
     match serves(config, want.as_ref(), &leaving, config.nginx.confirm_timeout) {
         Ok(after) => {
             end(state, log);
@@ -475,8 +489,11 @@ pub fn recover(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
         Phase::Begun | Phase::Written | Phase::Tested => {
             // No reload was run: nginx serves what it served, unless someone
             // else reloaded it meanwhile.
+            // With no profile named before (a first deployment), nginx
+            // answering as the target is the sign of an outside reload.
             let moved = match (&old_profile, detect::probe(config)) {
                 (Some(old), Probe::Answered(p)) => &p != old,
+                (None, Probe::Answered(p)) => p == journal.target,
                 _ => false,
             };
             if now == previous && !moved {

@@ -100,6 +100,25 @@ pub fn stop_profile(
     live: Option<&Profile>,
     force: bool,
 ) -> Result<()> {
+    stop_profile_with(ctx, target, live, force, false)
+}
+
+/// Stops a build that failed while it was already in nginx's rotation
+/// (upstream-pair mode): like [`stop_profile`], but a signal the stage
+/// received does not hold the SIGTERM back. Leaving the failed build in the
+/// upstream would be worse than the stop the signal interrupts; the wait for
+/// its exit still ends early on the signal.
+pub fn withdraw_profile(ctx: &Context, target: &Profile, live: Option<&Profile>) -> Result<()> {
+    stop_profile_with(ctx, target, live, false, true)
+}
+
+fn stop_profile_with(
+    ctx: &Context,
+    target: &Profile,
+    live: Option<&Profile>,
+    force: bool,
+    despite_signal: bool,
+) -> Result<()> {
     if let Some(compose) = compose::of(&ctx.config) {
         return stop_service(ctx, target, compose);
     }
@@ -231,7 +250,9 @@ pub fn stop_profile(
         }
         return Ok(());
     }
-    signals::check().context("nothing was signalled")?;
+    if !despite_signal {
+        signals::check().context("nothing was signalled")?;
+    }
     for p in &victims {
         LOG.say(format!(
             "{} (pid {}: {}) on {port}; sending SIGTERM",

@@ -128,7 +128,7 @@ pub fn withdraw_failed(ctx: &Context, target: &Profile, failure: anyhow::Error) 
         "{} failed ({failure:#}); upstream-pair mode: it is in nginx's upstream while it listens, so it is stopped now",
         target.name
     ));
-    match nonstop_stop::stop_profile(ctx, target, ctx.slots.live.as_ref(), false) {
+    match nonstop_stop::withdraw_profile(ctx, target, ctx.slots.live.as_ref()) {
         Ok(()) => failure.context(format!(
             "{} ({}) failed and was stopped: nginx's upstream no longer sends it requests{}",
             target.name,
@@ -501,7 +501,9 @@ fn transaction(
         // rename went through and only the directory's sync failed (or, over
         // ssh, the answer was lost after the write): then put the old one
         // back (nginx was not reloaded).
-        if route::read(config).ok().flatten().as_deref() == old {
+        // Only a read that worked counts: over a dead link a failed read
+        // says nothing about what the write did.
+        if matches!(route::read(config), Ok(ref now) if now.as_deref() == old) {
             nginx::end(state, &LOG);
             return Err(e.context("nothing changed"));
         }
@@ -510,9 +512,9 @@ fn transaction(
             if maybe_written {
                 // Not "nothing changed": over ssh the write may have happened.
                 format!(
-                    "{e:#}; the state of {} is unknown until it is read back; nginx was not reloaded. \
-                     The next stage reads it first: it keeps the new route only if nginx answers as {}, \
-                     else it puts the previous one back",
+                    "{e:#}; the state of {} is unknown until it can be read back; nginx was not reloaded. \
+                     The switch journal is kept: the next stage puts the previous one back before anything else \
+                     (reloading nginx if it no longer answers as before), so the switch to {} is undone",
                     route::describe(config),
                     target.name
                 )
