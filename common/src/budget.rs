@@ -184,6 +184,16 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
                 config.probe_timeout,
             );
             p.commands("finishing a switch killed half-way", 2 + 2 * remote);
+            p.wait(
+                "finishing a switch killed half-way: did it take effect?",
+                None,
+                crate::nginx::TOOK_LIMIT,
+            );
+            p.wait(
+                "finishing a switch killed half-way: nginx serving the restored config",
+                Some("nginx.confirm_timeout_secs"),
+                config.nginx.confirm_timeout,
+            );
         }
         detect(p);
         if !pair && remote > 0 {
@@ -257,6 +267,11 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
             config.nginx.confirm_timeout,
         );
         p.wait(
+            "after a failed confirmation, nginx serving the previous config again",
+            Some("nginx.confirm_timeout_secs"),
+            config.nginx.confirm_timeout,
+        );
+        p.wait(
             "the last probe of the confirmation",
             Some("probe_timeout_ms"),
             config.probe_timeout,
@@ -268,13 +283,13 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
         if !config.app.retire {
             return;
         }
-        if !pair {
-            p.wait(
-                "nginx letting go of the previous app",
-                Some("nginx.drain_timeout_secs"),
-                config.nginx.drain_timeout,
-            );
-        }
+        // Every mode waits for nginx to let go of it, then for its open
+        // connections, within this one bound.
+        p.wait(
+            "nginx letting go of the previous app",
+            Some("nginx.drain_timeout_secs"),
+            config.nginx.drain_timeout,
+        );
         stop(p);
     };
 
@@ -333,6 +348,12 @@ pub fn of(config: &Config, stage: &str) -> Option<Budget> {
                     "warming the new app up",
                     Some("health.warmup"),
                     crate::config::MAX_WARMUP,
+                );
+                // The limit is checked before each request.
+                p.wait(
+                    "its last warm-up request",
+                    Some("health.request_timeout_ms"),
+                    config.health.request_timeout,
                 );
             }
             if compose {
@@ -605,7 +626,7 @@ mod tests {
             got,
             [
                 ("AfterInstall", "stop", Some(120)),
-                ("ApplicationStart", "start", Some(180)),
+                ("ApplicationStart", "start", Some(240)),
                 ("ValidateService", "health", Some(180)),
             ]
         );
@@ -660,7 +681,7 @@ mod tests {
         assert!(!err.contains("AfterInstall"), "{err}");
         // Shorter waits fit again.
         let c = config(
-            r#"{"app": {"dir": "/a", "retire": true, "stop_timeout_secs": 5}, "nginx": {"drain_timeout_secs": 10}}"#,
+            r#"{"lock_timeout_secs": 30, "app": {"dir": "/a", "retire": true, "stop_timeout_secs": 5}, "nginx": {"drain_timeout_secs": 10}}"#,
         );
         check(&c, Path::new("/b/appspec.yml"), REPO_APPSPEC).unwrap();
     }

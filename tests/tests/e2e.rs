@@ -413,7 +413,9 @@ fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
     }
     assert!(!state.exists(), "nothing may be touched");
 
-    // Shorter drain and stop: the waits fit in 180 s and the hook runs.
+    // Shorter lock wait, drain and stop: the waits fit in 180 s and the
+    // hook runs.
+    config["lock_timeout_secs"] = json!(30);
     config["app"]["stop_timeout_secs"] = json!(5);
     config["nginx"]["drain_timeout_secs"] = json!(10);
     fs::write(&bundle.config, config.to_string()).unwrap();
