@@ -170,8 +170,8 @@ fn static_binaries_run_in_an_empty_container() {
 fn appspec(destination: &Path, health_timeout: u32) -> String {
     format!(
         "version: 0.0\nos: linux\nfiles:\n  - source: /\n    destination: {}/\n\
-         hooks:\n  AfterInstall:\n    - location: scripts/stop\n      timeout: 120\n\
-         \x20 ApplicationStart:\n    - location: scripts/start\n      timeout: 120\n\
+         hooks:\n  AfterInstall:\n    - location: scripts/stop\n      timeout: 180\n\
+         \x20 ApplicationStart:\n    - location: scripts/start\n      timeout: 240\n\
          \x20 ValidateService:\n    - location: scripts/health\n      timeout: {health_timeout}\n",
         destination.display()
     )
