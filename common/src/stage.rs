@@ -370,12 +370,24 @@ fn check_owner(config: &Config, state: &StateDir, log: &Log) -> Result<()> {
                 state.owner_path().display()
             )))
         }
-        Some(owner) => log.say(format!(
-            "note: this app's route changed from {} to {}; taking over its state directory {}",
-            owner.route,
-            mine.route,
-            state.root().display()
-        )),
+        Some(owner) => {
+            if owner.route != mine.route {
+                log.say(format!(
+                    "note: this app's route changed from {} to {}; taking over its state directory {}",
+                    owner.route,
+                    mine.route,
+                    state.root().display()
+                ));
+            }
+            if owner.profiles != mine.profiles {
+                log.say(format!(
+                    "note: this app's profile ports changed from {} to {}; taking over its state directory {}",
+                    owner.ports(),
+                    mine.ports(),
+                    state.root().display()
+                ));
+            }
+        }
         None => {}
     }
     if state.is_read_only() {

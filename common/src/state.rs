@@ -217,9 +217,28 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// True when `other` is the same app (the route may differ).
+    /// True when `other` is the same app: the same directory and profile
+    /// names. The route and the ports may differ: moving a profile off an
+    /// ephemeral port or the include to another file is the same app's
+    /// changed config, which takes its own state over.
     pub fn same_app(&self, other: &Owner) -> bool {
-        self.profiles == other.profiles && self.app_dir == other.app_dir
+        self.app_dir == other.app_dir
+            && self.profiles.len() == other.profiles.len()
+            && self
+                .profiles
+                .iter()
+                .zip(&other.profiles)
+                .all(|(a, b)| a.name == b.name)
+    }
+
+    /// "real1 (8081), real2 (8082)".
+    pub fn ports(&self) -> String {
+        let profiles: Vec<String> = self
+            .profiles
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.port))
+            .collect();
+        profiles.join(", ")
     }
 
     /// "app in /srv/app with profiles real1 (8081), real2 (8082), route ...".
