@@ -15,6 +15,8 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::usage;
+// Re-exported: the stages have always found them here.
+pub use crate::template::{render, wildcard_match};
 
 /// The file name looked for beside the executable and in its parent directory.
 pub const FILE_NAME: &str = "nonstop.json";
@@ -977,57 +979,16 @@ fn secs(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duratio
 /// Rejects `{name}` placeholders we would not substitute, so that a typo such
 /// as `{prot}` fails at load time instead of reaching nginx or the app.
 fn check_placeholders(key: &str, text: &str, allowed: &[&str]) -> Result<(), String> {
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        let name = &after[..close];
-        let looks_like_placeholder =
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if looks_like_placeholder && !allowed.contains(&name) {
+    match crate::template::unknown_placeholder(text, allowed) {
+        None => Ok(()),
+        Some(name) => {
             let allowed: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
-            return Err(format!(
+            Err(format!(
                 "key `{key}`: unknown placeholder {{{name}}} (known: {})",
                 allowed.join(", ")
-            ));
-        }
-        rest = &after[close + 1..];
-    }
-    Ok(())
-}
-
-/// Matches a name (a file name, an argument) against a pattern with `*` (any run) and `?` (one character).
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
+            ))
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Substitutes `{name}` placeholders. Values come from the config and from
-/// nonstop itself, never from an HTTP answer or a state file's free text.
-pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
 }
 
 impl Config {
@@ -1089,17 +1050,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.jar", "app-1.0.jar"));
-        assert!(!wildcard_match("*.jar", "app.jar.tmp"));
-        assert!(!wildcard_match("*.jar", ".app.jar.nonstop-1.tmp"));
-        assert!(wildcard_match("app-?.jar", "app-2.jar"));
-        assert!(!wildcard_match("app-?.jar", "app-10.jar"));
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("a*b*c", "aXbYbZc"));
-    }
 
     fn parse_str(text: &str) -> Result<Config> {
         parse(text, Path::new("/cfg/nonstop.json"))
