@@ -121,12 +121,27 @@ fn show(d: Duration) -> String {
     }
 }
 
-/// Collects a stage's waits.
-struct Steps {
+/// Collects a stage's waits, read off the config once.
+struct Steps<'a> {
+    config: &'a Config,
+    /// 1 when nginx is on another host (each file access is a command).
+    remote: u32,
+    compose: bool,
+    pair: bool,
     waits: Vec<Wait>,
 }
 
-impl Steps {
+impl<'a> Steps<'a> {
+    fn new(config: &'a Config) -> Self {
+        Steps {
+            config,
+            remote: u32::from(config.nginx.ssh.is_some()),
+            compose: matches!(config.app.backend, Backend::Compose(_)),
+            pair: config.nginx.mode == Mode::UpstreamPair,
+            waits: Vec::new(),
+        }
+    }
+
     fn wait(&mut self, what: &str, key: Option<&'static str>, time: Duration) {
         if !time.is_zero() {
             self.waits.push(Wait {
@@ -144,235 +159,272 @@ impl Steps {
             COMMAND * n,
         );
     }
-}
 
-/// The budget of `stage` (profile, stop, start, health, switch) with
-/// `config`; `None` for any other name.
-pub fn of(config: &Config, stage: &str) -> Option<Budget> {
-    let remote = u32::from(config.nginx.ssh.is_some());
-    let compose = matches!(config.app.backend, Backend::Compose(_));
-    let pair = config.nginx.mode == Mode::UpstreamPair;
-    let mut p = Steps { waits: Vec::new() };
-
-    // Detection: the probe through nginx, the include (over ssh: one
-    // command), and with Compose which services run (ps + inspect each).
-    let detect = |p: &mut Steps| {
-        p.wait(
+    /// Detection: the probe through nginx, the include (over ssh: one
+    /// command), and with Compose which services run (ps + inspect each).
+    fn detect(&mut self) {
+        self.wait(
             "the probe through nginx",
+            Some("probe_timeout_ms"),
+            self.config.probe_timeout,
+        );
+        let n = self.remote + if self.compose { 4 } else { 0 };
+        if n > 0 {
+            self.commands("reading the route and the services", n);
+        }
+    }
+
+    /// The frame of every mutating stage (common/src/stage.rs): the lock or
+    /// another deployment's plan, finishing a switch killed half-way,
+    /// detection, and the write check of the include's directory.
+    fn frame(&mut self) {
+        self.wait(
+            "the lock, or another deployment's plan",
+            Some("lock_timeout_secs"),
+            self.config.lock_timeout,
+        );
+        if !self.pair {
+            self.recover();
+        }
+        self.detect();
+        if !self.pair && self.remote > 0 {
+            self.commands("checking the include's directory", 1);
+        }
+    }
+
+    /// Finishing a switch killed half-way (nginx.rs recover: read, probe,
+    /// restore, test, reload).
+    fn recover(&mut self) {
+        let config = self.config;
+        self.wait(
+            "finishing a switch killed half-way: its probe",
             Some("probe_timeout_ms"),
             config.probe_timeout,
         );
-        let n = remote + if compose { 4 } else { 0 };
-        if n > 0 {
-            p.commands("reading the route and the services", n);
-        }
-    };
-    // The frame of every mutating stage (common/src/stage.rs): the lock or
-    // another deployment's plan, finishing a switch killed half-way
-    // (nginx.rs recover: read, probe, restore, test, reload), detection,
-    // and the write check of the include's directory.
-    let frame = |p: &mut Steps| {
-        p.wait(
-            "the lock, or another deployment's plan",
-            Some("lock_timeout_secs"),
-            config.lock_timeout,
+        self.commands("finishing a switch killed half-way", 2 + 2 * self.remote);
+        self.wait(
+            "finishing a switch killed half-way: did it take effect?",
+            None,
+            crate::nginx::TOOK_LIMIT,
         );
-        if !pair {
-            p.wait(
-                "finishing a switch killed half-way: its probe",
-                Some("probe_timeout_ms"),
-                config.probe_timeout,
+        self.wait(
+            "finishing a switch killed half-way: nginx serving the restored config",
+            Some("nginx.confirm_timeout_secs"),
+            config.nginx.confirm_timeout,
+        );
+    }
+
+    /// Stopping a profile (stop/src/lib.rs): SIGTERM, the stop timeout,
+    /// SIGKILL and its wait; with Compose, `stop -t` and the port's wait.
+    fn stop(&mut self) {
+        if self.compose {
+            self.commands("docker compose: the service and its container", 4);
+        }
+        self.wait(
+            "the app's exit after SIGTERM",
+            Some("app.stop_timeout_secs"),
+            self.config.app.stop_timeout,
+        );
+        self.wait("the exit after SIGKILL, the port free", None, KILL_WAIT);
+        if self.compose {
+            self.commands("docker compose stop", 1);
+        }
+    }
+
+    /// The switch (switch/src/lib.rs switch_to and transaction) on its
+    /// longest path.
+    fn switch(&mut self) {
+        if self.pair {
+            self.switch_pair();
+        } else {
+            self.switch_route();
+        }
+    }
+
+    /// Upstream-pair mode: the new app's health once more, nginx's
+    /// fail_timeout, nginx sending it a request, the last probe.
+    fn switch_pair(&mut self) {
+        let config = self.config;
+        self.wait(
+            "the new app's health, once more",
+            Some("health.request_timeout_ms"),
+            config.health.request_timeout,
+        );
+        if !config.nginx.fail_timeout.is_zero() {
+            self.wait(
+                "nginx's fail_timeout",
+                Some("nginx.fail_timeout_secs"),
+                config.nginx.fail_timeout,
             );
-            p.commands("finishing a switch killed half-way", 2 + 2 * remote);
-            p.wait(
-                "finishing a switch killed half-way: did it take effect?",
-                None,
-                crate::nginx::TOOK_LIMIT,
-            );
-            p.wait(
-                "finishing a switch killed half-way: nginx serving the restored config",
+            self.wait("nginx's clock second", None, PAIR_CLOCK);
+        }
+        if config.nginx.confirm_timeout >= PAIR_CONFIRM_MIN {
+            self.wait(
+                "nginx sending the new app a request",
                 Some("nginx.confirm_timeout_secs"),
                 config.nginx.confirm_timeout,
             );
+        } else {
+            self.wait(
+                "nginx sending the new app a request (at least 30 s)",
+                None,
+                PAIR_CONFIRM_MIN,
+            );
         }
-        detect(p);
-        if !pair && remote > 0 {
-            p.commands("checking the include's directory", 1);
-        }
-    };
-    // Stopping a profile (stop/src/lib.rs): SIGTERM, the stop timeout,
-    // SIGKILL and its wait; with Compose, `stop -t` and the port's wait.
-    let stop = |p: &mut Steps| {
-        if compose {
-            p.commands("docker compose: the service and its container", 4);
-        }
-        p.wait(
-            "the app's exit after SIGTERM",
-            Some("app.stop_timeout_secs"),
-            config.app.stop_timeout,
+        self.wait(
+            "the last probe",
+            Some("probe_timeout_ms"),
+            config.probe_timeout,
         );
-        p.wait("the exit after SIGKILL, the port free", None, KILL_WAIT);
-        if compose {
-            p.commands("docker compose stop", 1);
-        }
-    };
-    // The switch (switch/src/lib.rs switch_to and transaction) on its
-    // longest path: the confirmation times out and everything is undone.
-    let switch = |p: &mut Steps| {
-        if pair {
-            p.wait(
-                "the new app's health, once more",
-                Some("health.request_timeout_ms"),
-                config.health.request_timeout,
-            );
-            if !config.nginx.fail_timeout.is_zero() {
-                p.wait(
-                    "nginx's fail_timeout",
-                    Some("nginx.fail_timeout_secs"),
-                    config.nginx.fail_timeout,
-                );
-                p.wait("nginx's clock second", None, PAIR_CLOCK);
-            }
-            if config.nginx.confirm_timeout >= PAIR_CONFIRM_MIN {
-                p.wait(
-                    "nginx sending the new app a request",
-                    Some("nginx.confirm_timeout_secs"),
-                    config.nginx.confirm_timeout,
-                );
-            } else {
-                p.wait(
-                    "nginx sending the new app a request (at least 30 s)",
-                    None,
-                    PAIR_CONFIRM_MIN,
-                );
-            }
-            p.wait(
-                "the last probe",
-                Some("probe_timeout_ms"),
-                config.probe_timeout,
-            );
-            return;
-        }
-        p.wait(
+    }
+
+    /// Include and symlink modes: the confirmation times out and everything
+    /// is undone.
+    fn switch_route(&mut self) {
+        let config = self.config;
+        self.wait(
             "the probe: does nginx already route there?",
             Some("probe_timeout_ms"),
             config.probe_timeout,
         );
         // test + reload, and after a failed confirmation test + reload back;
         // over ssh also the read, the write, the restore and the final read.
-        p.commands("nginx -t and the reload, there and back", 4 + 4 * remote);
-        p.wait(
+        self.commands(
+            "nginx -t and the reload, there and back",
+            4 + 4 * self.remote,
+        );
+        self.wait(
             "nginx answering as the new profile",
             Some("nginx.confirm_timeout_secs"),
             config.nginx.confirm_timeout,
         );
-        p.wait(
+        self.wait(
             "after a failed confirmation, nginx serving the previous config again",
             Some("nginx.confirm_timeout_secs"),
             config.nginx.confirm_timeout,
         );
-        p.wait(
+        self.wait(
             "the last probe of the confirmation",
             Some("probe_timeout_ms"),
             config.probe_timeout,
         );
-    };
-    // Retiring the previous app (switch/src/lib.rs retire): nginx letting
-    // go of it, then a stop.
-    let retire = |p: &mut Steps| {
-        if !config.app.retire {
+    }
+
+    /// Retiring the previous app (switch/src/lib.rs retire): nginx letting
+    /// go of it, then a stop.
+    fn retire(&mut self) {
+        if !self.config.app.retire {
             return;
         }
         // Every mode waits for nginx to let go of it, then for its open
         // connections, within this one bound.
-        p.wait(
+        self.wait(
             "nginx letting go of the previous app",
             Some("nginx.drain_timeout_secs"),
-            config.nginx.drain_timeout,
+            self.config.nginx.drain_timeout,
         );
-        stop(p);
-    };
+        self.stop();
+    }
 
-    match stage {
-        "profile" => detect(&mut p),
-        "stop" => {
-            frame(&mut p);
-            // stop detects again when it follows the deployment's plan.
-            detect(&mut p);
-            stop(&mut p);
+    /// `stop`: it detects again when it follows the deployment's plan.
+    fn stop_stage(&mut self) {
+        self.frame();
+        self.detect();
+        self.stop();
+    }
+
+    /// `start`: installing or pulling, the early-exit watch, and for a
+    /// process what a forking or failed launch leaves.
+    fn start_stage(&mut self) {
+        let config = self.config;
+        self.frame();
+        if self.compose {
+            // check_service, running, pull, up, containers, inspect.
+            self.commands("docker compose: the service, pull, up", 7);
+        } else {
+            self.commands("installing the artifact", 1);
         }
-        "start" => {
-            frame(&mut p);
-            if compose {
-                // check_service, running, pull, up, containers, inspect.
-                p.commands("docker compose: the service, pull, up", 7);
-            } else {
-                p.commands("installing the artifact", 1);
-            }
-            p.wait(
-                "watching the new app for an early exit",
-                Some("app.start_grace_ms"),
-                config.app.start_grace,
-            );
-            if !compose {
-                // A launcher that forks and exits 0 (start/src/lib.rs): its
-                // leftover is waited for until it listens, and what a failed
-                // launch left is stopped.
-                p.wait(
-                    "a forking launcher's process coming to listen",
-                    Some("health.timeout_secs"),
-                    config.health.timeout,
-                );
-                p.wait(
-                    "stopping what a failed launch left",
-                    Some("app.stop_timeout_secs"),
-                    config.app.stop_timeout,
-                );
-                p.wait("its exit after SIGKILL", None, KILL_WAIT);
-            }
-        }
-        "health" => {
-            frame(&mut p);
-            p.wait(
-                "the new app answering its health check",
+        self.wait(
+            "watching the new app for an early exit",
+            Some("app.start_grace_ms"),
+            config.app.start_grace,
+        );
+        if !self.compose {
+            // A launcher that forks and exits 0 (start/src/lib.rs): its
+            // leftover is waited for until it listens, and what a failed
+            // launch left is stopped.
+            self.wait(
+                "a forking launcher's process coming to listen",
                 Some("health.timeout_secs"),
                 config.health.timeout,
             );
-            p.wait(
-                "its last attempt",
+            self.wait(
+                "stopping what a failed launch left",
+                Some("app.stop_timeout_secs"),
+                config.app.stop_timeout,
+            );
+            self.wait("its exit after SIGKILL", None, KILL_WAIT);
+        }
+    }
+
+    /// `health`: the health check, the warm-up, then the switch and the
+    /// retirement.
+    fn health_stage(&mut self) {
+        let config = self.config;
+        self.frame();
+        self.wait(
+            "the new app answering its health check",
+            Some("health.timeout_secs"),
+            config.health.timeout,
+        );
+        self.wait(
+            "its last attempt",
+            Some("health.request_timeout_ms"),
+            config.health.request_timeout,
+        );
+        if config.health.warmup.is_some() {
+            self.wait(
+                "warming the new app up",
+                Some("health.warmup"),
+                crate::config::MAX_WARMUP,
+            );
+            // The limit is checked before each request.
+            self.wait(
+                "its last warm-up request",
                 Some("health.request_timeout_ms"),
                 config.health.request_timeout,
             );
-            if config.health.warmup.is_some() {
-                p.wait(
-                    "warming the new app up",
-                    Some("health.warmup"),
-                    crate::config::MAX_WARMUP,
-                );
-                // The limit is checked before each request.
-                p.wait(
-                    "its last warm-up request",
-                    Some("health.request_timeout_ms"),
-                    config.health.request_timeout,
-                );
-            }
-            if compose {
-                p.commands("docker inspect and logs of the container", 2);
-            }
-            switch(&mut p);
-            retire(&mut p);
         }
-        "switch" => {
-            frame(&mut p);
-            // --rollback checks the other app's health first.
-            p.wait(
-                "the health of the profile rolled back to",
-                Some("health.request_timeout_ms"),
-                config.health.request_timeout,
-            );
-            switch(&mut p);
-            retire(&mut p);
+        if self.compose {
+            self.commands("docker inspect and logs of the container", 2);
         }
+        self.switch();
+        self.retire();
+    }
+
+    /// `switch`: --rollback checks the other app's health first.
+    fn switch_stage(&mut self) {
+        self.frame();
+        self.wait(
+            "the health of the profile rolled back to",
+            Some("health.request_timeout_ms"),
+            self.config.health.request_timeout,
+        );
+        self.switch();
+        self.retire();
+    }
+}
+
+/// The budget of `stage` (profile, stop, start, health, switch) with
+/// `config`; `None` for any other name.
+pub fn of(config: &Config, stage: &str) -> Option<Budget> {
+    let mut p = Steps::new(config);
+    match stage {
+        "profile" => p.detect(),
+        "stop" => p.stop_stage(),
+        "start" => p.start_stage(),
+        "health" => p.health_stage(),
+        "switch" => p.switch_stage(),
         _ => return None,
     }
     Some(Budget {

@@ -6,7 +6,8 @@
 //! an error, because a typo that silently falls back to a default is how a
 //! deployment ends up pointing nginx at the wrong port.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::usage;
+// Re-exported: the stages have always found them here.
+pub use crate::template::{render, wildcard_match};
 
 /// The file name looked for beside the executable and in its parent directory.
 pub const FILE_NAME: &str = "nonstop.json";
@@ -239,7 +242,7 @@ struct RawApp {
 struct RawCompose {
     file: String,
     project: String,
-    services: std::collections::BTreeMap<String, String>,
+    services: BTreeMap<String, String>,
     command: Option<Vec<String>>,
     docker: Option<String>,
     pull: Option<bool>,
@@ -270,7 +273,7 @@ struct RawWarmup {
 struct RawNginx {
     mode: Option<String>,
     link: Option<String>,
-    sites: Option<std::collections::BTreeMap<String, String>>,
+    sites: Option<BTreeMap<String, String>>,
     ssh: Option<RawSsh>,
     drain_timeout_secs: Option<u64>,
     fail_timeout_secs: Option<u64>,
@@ -345,418 +348,62 @@ pub fn parse(text: &str, source: &Path) -> Result<Config> {
             usage(format!("config file {src}: key `{key}`: {}", e.inner()))
         }
     })?;
-    validate(raw, source).map_err(|msg| usage(format!("config file {src}: {msg}")))
+    validate(raw, source).map_err(|e| usage(format!("config file {src}: {e}")))
 }
 
-fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
-    let profiles = match raw.profiles {
-        None => vec![
-            Profile {
-                name: "real1".into(),
-                port: 8081,
-            },
-            Profile {
-                name: "real2".into(),
-                port: 8082,
-            },
-        ],
-        Some(list) => validate_profiles(list)?,
-    };
+/// A config key whose value is wrong or missing. The key path is written
+/// once, where the check is, and this Display is the one place that puts
+/// it into the message ("key `app.dir`: ...").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// "key `{key}`: {problem}".
+    Bad { key: String, problem: String },
+    /// "key `{key}` is missing: {hint}", or "key `{key}` is missing (...)"
+    /// when the hint is an aside in parentheses.
+    Missing { key: String, hint: String },
+}
 
-    let app = raw
-        .app
-        .ok_or("key `app` is missing (at least `app.dir` is required)")?;
-    let dir = app
-        .dir
-        .ok_or("key `app.dir` is missing: the absolute directory the app is deployed to")?;
-    let dir = PathBuf::from(dir);
-    if !dir.is_absolute() {
-        return Err(format!(
-            "key `app.dir`: {:?} is not an absolute path; every other relative path is resolved against it",
-            dir.display().to_string()
-        ));
-    }
-    let resolve = |p: &str| -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Bad { key, problem } => write!(f, "key `{key}`: {problem}"),
+            KeyError::Missing { key, hint } if hint.starts_with('(') => {
+                write!(f, "key `{key}` is missing {hint}")
+            }
+            KeyError::Missing { key, hint } => write!(f, "key `{key}` is missing: {hint}"),
         }
-    };
+    }
+}
 
-    let artifact = app.artifact.unwrap_or_else(|| "zip/*.jar".into());
-    let artifact_path = resolve(&artifact);
-    let artifact_pattern = artifact_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| format!("key `app.artifact`: {artifact:?} names no file pattern"))?
-        .to_string();
-    let artifact_dir = artifact_path
-        .parent()
-        .ok_or_else(|| format!("key `app.artifact`: {artifact:?} has no directory"))?
-        .to_path_buf();
-    if artifact_dir.to_string_lossy().contains(['*', '?', '[']) {
-        return Err(format!(
-            "key `app.artifact`: {artifact:?}: wildcards are only allowed in the file name, not in directories"
-        ));
-    }
+impl std::error::Error for KeyError {}
 
-    let command = app.command.unwrap_or_else(|| {
-        [
-            "java",
-            "-Dspring.profiles.active={profile}",
-            "-jar",
-            "{artifact}",
-        ]
-        .map(String::from)
-        .to_vec()
-    });
-    if command.first().is_none_or(|c| c.trim().is_empty()) {
-        return Err("key `app.command`: the command is empty; give an argv such as [\"java\", \"-jar\", \"{artifact}\"]".into());
-    }
-    check_placeholders(
-        "app.command",
-        &command.join(" "),
-        &["profile", "port", "artifact"],
-    )?;
+/// What a section's conversion returns.
+type Checked<T> = Result<T, KeyError>;
 
-    let backend = match app.backend.as_deref().unwrap_or("process") {
-        "process" => {
-            if app.compose.is_some() {
-                return Err("key `app.compose`: only used with \"backend\": \"compose\"".into());
-            }
-            Backend::Process
-        }
-        "compose" => {
-            let raw = app.compose.as_ref().ok_or(
-                "key `app.compose` is missing: {\"file\": ..., \"project\": ..., \"services\": {\"PROFILE\": \"SERVICE\"}}",
-            )?;
-            let plain = |s: &str| {
-                !s.is_empty()
-                    && s.len() <= 63
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                    && !s.starts_with(['-', '.'])
-            };
-            if !plain(&raw.project)
-                || raw
-                    .project
-                    .chars()
-                    .any(|c| c.is_ascii_uppercase() || c == '.')
-            {
-                return Err(format!(
-                    "key `app.compose.project`: {:?} must be lowercase letters, digits, '-' or '_' (what Compose labels its containers with)",
-                    raw.project
-                ));
-            }
-            if let Some(unknown) = raw
-                .services
-                .keys()
-                .find(|k| !profiles.iter().any(|p| &p.name == *k))
-            {
-                return Err(format!(
-                    "key `app.compose.services.{unknown}`: not a configured profile"
-                ));
-            }
-            let mut services = Vec::new();
-            for p in &profiles {
-                let s = raw.services.get(&p.name).ok_or_else(|| {
-                    format!(
-                        "key `app.compose.services`: no service for profile {}",
-                        p.name
-                    )
-                })?;
-                if !plain(s) {
-                    return Err(format!(
-                        "key `app.compose.services.{}`: {s:?} is not a Compose service name",
-                        p.name
-                    ));
-                }
-                services.push(s.clone());
-            }
-            if services[0] == services[1] {
-                return Err(
-                    "key `app.compose.services`: both profiles name the same service".into(),
-                );
-            }
-            if let Some(c) = &raw.command {
-                if c.first().is_none_or(|c| c.trim().is_empty()) {
-                    return Err("key `app.compose.command`: the command is empty".into());
-                }
-            }
-            let docker = raw.docker.clone().unwrap_or_else(|| "docker".into());
-            if docker.trim().is_empty() {
-                return Err("key `app.compose.docker`: empty".into());
-            }
-            Backend::Compose(Compose {
-                file: resolve(&raw.file),
-                project: raw.project.clone(),
-                services,
-                command: raw.command.clone(),
-                docker,
-                pull: raw.pull.unwrap_or(false),
-            })
-        }
-        other => {
-            return Err(format!(
-                "key `app.backend`: {other:?} is not one of \"process\", \"compose\""
-            ))
-        }
-    };
+fn bad(key: impl Into<String>, problem: impl Into<String>) -> KeyError {
+    KeyError::Bad {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
 
-    let retire_busy = match app.retire_busy.as_deref().unwrap_or("stop") {
-        "stop" => RetireBusy::Stop,
-        "fail" => RetireBusy::Fail,
-        other => {
-            return Err(format!(
-                "key `app.retire_busy`: {other:?} is not one of \"stop\", \"fail\""
-            ))
-        }
-    };
+fn missing(key: &str, hint: &str) -> KeyError {
+    KeyError::Missing {
+        key: key.to_string(),
+        hint: hint.to_string(),
+    }
+}
 
-    let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
-    if log.trim().is_empty() {
-        return Err("key `app.log`: empty path".into());
-    }
-    check_placeholders("app.log", &log, &["profile"])?;
-    let log_keep = app.log_keep.unwrap_or(5);
-    if log_keep > MAX_LOG_KEEP {
-        return Err(too_big(
-            "app.log_keep",
-            u64::from(log_keep),
-            u64::from(MAX_LOG_KEEP),
-        ));
-    }
-
-    let health = raw.health;
-    let health_path = health.path.unwrap_or_else(|| "/profile".into());
-    if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
-        return Err(format!(
-            "key `health.path`: {health_path:?} must start with '/' and contain no spaces"
-        ));
-    }
-    let rule = match health.rule.as_deref().unwrap_or("exact") {
-        "exact" => HealthMatch::Exact,
-        "contains" => HealthMatch::Contains,
-        "actuator" => HealthMatch::Actuator,
-        "any-2xx" => HealthMatch::AnySuccess,
-        other => {
-            return Err(format!(
-                "key `health.match`: {other:?} is not one of \"exact\", \"contains\", \"actuator\", \"any-2xx\""
-            ))
-        }
-    };
-    let expect = health.expect.unwrap_or_else(|| "{profile}".into());
-    if expect.trim().is_empty() && matches!(rule, HealthMatch::Exact | HealthMatch::Contains) {
-        return Err("key `health.expect`: empty; an empty answer must not count as healthy".into());
-    }
-    check_placeholders("health.expect", &expect, &["profile", "port"])?;
-    let warmup = match health.warmup {
-        None => None,
-        Some(w) => {
-            if w.paths.is_empty() {
-                return Err(
-                    "key `health.warmup.paths`: empty; name at least one path such as \"/\"".into(),
-                );
-            }
-            for path in &w.paths {
-                if !path.starts_with('/')
-                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    return Err(format!(
-                        "key `health.warmup.paths`: {path:?} must start with '/' and contain no spaces"
-                    ));
-                }
-            }
-            let requests = w.requests.unwrap_or(100);
-            if requests == 0 || requests > MAX_WARMUP_REQUESTS {
-                return Err(format!(
-                    "key `health.warmup.requests`: {requests} is not between 1 and {MAX_WARMUP_REQUESTS}"
-                ));
-            }
-            Some(Warmup {
-                paths: w.paths,
-                requests: u32::try_from(requests).unwrap_or(u32::MAX),
-            })
-        }
-    };
-
-    let nginx = raw.nginx;
-    let template = nginx
-        .template
-        .unwrap_or_else(|| "set $service_url http://127.0.0.1:{port};".into());
-    if !template.contains("{port}") {
-        return Err(format!(
-            "key `nginx.template`: {template:?} does not contain {{port}}"
-        ));
-    }
-    check_placeholders("nginx.template", &template, &["port", "profile"])?;
-    let test = nginx
-        .test
-        .unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
-    let reload = nginx
-        .reload
-        .unwrap_or_else(|| ["nginx", "-s", "reload"].map(String::from).to_vec());
-    for (key, argv) in [("nginx.test", &test), ("nginx.reload", &reload)] {
-        if argv.first().is_none_or(|c| c.trim().is_empty()) {
-            return Err(format!("key `{key}`: the command is empty"));
-        }
-    }
-
-    let probe_url = raw
-        .probe_url
-        .unwrap_or_else(|| "http://127.0.0.1/profile".into());
-    if !probe_url.starts_with("http://") || probe_url.contains(char::is_whitespace) {
-        return Err(format!(
-            "key `probe_url`: {probe_url:?} must be an http:// URL (nginx on this host, as in http://127.0.0.1/profile)"
-        ));
-    }
-    // The probe is the witness of what nginx does: aimed at a profile's own
-    // port on this machine it asks the app, not nginx, and every
-    // "confirmation through nginx" would confirm nothing.
-    if let Some((host, port)) = url_host_port(&probe_url) {
-        if let Some(p) = profiles.iter().find(|p| p.port == port) {
-            if is_this_machine(&host) {
-                return Err(format!(
-                    "key `probe_url`: {probe_url:?} is profile {}'s own port ({port}) on this machine, so it asks the app, not nginx; \
-                     give nginx's address (as in http://127.0.0.1/profile)",
-                    p.name
-                ));
-            }
-        }
-    }
-
-    let absolute = |key: &str, p: &str| -> Result<PathBuf, String> {
-        let path = PathBuf::from(p);
-        if path.is_absolute() && path.file_name().is_some() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "key `{key}`: {p:?} must be an absolute path to a file"
-            ))
-        }
-    };
-    let mode = match nginx.mode.as_deref().unwrap_or("include") {
-        "include" => Mode::Include,
-        "symlink" => {
-            let link = nginx
-                .link
-                .as_deref()
-                .ok_or("key `nginx.link` is missing: the symlink nginx includes (say /etc/nginx/sites-enabled/default)")?;
-            let link = absolute("nginx.link", link)?;
-            let sites = nginx.sites.clone().ok_or(
-                "key `nginx.sites` is missing: the site file of each profile, as {\"PROFILE\": \"/etc/nginx/sites-available/FILE\"}",
-            )?;
-            if let Some(unknown) = sites
-                .keys()
-                .find(|k| !profiles.iter().any(|p| &p.name == *k))
-            {
-                return Err(format!(
-                    "key `nginx.sites.{unknown}`: not a configured profile"
-                ));
-            }
-            let mut paths = Vec::new();
-            for p in &profiles {
-                let site = sites.get(&p.name).ok_or_else(|| {
-                    format!("key `nginx.sites`: no site file for profile {}", p.name)
-                })?;
-                paths.push(absolute(&format!("nginx.sites.{}", p.name), site)?);
-            }
-            if paths[0] == paths[1] {
-                return Err("key `nginx.sites`: both profiles name the same site file".into());
-            }
-            if paths.contains(&link) {
-                return Err("key `nginx.link`: it is one of the site files; it must be the symlink that points at one".into());
-            }
-            Mode::Symlink { link, sites: paths }
-        }
-        "upstream-pair" => Mode::UpstreamPair,
-        other => {
-            return Err(format!(
-            "key `nginx.mode`: {other:?} is not one of \"include\", \"symlink\", \"upstream-pair\""
-        ))
-        }
-    };
-    if !matches!(mode, Mode::Symlink { .. }) {
-        if nginx.link.is_some() {
-            return Err("key `nginx.link`: only used with \"mode\": \"symlink\"".into());
-        }
-        if nginx.sites.is_some() {
-            return Err("key `nginx.sites`: only used with \"mode\": \"symlink\"".into());
-        }
-    }
-    let ssh = match nginx.ssh {
-        None => None,
-        Some(raw) => {
-            if mode == Mode::UpstreamPair {
-                return Err(
-                    "key `nginx.ssh`: upstream-pair mode never touches nginx, so it needs no ssh"
-                        .into(),
-                );
-            }
-            let destination = raw.destination.trim().to_string();
-            if destination.is_empty()
-                || destination.starts_with('-')
-                || destination.contains(char::is_whitespace)
-            {
-                return Err(format!(
-                    "key `nginx.ssh.destination`: {:?} must be a host or user@host (no spaces, not starting with '-')",
-                    raw.destination
-                ));
-            }
-            let port = match raw.port {
-                None => None,
-                Some(p) => Some(
-                    u16::try_from(p)
-                        .ok()
-                        .filter(|&p| p != 0)
-                        .ok_or_else(|| format!("key `nginx.ssh.port`: {p} is outside 1-65535"))?,
-                ),
-            };
-            let identity = raw.identity.as_deref().map(resolve);
-            if let Some(bad) = raw.options.iter().find(|o| o.trim().is_empty()) {
-                return Err(format!("key `nginx.ssh.options`: {bad:?} is empty"));
-            }
-            Some(Ssh {
-                destination,
-                port,
-                identity,
-                options: raw.options,
-            })
-        }
-    };
-    if ssh.is_some() {
-        let include = nginx
-            .include
-            .as_deref()
-            .unwrap_or("/etc/nginx/conf.d/service-url.inc");
-        if mode == Mode::Include && !Path::new(include).is_absolute() {
-            return Err(format!(
-                "key `nginx.include`: {include:?} is on the nginx host, so it must be an absolute path"
-            ));
-        }
-    }
-
-    let pid_file = match nginx.pid_file.as_deref().unwrap_or("/run/nginx.pid") {
-        "" => None,
-        p => Some(resolve(p)),
-    };
-    let state_dir = resolve(raw.state_dir.as_deref().unwrap_or(".nonstop"));
-    let include = resolve(
-        nginx
-            .include
-            .as_deref()
-            .unwrap_or("/etc/nginx/conf.d/service-url.inc"),
-    );
-    if include.file_name().is_none() {
-        return Err(format!(
-            "key `nginx.include`: {:?} names no file",
-            include.display().to_string()
-        ));
-    }
-
+/// The whole file: each section converts itself, in this order, and the
+/// first bad key ends the check. Upstream-pair mode (an nginx setting)
+/// always retires the old app, so `app.retire` is settled last.
+fn validate(raw: RawConfig, source: &Path) -> Checked<Config> {
+    let profiles = profiles(raw.profiles)?;
+    let mut app = app(raw.app, &profiles)?;
+    let health = health(raw.health)?;
+    let nginx = nginx(raw.nginx, &profiles, &app.dir)?;
+    app.retire |= nginx.mode == Mode::UpstreamPair;
+    let probe_url = probe_url(raw.probe_url, &profiles)?;
     Ok(Config {
         source: source.to_path_buf(),
         profiles,
@@ -767,134 +414,645 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, String> {
             2000,
             MAX_REQUEST_MS,
         )?,
-        state_dir,
+        state_dir: resolve(&app.dir, raw.state_dir.as_deref().unwrap_or(".nonstop")),
         lock_timeout: secs(
             "lock_timeout_secs",
             raw.lock_timeout_secs,
             60,
             MAX_WAIT_SECS,
         )?,
-        app: App {
-            backend,
-            artifact_dir,
-            artifact_pattern,
-            command,
-            log,
-            log_keep,
-            stop_timeout: secs(
-                "app.stop_timeout_secs",
-                app.stop_timeout_secs,
-                30,
-                MAX_WAIT_SECS,
-            )?,
-            start_grace: match app.start_grace_ms.unwrap_or(1000) {
-                // 0 is allowed: `start` then leaves the early-exit watch to `health`.
-                v if v > MAX_GRACE_MS => {
-                    return Err(too_big("app.start_grace_ms", v, MAX_GRACE_MS))
-                }
-                v => Duration::from_millis(v),
-            },
-            retire: app.retire.unwrap_or(false) || mode == Mode::UpstreamPair,
-            retire_busy,
-            dir,
-        },
-        health: Health {
-            path: health_path,
-            rule,
-            expect,
-            interval: ms(
-                "health.interval_ms",
-                health.interval_ms,
-                100,
-                MAX_INTERVAL_MS,
-            )?,
-            timeout: secs(
-                "health.timeout_secs",
-                health.timeout_secs,
-                60,
-                MAX_WAIT_SECS,
-            )?,
-            request_timeout: ms(
-                "health.request_timeout_ms",
-                health.request_timeout_ms,
-                1000,
-                MAX_REQUEST_MS,
-            )?,
-            warmup,
-        },
-        nginx: Nginx {
-            mode,
-            ssh,
-            include,
-            template,
-            test,
-            reload,
-            pid_file,
-            confirm_timeout: secs(
-                "nginx.confirm_timeout_secs",
-                nginx.confirm_timeout_secs,
-                10,
-                MAX_CONFIRM_SECS,
-            )?,
-            drain_timeout: secs(
-                "nginx.drain_timeout_secs",
-                nginx.drain_timeout_secs,
-                60,
-                MAX_WAIT_SECS,
-            )?,
-            fail_timeout: match nginx.fail_timeout_secs.unwrap_or(10) {
-                // 0 is allowed: the servers have max_fails=0.
-                v if v > MAX_WAIT_SECS => {
-                    return Err(too_big("nginx.fail_timeout_secs", v, MAX_WAIT_SECS))
-                }
-                v => Duration::from_secs(v),
-            },
-        },
+        app,
+        health,
+        nginx,
     })
 }
 
-fn validate_profiles(list: Vec<RawProfile>) -> Result<Vec<Profile>, String> {
+/// A path from the config: absolute as written, else relative to `app.dir`.
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// `key`'s value among the named choices, or an error listing them.
+fn one_of<T: Clone>(key: &str, value: &str, choices: &[(&str, T)]) -> Checked<T> {
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some((_, choice)) => Ok(choice.clone()),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            Err(bad(
+                key,
+                format!("{value:?} is not one of {}", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// Whether an argv has no program to run.
+fn empty_argv(argv: &[String]) -> bool {
+    argv.first().is_none_or(|c| c.trim().is_empty())
+}
+
+/// `key` (a map from profile name to a value) read in profile order: every
+/// key a configured profile, every profile given a `what`.
+fn per_profile<'m>(
+    key: &str,
+    map: &'m BTreeMap<String, String>,
+    profiles: &[Profile],
+    what: &str,
+) -> Checked<Vec<&'m String>> {
+    if let Some(unknown) = map.keys().find(|k| !profiles.iter().any(|p| &p.name == *k)) {
+        return Err(bad(format!("{key}.{unknown}"), "not a configured profile"));
+    }
+    profiles
+        .iter()
+        .map(|p| {
+            map.get(&p.name)
+                .ok_or_else(|| bad(key, format!("no {what} for profile {}", p.name)))
+        })
+        .collect()
+}
+
+/// `profiles`: the book's real1 on 8081 and real2 on 8082 when absent.
+fn profiles(raw: Option<Vec<RawProfile>>) -> Checked<Vec<Profile>> {
+    let Some(list) = raw else {
+        return Ok(vec![
+            Profile {
+                name: "real1".into(),
+                port: 8081,
+            },
+            Profile {
+                name: "real2".into(),
+                port: 8082,
+            },
+        ]);
+    };
     if list.len() != 2 {
-        return Err(format!(
-            "key `profiles`: blue-green needs exactly two profiles, found {}",
-            list.len()
+        return Err(bad(
+            "profiles",
+            format!(
+                "blue-green needs exactly two profiles, found {}",
+                list.len()
+            ),
         ));
     }
     let mut names = HashSet::new();
     let mut ports = HashSet::new();
     let mut out = Vec::new();
     for (i, p) in list.into_iter().enumerate() {
-        let valid_name = !p.name.is_empty()
-            && p.name.len() <= 64
-            && p.name != "."
-            && p.name != ".."
-            && p.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid_name {
-            return Err(format!(
-                "key `profiles[{i}].name`: {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                p.name
+        let (name_key, port_key) = (format!("profiles[{i}].name"), format!("profiles[{i}].port"));
+        if !profile_name_ok(&p.name) {
+            return Err(bad(
+                name_key,
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    p.name
+                ),
             ));
         }
         let port = u16::try_from(p.port)
             .ok()
             .filter(|&port| port != 0)
-            .ok_or_else(|| format!("key `profiles[{i}].port`: {} is outside 1-65535", p.port))?;
+            .ok_or_else(|| bad(&port_key, format!("{} is outside 1-65535", p.port)))?;
         if !names.insert(p.name.clone()) {
-            return Err(format!(
-                "key `profiles[{i}].name`: {:?} is used by both profiles",
-                p.name
+            return Err(bad(
+                name_key,
+                format!("{:?} is used by both profiles", p.name),
             ));
         }
         if !ports.insert(port) {
-            return Err(format!(
-                "key `profiles[{i}].port`: {port} is used by both profiles"
-            ));
+            return Err(bad(port_key, format!("{port} is used by both profiles")));
         }
         out.push(Profile { name: p.name, port });
     }
     Ok(out)
+}
+
+/// A profile name is part of file names (state, logs): no separators, no
+/// `.` or `..`.
+fn profile_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `app`: required, for `app.dir`. `retire` is only what `app.retire`
+/// says; [`validate`] adds upstream-pair mode's.
+fn app(raw: Option<RawApp>, profiles: &[Profile]) -> Checked<App> {
+    let app = raw.ok_or_else(|| missing("app", "(at least `app.dir` is required)"))?;
+    let dir = app_dir(app.dir)?;
+    let (artifact_dir, artifact_pattern) =
+        artifact(&dir, app.artifact.as_deref().unwrap_or("zip/*.jar"))?;
+    let command = app_command(app.command)?;
+    let backend = backend(app.backend.as_deref(), app.compose.as_ref(), profiles, &dir)?;
+    let retire_busy = one_of(
+        "app.retire_busy",
+        app.retire_busy.as_deref().unwrap_or("stop"),
+        &[("stop", RetireBusy::Stop), ("fail", RetireBusy::Fail)],
+    )?;
+    let log = app.log.unwrap_or_else(|| "nohup-{profile}.out".into());
+    if log.trim().is_empty() {
+        return Err(bad("app.log", "empty path"));
+    }
+    check_placeholders("app.log", &log, &["profile"])?;
+    let log_keep = app.log_keep.unwrap_or(5);
+    at_most("app.log_keep", u64::from(log_keep), u64::from(MAX_LOG_KEEP))?;
+    Ok(App {
+        backend,
+        artifact_dir,
+        artifact_pattern,
+        command,
+        log,
+        log_keep,
+        stop_timeout: secs(
+            "app.stop_timeout_secs",
+            app.stop_timeout_secs,
+            30,
+            MAX_WAIT_SECS,
+        )?,
+        // 0 is allowed: `start` then leaves the early-exit watch to `health`.
+        start_grace: Duration::from_millis(at_most(
+            "app.start_grace_ms",
+            app.start_grace_ms.unwrap_or(1000),
+            MAX_GRACE_MS,
+        )?),
+        retire: app.retire.unwrap_or(false),
+        retire_busy,
+        dir,
+    })
+}
+
+/// `app.dir`: required and absolute, as every other relative path is
+/// resolved against it.
+fn app_dir(raw: Option<String>) -> Checked<PathBuf> {
+    let dir =
+        raw.ok_or_else(|| missing("app.dir", "the absolute directory the app is deployed to"))?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(bad(
+            "app.dir",
+            format!(
+                "{:?} is not an absolute path; every other relative path is resolved against it",
+                dir.display().to_string()
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
+/// `app.artifact`: the directory it is looked for in and the file-name
+/// pattern, the only place wildcards may be.
+fn artifact(dir: &Path, artifact: &str) -> Checked<(PathBuf, String)> {
+    let key = "app.artifact";
+    let path = resolve(dir, artifact);
+    let pattern = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad(key, format!("{artifact:?} names no file pattern")))?
+        .to_string();
+    let parent = path
+        .parent()
+        .ok_or_else(|| bad(key, format!("{artifact:?} has no directory")))?
+        .to_path_buf();
+    if parent.to_string_lossy().contains(['*', '?', '[']) {
+        return Err(bad(
+            key,
+            format!(
+                "{artifact:?}: wildcards are only allowed in the file name, not in directories"
+            ),
+        ));
+    }
+    Ok((parent, pattern))
+}
+
+/// `app.command`: the book's `java -jar` by default.
+fn app_command(raw: Option<Vec<String>>) -> Checked<Vec<String>> {
+    let command = raw.unwrap_or_else(|| {
+        [
+            "java",
+            "-Dspring.profiles.active={profile}",
+            "-jar",
+            "{artifact}",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    if empty_argv(&command) {
+        return Err(bad(
+            "app.command",
+            "the command is empty; give an argv such as [\"java\", \"-jar\", \"{artifact}\"]",
+        ));
+    }
+    check_placeholders(
+        "app.command",
+        &command.join(" "),
+        &["profile", "port", "artifact"],
+    )?;
+    Ok(command)
+}
+
+/// `app.backend` and the `app.compose` it may need.
+fn backend(
+    name: Option<&str>,
+    raw: Option<&RawCompose>,
+    profiles: &[Profile],
+    dir: &Path,
+) -> Checked<Backend> {
+    let is_compose = one_of(
+        "app.backend",
+        name.unwrap_or("process"),
+        &[("process", false), ("compose", true)],
+    )?;
+    match (is_compose, raw) {
+        (false, None) => Ok(Backend::Process),
+        (false, Some(_)) => Err(bad(
+            "app.compose",
+            "only used with \"backend\": \"compose\"",
+        )),
+        (true, None) => Err(missing(
+            "app.compose",
+            "{\"file\": ..., \"project\": ..., \"services\": {\"PROFILE\": \"SERVICE\"}}",
+        )),
+        (true, Some(raw)) => compose(raw, profiles, dir).map(Backend::Compose),
+    }
+}
+
+/// A name Compose accepts for a project or a service.
+fn compose_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !s.starts_with(['-', '.'])
+}
+
+/// `app.compose`: a project and one service of it per profile.
+fn compose(raw: &RawCompose, profiles: &[Profile], dir: &Path) -> Checked<Compose> {
+    if !compose_name_ok(&raw.project)
+        || raw
+            .project
+            .chars()
+            .any(|c| c.is_ascii_uppercase() || c == '.')
+    {
+        return Err(bad(
+            "app.compose.project",
+            format!(
+                "{:?} must be lowercase letters, digits, '-' or '_' (what Compose labels its containers with)",
+                raw.project
+            ),
+        ));
+    }
+    let key = "app.compose.services";
+    let services = per_profile(key, &raw.services, profiles, "service")?;
+    for (p, s) in profiles.iter().zip(&services) {
+        if !compose_name_ok(s) {
+            return Err(bad(
+                format!("{key}.{}", p.name),
+                format!("{s:?} is not a Compose service name"),
+            ));
+        }
+    }
+    if services[0] == services[1] {
+        return Err(bad(key, "both profiles name the same service"));
+    }
+    if raw.command.as_deref().is_some_and(empty_argv) {
+        return Err(bad("app.compose.command", "the command is empty"));
+    }
+    let docker = raw.docker.clone().unwrap_or_else(|| "docker".into());
+    if docker.trim().is_empty() {
+        return Err(bad("app.compose.docker", "empty"));
+    }
+    Ok(Compose {
+        file: resolve(dir, &raw.file),
+        project: raw.project.clone(),
+        services: services.into_iter().cloned().collect(),
+        command: raw.command.clone(),
+        docker,
+        pull: raw.pull.unwrap_or(false),
+    })
+}
+
+/// `health`: what is asked, what counts as healthy, how long to wait.
+fn health(raw: RawHealth) -> Checked<Health> {
+    let path = raw.path.unwrap_or_else(|| "/profile".into());
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(bad(
+            "health.path",
+            format!("{path:?} must start with '/' and contain no spaces"),
+        ));
+    }
+    let rule = one_of(
+        "health.match",
+        raw.rule.as_deref().unwrap_or("exact"),
+        &[
+            ("exact", HealthMatch::Exact),
+            ("contains", HealthMatch::Contains),
+            ("actuator", HealthMatch::Actuator),
+            ("any-2xx", HealthMatch::AnySuccess),
+        ],
+    )?;
+    let expect = raw.expect.unwrap_or_else(|| "{profile}".into());
+    if expect.trim().is_empty() && matches!(rule, HealthMatch::Exact | HealthMatch::Contains) {
+        return Err(bad(
+            "health.expect",
+            "empty; an empty answer must not count as healthy",
+        ));
+    }
+    check_placeholders("health.expect", &expect, &["profile", "port"])?;
+    Ok(Health {
+        path,
+        rule,
+        expect,
+        interval: ms("health.interval_ms", raw.interval_ms, 100, MAX_INTERVAL_MS)?,
+        timeout: secs("health.timeout_secs", raw.timeout_secs, 60, MAX_WAIT_SECS)?,
+        request_timeout: ms(
+            "health.request_timeout_ms",
+            raw.request_timeout_ms,
+            1000,
+            MAX_REQUEST_MS,
+        )?,
+        warmup: raw.warmup.map(warmup).transpose()?,
+    })
+}
+
+/// `health.warmup`: at least one path, a bounded number of requests.
+fn warmup(raw: RawWarmup) -> Checked<Warmup> {
+    if raw.paths.is_empty() {
+        return Err(bad(
+            "health.warmup.paths",
+            "empty; name at least one path such as \"/\"",
+        ));
+    }
+    if let Some(path) = raw
+        .paths
+        .iter()
+        .find(|p| !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(bad(
+            "health.warmup.paths",
+            format!("{path:?} must start with '/' and contain no spaces"),
+        ));
+    }
+    let requests = raw.requests.unwrap_or(100);
+    if requests == 0 || requests > MAX_WARMUP_REQUESTS {
+        return Err(bad(
+            "health.warmup.requests",
+            format!("{requests} is not between 1 and {MAX_WARMUP_REQUESTS}"),
+        ));
+    }
+    Ok(Warmup {
+        paths: raw.paths,
+        requests: u32::try_from(requests).unwrap_or(u32::MAX),
+    })
+}
+
+/// `nginx`: how the route is written and read back, on which host, and
+/// nginx's own timings.
+fn nginx(raw: RawNginx, profiles: &[Profile], dir: &Path) -> Checked<Nginx> {
+    let template = nginx_template(raw.template.clone())?;
+    let test = raw
+        .test
+        .clone()
+        .unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
+    let reload = raw
+        .reload
+        .clone()
+        .unwrap_or_else(|| ["nginx", "-s", "reload"].map(String::from).to_vec());
+    for (key, argv) in [("nginx.test", &test), ("nginx.reload", &reload)] {
+        if empty_argv(argv) {
+            return Err(bad(key, "the command is empty"));
+        }
+    }
+    let mode = mode(&raw, profiles)?;
+    let ssh = raw.ssh.map(|s| ssh(s, &mode, dir)).transpose()?;
+    let include = include(raw.include.as_deref(), &mode, ssh.is_some(), dir)?;
+    Ok(Nginx {
+        mode,
+        ssh,
+        include,
+        template,
+        test,
+        reload,
+        pid_file: match raw.pid_file.as_deref().unwrap_or("/run/nginx.pid") {
+            "" => None,
+            p => Some(resolve(dir, p)),
+        },
+        confirm_timeout: secs(
+            "nginx.confirm_timeout_secs",
+            raw.confirm_timeout_secs,
+            10,
+            MAX_CONFIRM_SECS,
+        )?,
+        drain_timeout: secs(
+            "nginx.drain_timeout_secs",
+            raw.drain_timeout_secs,
+            60,
+            MAX_WAIT_SECS,
+        )?,
+        // 0 is allowed: the servers have max_fails=0.
+        fail_timeout: Duration::from_secs(at_most(
+            "nginx.fail_timeout_secs",
+            raw.fail_timeout_secs.unwrap_or(10),
+            MAX_WAIT_SECS,
+        )?),
+    })
+}
+
+/// `nginx.template`: the include file's line, which must route to `{port}`.
+fn nginx_template(raw: Option<String>) -> Checked<String> {
+    let template = raw.unwrap_or_else(|| "set $service_url http://127.0.0.1:{port};".into());
+    if !template.contains("{port}") {
+        return Err(bad(
+            "nginx.template",
+            format!("{template:?} does not contain {{port}}"),
+        ));
+    }
+    check_placeholders("nginx.template", &template, &["port", "profile"])?;
+    Ok(template)
+}
+
+/// `nginx.include`: a file; on an ssh host in include mode, an absolute
+/// path there (app.dir is a directory of this machine).
+fn include(raw: Option<&str>, mode: &Mode, remote: bool, dir: &Path) -> Checked<PathBuf> {
+    let include = raw.unwrap_or("/etc/nginx/conf.d/service-url.inc");
+    if remote && *mode == Mode::Include && !Path::new(include).is_absolute() {
+        return Err(bad(
+            "nginx.include",
+            format!("{include:?} is on the nginx host, so it must be an absolute path"),
+        ));
+    }
+    let include = resolve(dir, include);
+    if include.file_name().is_none() {
+        return Err(bad(
+            "nginx.include",
+            format!("{:?} names no file", include.display().to_string()),
+        ));
+    }
+    Ok(include)
+}
+
+/// The names of `nginx.mode`, before its settings are read.
+#[derive(Clone, Copy)]
+enum ModeName {
+    Include,
+    Symlink,
+    UpstreamPair,
+}
+
+/// `nginx.mode`, with `nginx.link` and `nginx.sites` only in symlink mode.
+fn mode(raw: &RawNginx, profiles: &[Profile]) -> Checked<Mode> {
+    let name = one_of(
+        "nginx.mode",
+        raw.mode.as_deref().unwrap_or("include"),
+        &[
+            ("include", ModeName::Include),
+            ("symlink", ModeName::Symlink),
+            ("upstream-pair", ModeName::UpstreamPair),
+        ],
+    )?;
+    let mode = match name {
+        ModeName::Include => Mode::Include,
+        ModeName::Symlink => symlink(raw.link.as_deref(), raw.sites.as_ref(), profiles)?,
+        ModeName::UpstreamPair => Mode::UpstreamPair,
+    };
+    if !matches!(mode, Mode::Symlink { .. }) {
+        if raw.link.is_some() {
+            return Err(bad("nginx.link", "only used with \"mode\": \"symlink\""));
+        }
+        if raw.sites.is_some() {
+            return Err(bad("nginx.sites", "only used with \"mode\": \"symlink\""));
+        }
+    }
+    Ok(mode)
+}
+
+/// An absolute path that names a file.
+fn absolute_file(key: &str, p: &str) -> Checked<PathBuf> {
+    let path = PathBuf::from(p);
+    if path.is_absolute() && path.file_name().is_some() {
+        Ok(path)
+    } else {
+        Err(bad(
+            key,
+            format!("{p:?} must be an absolute path to a file"),
+        ))
+    }
+}
+
+/// Symlink mode: `nginx.link` and one site file per profile, all distinct.
+fn symlink(
+    link: Option<&str>,
+    sites: Option<&BTreeMap<String, String>>,
+    profiles: &[Profile],
+) -> Checked<Mode> {
+    let link = link.ok_or_else(|| {
+        missing(
+            "nginx.link",
+            "the symlink nginx includes (say /etc/nginx/sites-enabled/default)",
+        )
+    })?;
+    let link = absolute_file("nginx.link", link)?;
+    let sites = sites.ok_or_else(|| {
+        missing(
+            "nginx.sites",
+            "the site file of each profile, as {\"PROFILE\": \"/etc/nginx/sites-available/FILE\"}",
+        )
+    })?;
+    let paths = per_profile("nginx.sites", sites, profiles, "site file")?
+        .into_iter()
+        .zip(profiles)
+        .map(|(site, p)| absolute_file(&format!("nginx.sites.{}", p.name), site))
+        .collect::<Checked<Vec<_>>>()?;
+    if paths[0] == paths[1] {
+        return Err(bad("nginx.sites", "both profiles name the same site file"));
+    }
+    if paths.contains(&link) {
+        return Err(bad(
+            "nginx.link",
+            "it is one of the site files; it must be the symlink that points at one",
+        ));
+    }
+    Ok(Mode::Symlink { link, sites: paths })
+}
+
+/// `nginx.ssh`: nginx on another host, reached with the system's `ssh`.
+fn ssh(raw: RawSsh, mode: &Mode, dir: &Path) -> Checked<Ssh> {
+    if *mode == Mode::UpstreamPair {
+        return Err(bad(
+            "nginx.ssh",
+            "upstream-pair mode never touches nginx, so it needs no ssh",
+        ));
+    }
+    let destination = raw.destination.trim().to_string();
+    if destination.is_empty()
+        || destination.starts_with('-')
+        || destination.contains(char::is_whitespace)
+    {
+        return Err(bad(
+            "nginx.ssh.destination",
+            format!(
+                "{:?} must be a host or user@host (no spaces, not starting with '-')",
+                raw.destination
+            ),
+        ));
+    }
+    let port = match raw.port {
+        None => None,
+        Some(p) => Some(
+            u16::try_from(p)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("nginx.ssh.port", format!("{p} is outside 1-65535")))?,
+        ),
+    };
+    if let Some(empty) = raw.options.iter().find(|o| o.trim().is_empty()) {
+        return Err(bad("nginx.ssh.options", format!("{empty:?} is empty")));
+    }
+    Ok(Ssh {
+        destination,
+        port,
+        identity: raw.identity.as_deref().map(|p| resolve(dir, p)),
+        options: raw.options,
+    })
+}
+
+/// `probe_url`: an http:// URL of nginx, never a profile's own port here.
+fn probe_url(raw: Option<String>, profiles: &[Profile]) -> Checked<String> {
+    let probe_url = raw.unwrap_or_else(|| "http://127.0.0.1/profile".into());
+    if !probe_url.starts_with("http://") || probe_url.contains(char::is_whitespace) {
+        return Err(bad(
+            "probe_url",
+            format!(
+                "{probe_url:?} must be an http:// URL (nginx on this host, as in http://127.0.0.1/profile)"
+            ),
+        ));
+    }
+    // The probe is the witness of what nginx does: aimed at a profile's own
+    // port on this machine it asks the app, not nginx, and every
+    // "confirmation through nginx" would confirm nothing.
+    if let Some((host, port)) = url_host_port(&probe_url) {
+        if let Some(p) = profiles.iter().find(|p| p.port == port) {
+            if is_this_machine(&host) {
+                return Err(bad(
+                    "probe_url",
+                    format!(
+                        "{probe_url:?} is profile {}'s own port ({port}) on this machine, so it asks the app, not nginx; \
+                         give nginx's address (as in http://127.0.0.1/profile)",
+                        p.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(probe_url)
 }
 
 /// The most any one wait may be, in seconds (`lock_timeout_secs`,
@@ -913,11 +1071,6 @@ pub const MAX_INTERVAL_MS: u64 = 60_000;
 /// The most `app.start_grace_ms` may be: five minutes of watching a new
 /// process in `start` (`health` waits for it to answer after that).
 pub const MAX_GRACE_MS: u64 = 300_000;
-
-/// The error for a number over its upper bound, naming key and bound.
-fn too_big(key: &str, value: u64, max: u64) -> String {
-    format!("key `{key}`: {value} is more than {max}, the most it may be")
-}
 
 /// The host (lowercase, IPv6 without brackets) and port (80 when none) of an
 /// `http://` URL; `None` when it has no readable authority.
@@ -958,76 +1111,50 @@ fn is_this_machine(host: &str) -> bool {
     !own.is_empty() && (host == own || own.split('.').next() == Some(host))
 }
 
-fn ms(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
-    match value.unwrap_or(default) {
-        0 => Err(format!("key `{key}`: must be greater than 0")),
-        v if v > max => Err(too_big(key, v, max)),
-        v => Ok(Duration::from_millis(v)),
+/// `value` when it is at most `max`; else the error naming key and bound.
+fn at_most(key: &str, value: u64, max: u64) -> Checked<u64> {
+    if value > max {
+        Err(bad(
+            key,
+            format!("{value} is more than {max}, the most it may be"),
+        ))
+    } else {
+        Ok(value)
     }
 }
 
-fn secs(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
+/// A positive number of something, at most `max`.
+fn positive(key: &str, value: Option<u64>, default: u64, max: u64) -> Checked<u64> {
     match value.unwrap_or(default) {
-        0 => Err(format!("key `{key}`: must be greater than 0")),
-        v if v > max => Err(too_big(key, v, max)),
-        v => Ok(Duration::from_secs(v)),
+        0 => Err(bad(key, "must be greater than 0")),
+        v => at_most(key, v, max),
     }
+}
+
+fn ms(key: &str, value: Option<u64>, default: u64, max: u64) -> Checked<Duration> {
+    positive(key, value, default, max).map(Duration::from_millis)
+}
+
+fn secs(key: &str, value: Option<u64>, default: u64, max: u64) -> Checked<Duration> {
+    positive(key, value, default, max).map(Duration::from_secs)
 }
 
 /// Rejects `{name}` placeholders we would not substitute, so that a typo such
 /// as `{prot}` fails at load time instead of reaching nginx or the app.
-fn check_placeholders(key: &str, text: &str, allowed: &[&str]) -> Result<(), String> {
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        let name = &after[..close];
-        let looks_like_placeholder =
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if looks_like_placeholder && !allowed.contains(&name) {
+fn check_placeholders(key: &str, text: &str, allowed: &[&str]) -> Checked<()> {
+    match crate::template::unknown_placeholder(text, allowed) {
+        None => Ok(()),
+        Some(name) => {
             let allowed: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
-            return Err(format!(
-                "key `{key}`: unknown placeholder {{{name}}} (known: {})",
-                allowed.join(", ")
-            ));
-        }
-        rest = &after[close + 1..];
-    }
-    Ok(())
-}
-
-/// Matches a name (a file name, an argument) against a pattern with `*` (any run) and `?` (one character).
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
+            Err(bad(
+                key,
+                format!(
+                    "unknown placeholder {{{name}}} (known: {})",
+                    allowed.join(", ")
+                ),
+            ))
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Substitutes `{name}` placeholders. Values come from the config and from
-/// nonstop itself, never from an HTTP answer or a state file's free text.
-pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
-    out
 }
 
 impl Config {
@@ -1089,17 +1216,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.jar", "app-1.0.jar"));
-        assert!(!wildcard_match("*.jar", "app.jar.tmp"));
-        assert!(!wildcard_match("*.jar", ".app.jar.nonstop-1.tmp"));
-        assert!(wildcard_match("app-?.jar", "app-2.jar"));
-        assert!(!wildcard_match("app-?.jar", "app-10.jar"));
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("a*b*c", "aXbYbZc"));
-    }
 
     fn parse_str(text: &str) -> Result<Config> {
         parse(text, Path::new("/cfg/nonstop.json"))
@@ -1398,6 +1514,60 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_error_names_its_key_once() {
+        assert_eq!(
+            bad("app.log", "empty path").to_string(),
+            "key `app.log`: empty path"
+        );
+        assert_eq!(
+            missing("app.dir", "the absolute directory").to_string(),
+            "key `app.dir` is missing: the absolute directory"
+        );
+        assert_eq!(
+            missing("app", "(at least `app.dir` is required)").to_string(),
+            "key `app` is missing (at least `app.dir` is required)"
+        );
+    }
+
+    #[test]
+    fn one_of_lists_the_choices() {
+        let choices = [("stop", RetireBusy::Stop), ("fail", RetireBusy::Fail)];
+        assert_eq!(one_of("k", "fail", &choices), Ok(RetireBusy::Fail));
+        assert_eq!(
+            one_of("k", "wait", &choices).map_err(|e| e.to_string()),
+            Err(r#"key `k`: "wait" is not one of "stop", "fail""#.to_string())
+        );
+    }
+
+    #[test]
+    fn each_section_converts_on_its_own() {
+        assert_eq!(profiles(None).map(|p| p.len()), Ok(2));
+        let h = health(RawHealth::default()).unwrap();
+        assert_eq!((h.path.as_str(), h.rule), ("/profile", HealthMatch::Exact));
+        assert_eq!(
+            warmup(RawWarmup {
+                paths: vec!["/".into()],
+                requests: Some(10_001)
+            })
+            .map_err(|e| e.to_string()),
+            Err("key `health.warmup.requests`: 10001 is not between 1 and 10000".into())
+        );
+        let two = profiles(None).unwrap();
+        let n = nginx(RawNginx::default(), &two, Path::new("/a")).unwrap();
+        assert_eq!(n.mode, Mode::Include);
+        assert_eq!(n.pid_file, Some(PathBuf::from("/run/nginx.pid")));
+        assert_eq!(
+            probe_url(Some("http://localhost:8082/".into()), &two)
+                .map_err(|e| matches!(e, KeyError::Bad { key, .. } if key == "probe_url")),
+            Err(true)
+        );
+        assert_eq!(
+            artifact(Path::new("/a"), "zip/app-*.jar"),
+            Ok((PathBuf::from("/a/zip"), "app-*.jar".to_string()))
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod route;
 pub mod signals;
 pub mod stage;
 pub mod state;
+pub mod template;
 pub mod time;
 pub mod tree;
 pub mod upstream;
