@@ -582,10 +582,29 @@ fn stop_leftovers(config: &nonstop_common::Config, left: &[Proc]) -> Result<Stri
 /// (`up -d --no-deps --force-recreate`), recorded with its container and
 /// image id, and watched for its first moments like a process.
 fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()> {
-    let config = &ctx.config;
-    let port = target.port;
-    let service = compose::service(compose, config, target);
+    let service = compose::service(compose, &ctx.config, target);
     compose::check_service(compose, service)?;
+    if service_started(ctx, target, compose, service)? {
+        return Ok(());
+    }
+    check_service_port(ctx, target, service)?;
+    if ctx.dry_run {
+        dry_run_service(ctx, compose, service);
+        return Ok(());
+    }
+    let container = up_service(ctx, target, compose, service)?;
+    watch_service(ctx, target, compose, service, &container)
+}
+
+/// Whether this deployment already started the service's running container
+/// (said so: the deployment converges). A container of it that runs
+/// otherwise, or is paused, is refused.
+fn service_started(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+) -> Result<bool> {
     let previous: Option<Launched> = ctx
         .state
         .read(&ctx.state.launched_path(&target.name), &LOG)?;
@@ -593,28 +612,35 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     if let Some(advice) = running.as_ref().and_then(|c| c.paused_advice(service)) {
         return Err(anyhow!("{advice}; nothing was started"));
     }
-    if let Some(c) = &running {
-        let ours = previous.as_ref().is_some_and(|l| {
-            ctx.deployment_id.is_some()
-                && l.deployment_id == ctx.deployment_id
-                && l.container_id.as_deref() == Some(c.id.as_str())
-        });
-        if ours {
-            LOG.say(format!(
-                "this deployment already started {} (service {service}, container {}); not starting it twice",
-                target.name,
-                compose::short_id(&c.id)
-            ));
-            return Ok(());
-        }
-        return Err(anyhow!(
-            "service {service} ({}) already runs (container {}, {}, {}); run `stop` first",
+    let Some(c) = &running else {
+        return Ok(false);
+    };
+    let ours = previous.as_ref().is_some_and(|l| {
+        ctx.deployment_id.is_some()
+            && l.deployment_id == ctx.deployment_id
+            && l.container_id.as_deref() == Some(c.id.as_str())
+    });
+    if ours {
+        LOG.say(format!(
+            "this deployment already started {} (service {service}, container {}); not starting it twice",
             target.name,
-            compose::short_id(&c.id),
-            c.image,
-            c.status
+            compose::short_id(&c.id)
         ));
+        return Ok(true);
     }
+    Err(anyhow!(
+        "service {service} ({}) already runs (container {}, {}, {}); run `stop` first",
+        target.name,
+        compose::short_id(&c.id),
+        c.image,
+        c.status
+    ))
+}
+
+/// Refuses to start a service whose port something else holds (the
+/// engine could not publish it); warns when the target is the live profile.
+fn check_service_port(ctx: &Context, target: &Profile, service: &str) -> Result<()> {
+    let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
         return Err(anyhow!(
@@ -629,20 +655,33 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
             target.name
         ));
     }
-    if ctx.dry_run {
-        if compose.pull {
-            LOG.say(format!("would pull the image of service {service}"));
-        }
-        LOG.say(format!(
-            "would start service {service} alone (up -d --no-deps --force-recreate) from {}",
-            compose.file.display()
-        ));
-        LOG.say(format!(
-            "would watch it for up to {} and fail if its container exits",
-            secs(config.app.start_grace)
-        ));
-        return Ok(());
+    Ok(())
+}
+
+/// `--dry-run` with the Compose backend: what would be pulled, started and
+/// watched.
+fn dry_run_service(ctx: &Context, compose: &Compose, service: &str) {
+    if compose.pull {
+        LOG.say(format!("would pull the image of service {service}"));
     }
+    LOG.say(format!(
+        "would start service {service} alone (up -d --no-deps --force-recreate) from {}",
+        compose.file.display()
+    ));
+    LOG.say(format!(
+        "would watch it for up to {} and fail if its container exits",
+        secs(ctx.config.app.start_grace)
+    ));
+}
+
+/// Pulls (with `app.compose.pull`) and starts the service, records its
+/// container for `health` and `stop`, and says so.
+fn up_service(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+) -> Result<compose::Container> {
     signals::check().context("nothing was changed")?;
     if compose.pull {
         compose::pull(compose, service)?;
@@ -658,7 +697,7 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
         })?;
     let record = Launched {
         profile: target.name.clone(),
-        port,
+        port: target.port,
         pid: container.pid,
         start_time: start_time(container.pid),
         artifact: PathBuf::from(&container.image),
@@ -676,13 +715,28 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     ctx.state
         .write(&ctx.state.launched_path(&target.name), &record)?;
     LOG.say(format!(
-        "started service {service} for {} on {port}: container {} ({}, image {})",
+        "started service {service} for {} on {}: container {} ({}, image {})",
         target.name,
+        target.port,
         compose::short_id(&container.id),
         container.image,
         compose::short_id(&container.image_id)
     ));
+    Ok(container)
+}
 
+/// Watches the container's first moments: its exit fails the stage with
+/// the end of its logs, a published port ends the watch early, and after
+/// the grace period `health` takes over.
+fn watch_service(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+    container: &compose::Container,
+) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
     let mut state = container.clone();
     let settled = wait_for(config.app.start_grace, Duration::from_millis(20), || {
         if let Some(now) = compose::inspect(compose, &container.id) {
