@@ -274,56 +274,10 @@ fn nginx_config(config: &Config) -> Vec<Line> {
 /// The judgement of [`nginx_config`] on a dump, for the unit tests.
 pub fn routes_through(config: &Config, dump: &str) -> Line {
     let files = split_dump(dump);
-    // As nginx names it, or (a link or `..` on the way, local nginx) the same file.
-    // The directory resolved, the name kept: a symlink mode link must be
-    // loaded as the link, not as the site it points at.
-    let real = |p: &Path| {
-        let dir = std::fs::canonicalize(p.parent()?).ok()?;
-        Some(dir.join(p.file_name()?))
-    };
-    let loaded = |p: &Path| {
-        files.iter().any(|(f, _)| {
-            Path::new(f) == p
-                || (config.nginx.ssh.is_none()
-                    && real(p).is_some()
-                    && real(Path::new(f)) == real(p))
-        })
-    };
     match &config.nginx.mode {
-        Mode::UpstreamPair => {
-            let all = upstream::parse(dump);
-            let Some(u) = upstream::find(&all, &config.profiles) else {
-                let ports: Vec<String> = config
-                    .profiles
-                    .iter()
-                    .map(|p| format!("server 127.0.0.1:{};", p.port))
-                    .collect();
-                return Line::Fail(
-                    "no upstream in nginx's loaded config lists the profiles' ports".into(),
-                    format!("add `upstream app {{ {} }}` and `proxy_pass http://app;` in the server block, then reload nginx", ports.join(" ")),
-                );
-            };
-            if let Some(why) = upstream::refusal(u, &config.profiles) {
-                return Line::Fail(why, "then `nginx -t && nginx -s reload`".into());
-            }
-            let words: Vec<String> = files
-                .iter()
-                .flat_map(|(_, t)| upstream::tokenize(t))
-                .collect();
-            let target = format!("http://{}", u.name);
-            if !has_proxy_pass(&words, &target) {
-                return Line::Fail(
-                    format!("no server block of nginx's loaded config has `proxy_pass {target};`, so the upstream {} gets no requests", u.name),
-                    format!("add `location / {{ proxy_pass {target}; }}` to the server block, then reload nginx"),
-                );
-            }
-            Line::Ok(format!(
-                "nginx proxies to upstream {} over both profiles' ports",
-                u.name
-            ))
-        }
+        Mode::UpstreamPair => upstream_routes(config, dump, &files),
         Mode::Symlink { link, .. } => {
-            if loaded(link) {
+            if loaded(config, &files, link) {
                 Line::Ok(format!("nginx loads the symlink {}", link.display()))
             } else {
                 Line::Fail(
@@ -332,43 +286,97 @@ pub fn routes_through(config: &Config, dump: &str) -> Line {
                 )
             }
         }
-        Mode::Include => {
-            let include = config.nginx.include.display().to_string();
-            let var = template_variable(&config.nginx.template);
-            let proxy = var
-                .as_deref()
-                .map(|v| format!("proxy_pass {v};"))
-                .unwrap_or_default();
-            let fix_server = format!(
-                "add `include {include};` to the server block that answers {} and `location / {{ {proxy} }}` beside it, then `nginx -t && nginx -s reload`",
-                config.probe_url
-            );
-            if !loaded(&config.nginx.include) {
-                return Line::Fail(
-                    format!("nginx's loaded config never reads the include file {include}, so writing it changes nothing (the port never switches)"),
-                    fix_server,
-                );
-            }
-            let sites = includes_of(&files, &include);
-            let Some(site) = server_including(&files, &include, 4) else {
-                let at = sites
-                    .first()
-                    .map(|s| format!(" (it is included in {} outside any server block)", s.file))
-                    .unwrap_or_default();
-                return Line::Fail(
-                    format!("the include file {include} is not included inside a server block{at}"),
-                    fix_server,
-                );
-            };
-            match var {
-                Some(v) if !has_proxy_pass(&with_included(&files, &site.server_words), &v) => Line::Fail(
-                    format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
-                    format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
-                ),
-                Some(v) => Line::Ok(format!("nginx includes {include} in a server block of {} that proxies to {v}", site.file)),
-                None => Line::Ok(format!("nginx includes {include} in a server block of {}", site.file)),
-            }
-        }
+        Mode::Include => include_routes(config, &files),
+    }
+}
+
+/// Whether nginx loaded `p`: as nginx names it, or (a link or `..` on the
+/// way, local nginx) the same file.
+fn loaded(config: &Config, files: &[(String, String)], p: &Path) -> bool {
+    // The directory resolved, the name kept: a symlink mode link must be
+    // loaded as the link, not as the site it points at.
+    let real = |p: &Path| {
+        let dir = std::fs::canonicalize(p.parent()?).ok()?;
+        Some(dir.join(p.file_name()?))
+    };
+    files.iter().any(|(f, _)| {
+        Path::new(f) == p
+            || (config.nginx.ssh.is_none() && real(p).is_some() && real(Path::new(f)) == real(p))
+    })
+}
+
+/// Upstream-pair mode: an upstream lists the profiles' ports as nonstop
+/// needs them, and a server block proxies to it.
+fn upstream_routes(config: &Config, dump: &str, files: &[(String, String)]) -> Line {
+    let all = upstream::parse(dump);
+    let Some(u) = upstream::find(&all, &config.profiles) else {
+        let ports: Vec<String> = config
+            .profiles
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{};", p.port))
+            .collect();
+        return Line::Fail(
+            "no upstream in nginx's loaded config lists the profiles' ports".into(),
+            format!("add `upstream app {{ {} }}` and `proxy_pass http://app;` in the server block, then reload nginx", ports.join(" ")),
+        );
+    };
+    if let Some(why) = upstream::refusal(u, &config.profiles) {
+        return Line::Fail(why, "then `nginx -t && nginx -s reload`".into());
+    }
+    let words: Vec<String> = files
+        .iter()
+        .flat_map(|(_, t)| upstream::tokenize(t))
+        .collect();
+    let target = format!("http://{}", u.name);
+    if !has_proxy_pass(&words, &target) {
+        return Line::Fail(
+            format!("no server block of nginx's loaded config has `proxy_pass {target};`, so the upstream {} gets no requests", u.name),
+            format!("add `location / {{ proxy_pass {target}; }}` to the server block, then reload nginx"),
+        );
+    }
+    Line::Ok(format!(
+        "nginx proxies to upstream {} over both profiles' ports",
+        u.name
+    ))
+}
+
+/// Include mode: the include file is loaded, inside a server block (maybe
+/// through snippets), and that block proxies to the variable it sets.
+fn include_routes(config: &Config, files: &[(String, String)]) -> Line {
+    let include = config.nginx.include.display().to_string();
+    let var = template_variable(&config.nginx.template);
+    let proxy = var
+        .as_deref()
+        .map(|v| format!("proxy_pass {v};"))
+        .unwrap_or_default();
+    let fix_server = format!(
+        "add `include {include};` to the server block that answers {} and `location / {{ {proxy} }}` beside it, then `nginx -t && nginx -s reload`",
+        config.probe_url
+    );
+    if !loaded(config, files, &config.nginx.include) {
+        return Line::Fail(
+            format!("nginx's loaded config never reads the include file {include}, so writing it changes nothing (the port never switches)"),
+            fix_server,
+        );
+    }
+    let sites = includes_of(files, &include);
+    let Some(site) = server_including(files, &include, 4) else {
+        let at = sites
+            .first()
+            .map(|s| format!(" (it is included in {} outside any server block)", s.file))
+            .unwrap_or_default();
+        return Line::Fail(
+            format!("the include file {include} is not included inside a server block{at}"),
+            fix_server,
+        );
+    };
+    match var {
+        Some(v) if !has_proxy_pass(&with_included(files, &site.server_words), &v) => Line::Fail(
+            format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
+            format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
+        ),
+        Some(v) => Line::Ok(format!("nginx includes {include} in a server block of {} that proxies to {v}", site.file)),
+        None => Line::Ok(format!("nginx includes {include} in a server block of {}", site.file)),
     }
 }
 
