@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nonstop_common::config::{wildcard_match, Backend, Config, Mode};
 use nonstop_common::state::{Launched, StateDir};
-use nonstop_common::{adopt, budget, compose, fsx, http, procs, route, upstream, Log};
+use nonstop_common::{adopt, budget, compose, fsx, http, procs, route, upstream, Log, Profile};
 
 /// The PATH the CodeDeploy agent gives a hook (its environment is scrubbed):
 /// what `app.command[0]` must be found on.
@@ -647,9 +647,24 @@ fn ports(config: &Config, log: &Log) -> Vec<Line> {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let reserved =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    let all: Vec<String> = config.profiles.iter().map(|p| p.port.to_string()).collect();
+    let launched = launched_pids(config, log);
+    for p in &config.profiles {
+        if ephemeral(&range, &reserved, p.port) {
+            lines.push(ephemeral_line(config, p, &range));
+        }
+        if compose::of(config).is_some() {
+            continue;
+        }
+        lines.extend(holders(config, p, &launched));
+    }
+    lines
+}
+
+/// The pids of the apps nonstop launched (as its state records them) that
+/// still run.
+fn launched_pids(config: &Config, log: &Log) -> Vec<i32> {
     let state = StateDir::read_only(&config.state_dir);
-    let launched: Vec<i32> = config
+    config
         .profiles
         .iter()
         .filter_map(|p| {
@@ -660,77 +675,90 @@ fn ports(config: &Config, log: &Log) -> Vec<Line> {
         })
         .filter(|l| procs::is_same_alive(l.pid, l.start_time))
         .map(|l| l.pid)
-        .collect();
-    for p in &config.profiles {
-        if ephemeral(&range, &reserved, p.port) {
-            lines.push(Line::Fail(
+        .collect()
+}
+
+/// A profile's port inside the ephemeral `range`, and the sysctl that
+/// reserves all the profiles' ports.
+fn ephemeral_line(config: &Config, p: &Profile, range: &str) -> Line {
+    let all: Vec<String> = config.profiles.iter().map(|p| p.port.to_string()).collect();
+    Line::Fail(
+        format!(
+            "{}'s port {} is inside the ephemeral range {} (ip_local_port_range): while its app is stopped, an outgoing connection may take it as its source port",
+            p.name, p.port, range.split_whitespace().collect::<Vec<_>>().join("-")
+        ),
+        format!(
+            "sudo sysctl -w net.ipv4.ip_local_reserved_ports={} and the same line in /etc/sysctl.d/90-nonstop.conf (or choose ports below the range)",
+            all.join(",")
+        ),
+    )
+}
+
+/// Who listens on a profile's port: nobody, someone this user cannot see,
+/// or one line per pid (see [`holder`]).
+fn holders(config: &Config, p: &Profile, launched: &[i32]) -> Vec<Line> {
+    let seen = match procs::listening(p.port) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Line::Skip(format!(
+                "cannot read who listens on {}: {e}",
+                p.port
+            ))]
+        }
+    };
+    if seen.is_free() {
+        return vec![Line::Ok(format!("{}'s port {} is free", p.name, p.port))];
+    }
+    if seen.pids.is_empty() {
+        return vec![Line::Fail(
+            format!(
+                "{}'s port {} is held by a process this user cannot see",
+                p.name, p.port
+            ),
+            format!(
+                "find it with `sudo ss -ltnp 'sport = :{}'` and stop it, or choose another port",
+                p.port
+            ),
+        )];
+    }
+    seen.pids
+        .iter()
+        .map(|&pid| holder(config, p, pid, launched))
+        .collect()
+}
+
+/// A process on a profile's port is fine if nonstop started it (or an
+/// ancestor of it), if it runs `app.command` for that profile, or if
+/// `stop` will adopt it as a book's start.sh app.
+fn holder(config: &Config, p: &Profile, pid: i32, launched: &[i32]) -> Line {
+    let ours = std::iter::successors(Some(pid), |&q| procs::parent(q).filter(|&x| x > 1))
+        .take(8)
+        .any(|q| launched.contains(&q));
+    if ours {
+        Line::Ok(format!(
+            "{}'s port {} is held by pid {pid}, an app nonstop started",
+            p.name, p.port
+        ))
+    } else if nonstop_stop::runs_command(&config.app.command, p, &procs::argv(pid)) {
+        Line::Ok(format!(
+            "{}'s port {} is held by pid {pid}, running app.command for {}",
+            p.name, p.port, p.name
+        ))
+    } else {
+        match adopt::adoptable(config, p, pid) {
+            Ok(_) => Line::Ok(format!(
+                "{}'s port {} is held by pid {pid} ({}), a book's start.sh app nonstop will adopt",
+                p.name, p.port, procs::cmdline(pid)
+            )),
+            Err(why) => Line::Fail(
                 format!(
-                    "{}'s port {} is inside the ephemeral range {} (ip_local_port_range): while its app is stopped, an outgoing connection may take it as its source port",
-                    p.name, p.port, range.split_whitespace().collect::<Vec<_>>().join("-")
+                    "{}'s port {} is held by pid {pid} ({}), which nonstop did not start and will not adopt: {why}",
+                    p.name, p.port, procs::cmdline(pid)
                 ),
-                format!(
-                    "sudo sysctl -w net.ipv4.ip_local_reserved_ports={} and the same line in /etc/sysctl.d/90-nonstop.conf (or choose ports below the range)",
-                    all.join(",")
-                ),
-            ));
-        }
-        if compose::of(config).is_some() {
-            continue;
-        }
-        let seen = match procs::listening(p.port) {
-            Ok(s) => s,
-            Err(e) => {
-                lines.push(Line::Skip(format!(
-                    "cannot read who listens on {}: {e}",
-                    p.port
-                )));
-                continue;
-            }
-        };
-        if seen.is_free() {
-            lines.push(Line::Ok(format!("{}'s port {} is free", p.name, p.port)));
-            continue;
-        }
-        if seen.pids.is_empty() {
-            lines.push(Line::Fail(
-                format!("{}'s port {} is held by a process this user cannot see", p.name, p.port),
-                format!("find it with `sudo ss -ltnp 'sport = :{}'` and stop it, or choose another port", p.port),
-            ));
-            continue;
-        }
-        for &pid in &seen.pids {
-            let ours = std::iter::successors(Some(pid), |&q| procs::parent(q).filter(|&x| x > 1))
-                .take(8)
-                .any(|q| launched.contains(&q));
-            let line = if ours {
-                Line::Ok(format!(
-                    "{}'s port {} is held by pid {pid}, an app nonstop started",
-                    p.name, p.port
-                ))
-            } else if nonstop_stop::runs_command(&config.app.command, p, &procs::argv(pid)) {
-                Line::Ok(format!(
-                    "{}'s port {} is held by pid {pid}, running app.command for {}",
-                    p.name, p.port, p.name
-                ))
-            } else {
-                match adopt::adoptable(config, p, pid) {
-                    Ok(_) => Line::Ok(format!(
-                        "{}'s port {} is held by pid {pid} ({}), a book's start.sh app nonstop will adopt",
-                        p.name, p.port, procs::cmdline(pid)
-                    )),
-                    Err(why) => Line::Fail(
-                        format!(
-                            "{}'s port {} is held by pid {pid} ({}), which nonstop did not start and will not adopt: {why}",
-                            p.name, p.port, procs::cmdline(pid)
-                        ),
-                        format!("stop it (`kill {pid}`) or choose another port for {} in `profiles`", p.name),
-                    ),
-                }
-            };
-            lines.push(line);
+                format!("stop it (`kill {pid}`) or choose another port for {} in `profiles`", p.name),
+            ),
         }
     }
-    lines
 }
 
 /// The probe reaches nginx (any HTTP answer: a 502 before the first app is fine).
