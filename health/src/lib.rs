@@ -191,47 +191,14 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             }
             Err(why) => why,
         };
-        if let (Some(l), Some(compose)) = (&launched, compose::of(config)) {
-            // A container: its main process (pid and start time recorded by
-            // `start`) gone means it exited or restarted under a restart
-            // policy; only then is the engine asked what became of it.
-            if let Some(id) = l
-                .container_id
-                .as_ref()
-                .filter(|_| !is_same_alive(l.pid, l.start_time))
-            {
-                let how = match compose::inspect(compose, id) {
-                    Some(c) if c.is_running() => "restarted".to_string(),
-                    Some(c) => format!("{} (exit code {})", c.status, c.exit_code),
-                    None => "gone".to_string(),
-                };
-                return Err(anyhow!(
-                    "the container {} started for {} is {how} after {} without answering ({last}); {}",
-                    compose::short_id(id),
-                    target.name,
-                    secs(started.elapsed()),
-                    compose::logs_tail(compose, id)
-                ));
-            }
-        } else if let Some(l) = &launched {
-            if !is_same_alive(l.pid, l.start_time) {
-                return Err(anyhow!(
-                    "the app started for {} (pid {}) has exited after {} without answering ({last}); {}",
-                    target.name,
-                    l.pid,
-                    secs(started.elapsed()),
-                    tail_for_message(&l.log, l.log_offset)
-                ));
-            }
+        if let Some(l) = &launched {
+            still_running(config, target, l, started.elapsed(), &last)?;
         }
         let elapsed = started.elapsed();
         if elapsed >= config.health.timeout {
             let log_note = launched
                 .as_ref()
-                .map(|l| match (&l.container_id, compose::of(config)) {
-                    (Some(id), Some(compose)) => format!("; {}", compose::logs_tail(compose, id)),
-                    _ => format!("; {}", tail_for_message(&l.log, l.log_offset)),
-                })
+                .map(|l| format!("; {}", log_tail(config, l)))
                 .unwrap_or_default();
             return Err(anyhow!(
                 "{} did not answer {} at {url} within {} ({attempt} attempts; last: {last}){log_note}",
@@ -251,5 +218,55 @@ pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
             .min(config.health.timeout.saturating_sub(started.elapsed()));
         signals::pause(pause)
             .with_context(|| format!("{} was not switched to; nginx is as it was", target.name))?;
+    }
+}
+
+/// Fails the wait when what `start` launched is gone: a container's main
+/// process (pid and start time recorded by `start`) gone means it exited or
+/// restarted under a restart policy, and only then is the engine asked what
+/// became of it; a process's end is final. `last` is the check's last
+/// answer, `waited` how long it has been checking.
+fn still_running(
+    config: &nonstop_common::Config,
+    target: &Profile,
+    l: &Launched,
+    waited: Duration,
+    last: &str,
+) -> Result<()> {
+    if is_same_alive(l.pid, l.start_time) {
+        return Ok(());
+    }
+    let Some(compose) = compose::of(config) else {
+        return Err(anyhow!(
+            "the app started for {} (pid {}) has exited after {} without answering ({last}); {}",
+            target.name,
+            l.pid,
+            secs(waited),
+            tail_for_message(&l.log, l.log_offset)
+        ));
+    };
+    let Some(id) = &l.container_id else {
+        return Ok(());
+    };
+    let how = match compose::inspect(compose, id) {
+        Some(c) if c.is_running() => "restarted".to_string(),
+        Some(c) => format!("{} (exit code {})", c.status, c.exit_code),
+        None => "gone".to_string(),
+    };
+    Err(anyhow!(
+        "the container {} started for {} is {how} after {} without answering ({last}); {}",
+        compose::short_id(id),
+        target.name,
+        secs(waited),
+        compose::logs_tail(compose, id)
+    ))
+}
+
+/// The end of the launched app's output: its container's logs, or its log
+/// file from where this run began.
+fn log_tail(config: &nonstop_common::Config, l: &Launched) -> String {
+    match (&l.container_id, compose::of(config)) {
+        (Some(id), Some(compose)) => compose::logs_tail(compose, id),
+        _ => tail_for_message(&l.log, l.log_offset),
     }
 }

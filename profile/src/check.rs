@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nonstop_common::config::{wildcard_match, Backend, Config, Mode};
 use nonstop_common::state::{Launched, StateDir};
-use nonstop_common::{adopt, budget, compose, fsx, http, procs, route, upstream, Log};
+use nonstop_common::{adopt, budget, compose, fsx, http, procs, route, upstream, Log, Profile};
 
 /// The PATH the CodeDeploy agent gives a hook (its environment is scrubbed):
 /// what `app.command[0]` must be found on.
@@ -274,56 +274,10 @@ fn nginx_config(config: &Config) -> Vec<Line> {
 /// The judgement of [`nginx_config`] on a dump, for the unit tests.
 pub fn routes_through(config: &Config, dump: &str) -> Line {
     let files = split_dump(dump);
-    // As nginx names it, or (a link or `..` on the way, local nginx) the same file.
-    // The directory resolved, the name kept: a symlink mode link must be
-    // loaded as the link, not as the site it points at.
-    let real = |p: &Path| {
-        let dir = std::fs::canonicalize(p.parent()?).ok()?;
-        Some(dir.join(p.file_name()?))
-    };
-    let loaded = |p: &Path| {
-        files.iter().any(|(f, _)| {
-            Path::new(f) == p
-                || (config.nginx.ssh.is_none()
-                    && real(p).is_some()
-                    && real(Path::new(f)) == real(p))
-        })
-    };
     match &config.nginx.mode {
-        Mode::UpstreamPair => {
-            let all = upstream::parse(dump);
-            let Some(u) = upstream::find(&all, &config.profiles) else {
-                let ports: Vec<String> = config
-                    .profiles
-                    .iter()
-                    .map(|p| format!("server 127.0.0.1:{};", p.port))
-                    .collect();
-                return Line::Fail(
-                    "no upstream in nginx's loaded config lists the profiles' ports".into(),
-                    format!("add `upstream app {{ {} }}` and `proxy_pass http://app;` in the server block, then reload nginx", ports.join(" ")),
-                );
-            };
-            if let Some(why) = upstream::refusal(u, &config.profiles) {
-                return Line::Fail(why, "then `nginx -t && nginx -s reload`".into());
-            }
-            let words: Vec<String> = files
-                .iter()
-                .flat_map(|(_, t)| upstream::tokenize(t))
-                .collect();
-            let target = format!("http://{}", u.name);
-            if !has_proxy_pass(&words, &target) {
-                return Line::Fail(
-                    format!("no server block of nginx's loaded config has `proxy_pass {target};`, so the upstream {} gets no requests", u.name),
-                    format!("add `location / {{ proxy_pass {target}; }}` to the server block, then reload nginx"),
-                );
-            }
-            Line::Ok(format!(
-                "nginx proxies to upstream {} over both profiles' ports",
-                u.name
-            ))
-        }
+        Mode::UpstreamPair => upstream_routes(config, dump, &files),
         Mode::Symlink { link, .. } => {
-            if loaded(link) {
+            if loaded(config, &files, link) {
                 Line::Ok(format!("nginx loads the symlink {}", link.display()))
             } else {
                 Line::Fail(
@@ -332,43 +286,97 @@ pub fn routes_through(config: &Config, dump: &str) -> Line {
                 )
             }
         }
-        Mode::Include => {
-            let include = config.nginx.include.display().to_string();
-            let var = template_variable(&config.nginx.template);
-            let proxy = var
-                .as_deref()
-                .map(|v| format!("proxy_pass {v};"))
-                .unwrap_or_default();
-            let fix_server = format!(
-                "add `include {include};` to the server block that answers {} and `location / {{ {proxy} }}` beside it, then `nginx -t && nginx -s reload`",
-                config.probe_url
-            );
-            if !loaded(&config.nginx.include) {
-                return Line::Fail(
-                    format!("nginx's loaded config never reads the include file {include}, so writing it changes nothing (the port never switches)"),
-                    fix_server,
-                );
-            }
-            let sites = includes_of(&files, &include);
-            let Some(site) = server_including(&files, &include, 4) else {
-                let at = sites
-                    .first()
-                    .map(|s| format!(" (it is included in {} outside any server block)", s.file))
-                    .unwrap_or_default();
-                return Line::Fail(
-                    format!("the include file {include} is not included inside a server block{at}"),
-                    fix_server,
-                );
-            };
-            match var {
-                Some(v) if !has_proxy_pass(&with_included(&files, &site.server_words), &v) => Line::Fail(
-                    format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
-                    format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
-                ),
-                Some(v) => Line::Ok(format!("nginx includes {include} in a server block of {} that proxies to {v}", site.file)),
-                None => Line::Ok(format!("nginx includes {include} in a server block of {}", site.file)),
-            }
-        }
+        Mode::Include => include_routes(config, &files),
+    }
+}
+
+/// Whether nginx loaded `p`: as nginx names it, or (a link or `..` on the
+/// way, local nginx) the same file.
+fn loaded(config: &Config, files: &[(String, String)], p: &Path) -> bool {
+    // The directory resolved, the name kept: a symlink mode link must be
+    // loaded as the link, not as the site it points at.
+    let real = |p: &Path| {
+        let dir = std::fs::canonicalize(p.parent()?).ok()?;
+        Some(dir.join(p.file_name()?))
+    };
+    files.iter().any(|(f, _)| {
+        Path::new(f) == p
+            || (config.nginx.ssh.is_none() && real(p).is_some() && real(Path::new(f)) == real(p))
+    })
+}
+
+/// Upstream-pair mode: an upstream lists the profiles' ports as nonstop
+/// needs them, and a server block proxies to it.
+fn upstream_routes(config: &Config, dump: &str, files: &[(String, String)]) -> Line {
+    let all = upstream::parse(dump);
+    let Some(u) = upstream::find(&all, &config.profiles) else {
+        let ports: Vec<String> = config
+            .profiles
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{};", p.port))
+            .collect();
+        return Line::Fail(
+            "no upstream in nginx's loaded config lists the profiles' ports".into(),
+            format!("add `upstream app {{ {} }}` and `proxy_pass http://app;` in the server block, then reload nginx", ports.join(" ")),
+        );
+    };
+    if let Some(why) = upstream::refusal(u, &config.profiles) {
+        return Line::Fail(why, "then `nginx -t && nginx -s reload`".into());
+    }
+    let words: Vec<String> = files
+        .iter()
+        .flat_map(|(_, t)| upstream::tokenize(t))
+        .collect();
+    let target = format!("http://{}", u.name);
+    if !has_proxy_pass(&words, &target) {
+        return Line::Fail(
+            format!("no server block of nginx's loaded config has `proxy_pass {target};`, so the upstream {} gets no requests", u.name),
+            format!("add `location / {{ proxy_pass {target}; }}` to the server block, then reload nginx"),
+        );
+    }
+    Line::Ok(format!(
+        "nginx proxies to upstream {} over both profiles' ports",
+        u.name
+    ))
+}
+
+/// Include mode: the include file is loaded, inside a server block (maybe
+/// through snippets), and that block proxies to the variable it sets.
+fn include_routes(config: &Config, files: &[(String, String)]) -> Line {
+    let include = config.nginx.include.display().to_string();
+    let var = template_variable(&config.nginx.template);
+    let proxy = var
+        .as_deref()
+        .map(|v| format!("proxy_pass {v};"))
+        .unwrap_or_default();
+    let fix_server = format!(
+        "add `include {include};` to the server block that answers {} and `location / {{ {proxy} }}` beside it, then `nginx -t && nginx -s reload`",
+        config.probe_url
+    );
+    if !loaded(config, files, &config.nginx.include) {
+        return Line::Fail(
+            format!("nginx's loaded config never reads the include file {include}, so writing it changes nothing (the port never switches)"),
+            fix_server,
+        );
+    }
+    let sites = includes_of(files, &include);
+    let Some(site) = server_including(files, &include, 4) else {
+        let at = sites
+            .first()
+            .map(|s| format!(" (it is included in {} outside any server block)", s.file))
+            .unwrap_or_default();
+        return Line::Fail(
+            format!("the include file {include} is not included inside a server block{at}"),
+            fix_server,
+        );
+    };
+    match var {
+        Some(v) if !has_proxy_pass(&with_included(files, &site.server_words), &v) => Line::Fail(
+            format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
+            format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
+        ),
+        Some(v) => Line::Ok(format!("nginx includes {include} in a server block of {} that proxies to {v}", site.file)),
+        None => Line::Ok(format!("nginx includes {include} in a server block of {}", site.file)),
     }
 }
 
@@ -639,9 +647,24 @@ fn ports(config: &Config, log: &Log) -> Vec<Line> {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let reserved =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
-    let all: Vec<String> = config.profiles.iter().map(|p| p.port.to_string()).collect();
+    let launched = launched_pids(config, log);
+    for p in &config.profiles {
+        if ephemeral(&range, &reserved, p.port) {
+            lines.push(ephemeral_line(config, p, &range));
+        }
+        if compose::of(config).is_some() {
+            continue;
+        }
+        lines.extend(holders(config, p, &launched));
+    }
+    lines
+}
+
+/// The pids of the apps nonstop launched (as its state records them) that
+/// still run.
+fn launched_pids(config: &Config, log: &Log) -> Vec<i32> {
     let state = StateDir::read_only(&config.state_dir);
-    let launched: Vec<i32> = config
+    config
         .profiles
         .iter()
         .filter_map(|p| {
@@ -652,77 +675,90 @@ fn ports(config: &Config, log: &Log) -> Vec<Line> {
         })
         .filter(|l| procs::is_same_alive(l.pid, l.start_time))
         .map(|l| l.pid)
-        .collect();
-    for p in &config.profiles {
-        if ephemeral(&range, &reserved, p.port) {
-            lines.push(Line::Fail(
+        .collect()
+}
+
+/// A profile's port inside the ephemeral `range`, and the sysctl that
+/// reserves all the profiles' ports.
+fn ephemeral_line(config: &Config, p: &Profile, range: &str) -> Line {
+    let all: Vec<String> = config.profiles.iter().map(|p| p.port.to_string()).collect();
+    Line::Fail(
+        format!(
+            "{}'s port {} is inside the ephemeral range {} (ip_local_port_range): while its app is stopped, an outgoing connection may take it as its source port",
+            p.name, p.port, range.split_whitespace().collect::<Vec<_>>().join("-")
+        ),
+        format!(
+            "sudo sysctl -w net.ipv4.ip_local_reserved_ports={} and the same line in /etc/sysctl.d/90-nonstop.conf (or choose ports below the range)",
+            all.join(",")
+        ),
+    )
+}
+
+/// Who listens on a profile's port: nobody, someone this user cannot see,
+/// or one line per pid (see [`holder`]).
+fn holders(config: &Config, p: &Profile, launched: &[i32]) -> Vec<Line> {
+    let seen = match procs::listening(p.port) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Line::Skip(format!(
+                "cannot read who listens on {}: {e}",
+                p.port
+            ))]
+        }
+    };
+    if seen.is_free() {
+        return vec![Line::Ok(format!("{}'s port {} is free", p.name, p.port))];
+    }
+    if seen.pids.is_empty() {
+        return vec![Line::Fail(
+            format!(
+                "{}'s port {} is held by a process this user cannot see",
+                p.name, p.port
+            ),
+            format!(
+                "find it with `sudo ss -ltnp 'sport = :{}'` and stop it, or choose another port",
+                p.port
+            ),
+        )];
+    }
+    seen.pids
+        .iter()
+        .map(|&pid| holder(config, p, pid, launched))
+        .collect()
+}
+
+/// A process on a profile's port is fine if nonstop started it (or an
+/// ancestor of it), if it runs `app.command` for that profile, or if
+/// `stop` will adopt it as a book's start.sh app.
+fn holder(config: &Config, p: &Profile, pid: i32, launched: &[i32]) -> Line {
+    let ours = std::iter::successors(Some(pid), |&q| procs::parent(q).filter(|&x| x > 1))
+        .take(8)
+        .any(|q| launched.contains(&q));
+    if ours {
+        Line::Ok(format!(
+            "{}'s port {} is held by pid {pid}, an app nonstop started",
+            p.name, p.port
+        ))
+    } else if nonstop_stop::runs_command(&config.app.command, p, &procs::argv(pid)) {
+        Line::Ok(format!(
+            "{}'s port {} is held by pid {pid}, running app.command for {}",
+            p.name, p.port, p.name
+        ))
+    } else {
+        match adopt::adoptable(config, p, pid) {
+            Ok(_) => Line::Ok(format!(
+                "{}'s port {} is held by pid {pid} ({}), a book's start.sh app nonstop will adopt",
+                p.name, p.port, procs::cmdline(pid)
+            )),
+            Err(why) => Line::Fail(
                 format!(
-                    "{}'s port {} is inside the ephemeral range {} (ip_local_port_range): while its app is stopped, an outgoing connection may take it as its source port",
-                    p.name, p.port, range.split_whitespace().collect::<Vec<_>>().join("-")
+                    "{}'s port {} is held by pid {pid} ({}), which nonstop did not start and will not adopt: {why}",
+                    p.name, p.port, procs::cmdline(pid)
                 ),
-                format!(
-                    "sudo sysctl -w net.ipv4.ip_local_reserved_ports={} and the same line in /etc/sysctl.d/90-nonstop.conf (or choose ports below the range)",
-                    all.join(",")
-                ),
-            ));
-        }
-        if compose::of(config).is_some() {
-            continue;
-        }
-        let seen = match procs::listening(p.port) {
-            Ok(s) => s,
-            Err(e) => {
-                lines.push(Line::Skip(format!(
-                    "cannot read who listens on {}: {e}",
-                    p.port
-                )));
-                continue;
-            }
-        };
-        if seen.is_free() {
-            lines.push(Line::Ok(format!("{}'s port {} is free", p.name, p.port)));
-            continue;
-        }
-        if seen.pids.is_empty() {
-            lines.push(Line::Fail(
-                format!("{}'s port {} is held by a process this user cannot see", p.name, p.port),
-                format!("find it with `sudo ss -ltnp 'sport = :{}'` and stop it, or choose another port", p.port),
-            ));
-            continue;
-        }
-        for &pid in &seen.pids {
-            let ours = std::iter::successors(Some(pid), |&q| procs::parent(q).filter(|&x| x > 1))
-                .take(8)
-                .any(|q| launched.contains(&q));
-            let line = if ours {
-                Line::Ok(format!(
-                    "{}'s port {} is held by pid {pid}, an app nonstop started",
-                    p.name, p.port
-                ))
-            } else if nonstop_stop::runs_command(&config.app.command, p, &procs::argv(pid)) {
-                Line::Ok(format!(
-                    "{}'s port {} is held by pid {pid}, running app.command for {}",
-                    p.name, p.port, p.name
-                ))
-            } else {
-                match adopt::adoptable(config, p, pid) {
-                    Ok(_) => Line::Ok(format!(
-                        "{}'s port {} is held by pid {pid} ({}), a book's start.sh app nonstop will adopt",
-                        p.name, p.port, procs::cmdline(pid)
-                    )),
-                    Err(why) => Line::Fail(
-                        format!(
-                            "{}'s port {} is held by pid {pid} ({}), which nonstop did not start and will not adopt: {why}",
-                            p.name, p.port, procs::cmdline(pid)
-                        ),
-                        format!("stop it (`kill {pid}`) or choose another port for {} in `profiles`", p.name),
-                    ),
-                }
-            };
-            lines.push(line);
+                format!("stop it (`kill {pid}`) or choose another port for {} in `profiles`", p.name),
+            ),
         }
     }
-    lines
 }
 
 /// The probe reaches nginx (any HTTP answer: a 502 before the first app is fine).

@@ -23,7 +23,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context as _, Result};
@@ -73,26 +73,49 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         return start_service(ctx, target, compose);
     }
     let config = &ctx.config;
-    let port = target.port;
     let previous: Option<Launched> = ctx
         .state
         .read(&ctx.state.launched_path(&target.name), &LOG)?;
-    // Run again within one deployment (after the first run was killed, say),
-    // start finds its own app and leaves it be: the deployment converges.
-    if let Some(l) = previous.as_ref().filter(|l| {
-        ctx.deployment_id.is_some()
-            && l.deployment_id == ctx.deployment_id
-            && l.port == port
-            && is_same_alive(l.pid, l.start_time)
-    }) {
-        LOG.say(format!(
-            "this deployment already started {} (pid {}, {}); not starting it twice",
-            target.name,
-            l.pid,
-            l.artifact.display()
-        ));
+    if already_started(ctx, target, previous.as_ref()) {
         return Ok(());
     }
+    check_idle_port(ctx, target, previous)?;
+    let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
+    if ctx.dry_run {
+        return dry_run(ctx, target, &source);
+    }
+    signals::check().context("nothing was changed")?;
+    let artifact = install_artifact(config, target, &source)?;
+    let (child, record) = launch(ctx, target, &artifact)?;
+    watch(ctx, target, child, record)
+}
+
+/// Run again within one deployment (after the first run was killed, say),
+/// start finds its own app and leaves it be: the deployment converges.
+/// Whether it did (and said so).
+fn already_started(ctx: &Context, target: &Profile, previous: Option<&Launched>) -> bool {
+    let Some(l) = previous.filter(|l| {
+        ctx.deployment_id.is_some()
+            && l.deployment_id == ctx.deployment_id
+            && l.port == target.port
+            && is_same_alive(l.pid, l.start_time)
+    }) else {
+        return false;
+    };
+    LOG.say(format!(
+        "this deployment already started {} (pid {}, {}); not starting it twice",
+        target.name,
+        l.pid,
+        l.artifact.display()
+    ));
+    true
+}
+
+/// Refuses a launch the idle port could not take: a listener on it, a
+/// connection holding it as its source port, or an app nonstop started
+/// earlier that still runs; warns when the target is the live profile.
+fn check_idle_port(ctx: &Context, target: &Profile, previous: Option<Launched>) -> Result<()> {
+    let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
         let who = seen.holders();
@@ -123,46 +146,57 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             target.name
         ));
     }
+    Ok(())
+}
 
-    let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
-    if ctx.dry_run {
-        let dest = config.app.dir.join(&target.name).join(
-            source
-                .file_name()
-                .ok_or_else(|| anyhow!("{} has no file name", source.display()))?,
-        );
-        LOG.say(format!(
-            "would copy {} to {}",
-            source.display(),
-            dest.display()
-        ));
-        let log_path = config.log_path(target);
-        let rotation = if rotates(config, &log_path) && log_path.exists() {
-            format!(
-                " (the previous one moved to {}.1, {} kept)",
-                log_path.display(),
-                config.app.log_keep
-            )
-        } else {
-            String::new()
-        };
-        LOG.say(format!(
-            "would run `{}` in {}, its output appended to {}{rotation}",
-            command_for(ctx, target, &dest).join(" "),
-            config.app.dir.display(),
-            log_path.display()
-        ));
-        LOG.say(format!(
-            "would watch it for up to {} and fail if it exits",
-            secs(config.app.start_grace)
-        ));
-        return Ok(());
-    }
-    signals::check().context("nothing was changed")?;
+/// `--dry-run`: where the artifact would go, what would run, and how long
+/// it would be watched.
+fn dry_run(ctx: &Context, target: &Profile, source: &Path) -> Result<()> {
+    let config = &ctx.config;
+    let dest = config.app.dir.join(&target.name).join(
+        source
+            .file_name()
+            .ok_or_else(|| anyhow!("{} has no file name", source.display()))?,
+    );
+    LOG.say(format!(
+        "would copy {} to {}",
+        source.display(),
+        dest.display()
+    ));
+    let log_path = config.log_path(target);
+    let rotation = if rotates(config, &log_path) && log_path.exists() {
+        format!(
+            " (the previous one moved to {}.1, {} kept)",
+            log_path.display(),
+            config.app.log_keep
+        )
+    } else {
+        String::new()
+    };
+    LOG.say(format!(
+        "would run `{}` in {}, its output appended to {}{rotation}",
+        command_for(ctx, target, &dest).join(" "),
+        config.app.dir.display(),
+        log_path.display()
+    ));
+    LOG.say(format!(
+        "would watch it for up to {} and fail if it exits",
+        secs(config.app.start_grace)
+    ));
+    Ok(())
+}
+
+/// Puts the artifact in place (see [`install`]) and says so; a signal after
+/// that leaves it there, not started.
+fn install_artifact(
+    config: &nonstop_common::Config,
+    target: &Profile,
+    source: &Path,
+) -> Result<PathBuf> {
     let artifact = install(
         &config.app.dir,
         target,
-        &source,
+        source,
         &config.app.artifact_pattern,
     )?;
     LOG.say(format!(
@@ -172,23 +206,43 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     ));
     signals::check()
         .with_context(|| format!("{} is in place but was not started", artifact.display()))?;
+    Ok(artifact)
+}
 
-    let log_path = config.log_path(target);
+/// Opens the app's log for this run (see [`open_log`]) with a marker line
+/// for `argv`; returns it and the offset where this run's lines begin.
+fn open_run_log(
+    config: &nonstop_common::Config,
+    target: &Profile,
+    log_path: &Path,
+    argv: &[String],
+) -> Result<(File, u64)> {
     if let Some(dir) = log_path.parent() {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
     }
-    let mut log = open_log(config, &log_path)?;
+    let mut log = open_log(config, log_path)?;
     let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-
-    let argv = command_for(ctx, target, &artifact);
     // A marker in the app's log, so an operator can tell the runs apart.
     let _ = writeln!(
         log,
-        "--- nonstop start: {} on {port}: {}",
+        "--- nonstop start: {} on {}: {}",
         target.name,
+        target.port,
         argv.join(" ")
     );
+    Ok((log, log_offset))
+}
+
+/// Launches the configured command for `artifact` in a session of its own,
+/// with this process as its subreaper, and records it for `health` and
+/// `stop` before saying so.
+fn launch(ctx: &Context, target: &Profile, artifact: &Path) -> Result<(Child, Launched)> {
+    let config = &ctx.config;
+    let port = target.port;
+    let log_path = config.log_path(target);
+    let argv = command_for(ctx, target, artifact);
+    let (log, log_offset) = open_run_log(config, target, &log_path, &argv)?;
 
     // Whatever the launch forks and leaves behind (a start.sh ending with
     // `&`, a daemonizing launcher) reparents to this process instead of init,
@@ -198,7 +252,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
             "cannot become the launch's child subreaper ({e}); what it forks is followed through its session only"
         ));
     }
-    let mut child = spawn_detached(&argv, &config.app.dir, &log).with_context(|| {
+    let child = spawn_detached(&argv, &config.app.dir, &log).with_context(|| {
         format!(
             "cannot start `{}` in {}",
             argv.join(" "),
@@ -212,7 +266,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         port,
         pid,
         start_time: launch_start,
-        artifact: artifact.clone(),
+        artifact: artifact.to_path_buf(),
         command: argv.clone(),
         log: log_path.clone(),
         log_offset,
@@ -233,11 +287,16 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         argv.join(" "),
         log_path.display()
     ));
+    Ok((child, record))
+}
 
-    // Watch its first moments: an exit fails the stage now (unless it left
-    // the app running), a listening port ends the watch early (the launch
-    // itself or, for a wrapper that does not exec, one of its group), and
-    // after the grace period `health` takes over.
+/// Watches the launch's first moments: an exit fails the stage now (unless
+/// it left the app running), a listening port ends the watch early (the
+/// launch itself or, for a wrapper that does not exec, one of its group),
+/// and after the grace period `health` takes over.
+fn watch(ctx: &Context, target: &Profile, mut child: Child, record: Launched) -> Result<()> {
+    let config = &ctx.config;
+    let (port, pid) = (target.port, record.pid);
     let mut exited = None;
     let mut listener = None;
     let settled = wait_for(config.app.start_grace, Duration::from_millis(10), || {
@@ -261,7 +320,7 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     if let Some(status) = exited {
         let launch = Proc {
             pid,
-            start: launch_start.unwrap_or(0),
+            start: record.start_time.unwrap_or(0),
         };
         return after_exit(ctx, target, record, launch, status);
     }
@@ -282,6 +341,58 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
     Ok(())
 }
 
+/// What to do with a launch that exited within its first moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnExit {
+    /// It left nothing running: the stage fails.
+    Fail,
+    /// It failed and left processes running: they are stopped, the stage fails.
+    StopLeftovers,
+    /// It exited 0 and left processes running (a launcher that forked the
+    /// app): wait for one of them to listen.
+    AwaitListener,
+}
+
+/// The decision on a launch that exited: by its exit status and whether it
+/// left anything running.
+fn on_exit(success: bool, left_running: bool) -> OnExit {
+    match (success, left_running) {
+        (_, false) => OnExit::Fail,
+        (false, true) => OnExit::StopLeftovers,
+        (true, true) => OnExit::AwaitListener,
+    }
+}
+
+/// What to do once the wait for a launcher's leftovers to listen is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterWait {
+    /// This one listens on the port: it is the app.
+    Adopt(Proc),
+    /// All it left exited too: the stage fails.
+    AllExited,
+    /// None of them listened in time: they are stopped, the stage fails.
+    StopLeftovers,
+}
+
+/// The decision after the wait: by the one that came to listen, if any, and
+/// whether the wait ended before its limit.
+fn after_wait(listener: Option<Proc>, settled: bool) -> AfterWait {
+    match (listener, settled) {
+        (Some(app), _) => AfterWait::Adopt(app),
+        (None, true) => AfterWait::AllExited,
+        (None, false) => AfterWait::StopLeftovers,
+    }
+}
+
+/// The processes, described, in a list.
+fn named(procs: &[Proc]) -> String {
+    procs
+        .iter()
+        .map(Proc::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The launch exited within its first moments. If it exited 0 and left
 /// processes running (a launcher that forks the app and returns), the one
 /// of them that comes to listen on the port is adopted: recorded as the app,
@@ -296,39 +407,69 @@ fn after_exit(
 ) -> Result<()> {
     let config = &ctx.config;
     let port = target.port;
-    let me = std::process::id() as i32;
     let (log, log_offset) = (record.log.clone(), record.log_offset);
     let tail = || tail_for_message(&log, log_offset);
-    let left = tree::leftovers(me, launch);
-    if left.is_empty() {
-        return Err(anyhow!(
-            "{} (pid {}) exited at once ({status}) and left nothing running; {}",
+    let left = tree::leftovers(std::process::id() as i32, launch);
+    match on_exit(status.success(), !left.is_empty()) {
+        OnExit::Fail => {
+            return Err(anyhow!(
+                "{} (pid {}) exited at once ({status}) and left nothing running; {}",
+                target.name,
+                launch.pid,
+                tail()
+            ))
+        }
+        OnExit::StopLeftovers => {
+            let what = named(&left);
+            let stopped = stop_leftovers(config, &left)?;
+            return Err(anyhow!(
+                "{} (pid {}) exited at once ({status}), leaving {what} running; {stopped}; {}",
+                target.name,
+                launch.pid,
+                tail()
+            ));
+        }
+        OnExit::AwaitListener => {}
+    }
+    let (now, listener, settled) = await_listener(ctx, target, &mut record, launch, left)?;
+    match after_wait(listener, settled) {
+        AfterWait::Adopt(app) => adopt(ctx, target, record, app, launch, &now),
+        AfterWait::AllExited => Err(anyhow!(
+            "{} (pid {}) exited at once ({status}), and what it left running exited too; {}",
             target.name,
             launch.pid,
             tail()
-        ));
+        )),
+        AfterWait::StopLeftovers => {
+            let what = named(&now);
+            let stopped = stop_leftovers(config, &now)?;
+            Err(anyhow!(
+                "the launch of {} (pid {}) exited 0 and left {what} running, none of which listened on {port} within {}; {stopped}; {}",
+                target.name,
+                launch.pid,
+                secs(config.health.timeout),
+                tail()
+            ))
+        }
     }
-    let named = |procs: &[Proc]| {
-        procs
-            .iter()
-            .map(Proc::describe)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !status.success() {
-        let what = named(&left);
-        let stopped = stop_leftovers(config, &left)?;
-        return Err(anyhow!(
-            "{} (pid {}) exited at once ({status}), leaving {what} running; {stopped}; {}",
-            target.name,
-            launch.pid,
-            tail()
-        ));
-    }
+}
 
-    // Exit 0 with something left: a launcher that forked the app. Until one
-    // of them listens, the first one stands in the record, so that `stop`
-    // finds it should this stage be interrupted.
+/// Exit 0 with something left: a launcher that forked the app. Until one
+/// of them listens, the first one stands in the record, so that `stop`
+/// finds it should this stage be interrupted. Waits up to
+/// `health.timeout_secs` for one of them to listen on the port, or for all
+/// of them to exit; returns what is left then, the listener, and whether
+/// the wait ended before its limit.
+fn await_listener(
+    ctx: &Context,
+    target: &Profile,
+    record: &mut Launched,
+    launch: Proc,
+    left: Vec<Proc>,
+) -> Result<(Vec<Proc>, Option<Proc>, bool)> {
+    let config = &ctx.config;
+    let port = target.port;
+    let me = std::process::id() as i32;
     LOG.say(format!(
         "the launch (pid {}) exited 0 and left {} running; waiting up to {} for one of them to listen on {port}",
         launch.pid,
@@ -336,10 +477,12 @@ fn after_exit(
         secs(config.health.timeout)
     ));
     record.launcher_pid = Some(launch.pid);
-    adopt_into(&mut record, left[0], launch);
+    if let Some(&first) = left.first() {
+        adopt_into(record, first, launch);
+    }
     ctx.state
-        .write(&ctx.state.launched_path(&target.name), &record)?;
-    let mut now = left.clone();
+        .write(&ctx.state.launched_path(&target.name), &*record)?;
+    let mut now = left;
     let mut listener = None;
     let found = wait_for(config.health.timeout, Duration::from_millis(10), || {
         now = tree::leftovers(me, launch);
@@ -355,48 +498,43 @@ fn after_exit(
             target.name
         )
     })?;
-    if let Some(app) = listener {
-        adopt_into(&mut record, app, launch);
-        ctx.state
-            .write(&ctx.state.launched_path(&target.name), &record)?;
-        LOG.say(format!(
-            "adopted {} as {}: it listens on {port}; the launch (pid {}) had exited 0",
-            app.describe(),
-            target.name,
-            launch.pid
-        ));
-        let group = record.group;
-        let apart: Vec<Proc> = now
-            .iter()
-            .copied()
-            .filter(|p| tree::pgid(p.pid) != group)
-            .collect();
-        if !apart.is_empty() {
-            LOG.warn(format!(
-                "the launch also left {} running outside {}'s process group; not adopted, left running",
-                named(&apart),
-                app.pid
-            ));
-        }
-        return Ok(());
-    }
-    if found.is_some() {
-        return Err(anyhow!(
-            "{} (pid {}) exited at once ({status}), and what it left running exited too; {}",
-            target.name,
-            launch.pid,
-            tail()
-        ));
-    }
-    let what = named(&now);
-    let stopped = stop_leftovers(config, &now)?;
-    Err(anyhow!(
-        "the launch of {} (pid {}) exited 0 and left {what} running, none of which listened on {port} within {}; {stopped}; {}",
+    Ok((now, listener, found.is_some()))
+}
+
+/// Records `app`, which listens on the port, as the app the launch
+/// started, and warns about what the launch left outside its process group.
+fn adopt(
+    ctx: &Context,
+    target: &Profile,
+    mut record: Launched,
+    app: Proc,
+    launch: Proc,
+    now: &[Proc],
+) -> Result<()> {
+    adopt_into(&mut record, app, launch);
+    ctx.state
+        .write(&ctx.state.launched_path(&target.name), &record)?;
+    LOG.say(format!(
+        "adopted {} as {}: it listens on {}; the launch (pid {}) had exited 0",
+        app.describe(),
         target.name,
-        launch.pid,
-        secs(config.health.timeout),
-        tail()
-    ))
+        target.port,
+        launch.pid
+    ));
+    let group = record.group;
+    let apart: Vec<Proc> = now
+        .iter()
+        .copied()
+        .filter(|p| tree::pgid(p.pid) != group)
+        .collect();
+    if !apart.is_empty() {
+        LOG.warn(format!(
+            "the launch also left {} running outside {}'s process group; not adopted, left running",
+            named(&apart),
+            app.pid
+        ));
+    }
+    Ok(())
 }
 
 /// Records `app` (one of what `launch` left) as the launched app, with its
@@ -444,10 +582,29 @@ fn stop_leftovers(config: &nonstop_common::Config, left: &[Proc]) -> Result<Stri
 /// (`up -d --no-deps --force-recreate`), recorded with its container and
 /// image id, and watched for its first moments like a process.
 fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<()> {
-    let config = &ctx.config;
-    let port = target.port;
-    let service = compose::service(compose, config, target);
+    let service = compose::service(compose, &ctx.config, target);
     compose::check_service(compose, service)?;
+    if service_started(ctx, target, compose, service)? {
+        return Ok(());
+    }
+    check_service_port(ctx, target, service)?;
+    if ctx.dry_run {
+        dry_run_service(ctx, compose, service);
+        return Ok(());
+    }
+    let container = up_service(ctx, target, compose, service)?;
+    watch_service(ctx, target, compose, service, &container)
+}
+
+/// Whether this deployment already started the service's running container
+/// (said so: the deployment converges). A container of it that runs
+/// otherwise, or is paused, is refused.
+fn service_started(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+) -> Result<bool> {
     let previous: Option<Launched> = ctx
         .state
         .read(&ctx.state.launched_path(&target.name), &LOG)?;
@@ -455,28 +612,35 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     if let Some(advice) = running.as_ref().and_then(|c| c.paused_advice(service)) {
         return Err(anyhow!("{advice}; nothing was started"));
     }
-    if let Some(c) = &running {
-        let ours = previous.as_ref().is_some_and(|l| {
-            ctx.deployment_id.is_some()
-                && l.deployment_id == ctx.deployment_id
-                && l.container_id.as_deref() == Some(c.id.as_str())
-        });
-        if ours {
-            LOG.say(format!(
-                "this deployment already started {} (service {service}, container {}); not starting it twice",
-                target.name,
-                compose::short_id(&c.id)
-            ));
-            return Ok(());
-        }
-        return Err(anyhow!(
-            "service {service} ({}) already runs (container {}, {}, {}); run `stop` first",
+    let Some(c) = &running else {
+        return Ok(false);
+    };
+    let ours = previous.as_ref().is_some_and(|l| {
+        ctx.deployment_id.is_some()
+            && l.deployment_id == ctx.deployment_id
+            && l.container_id.as_deref() == Some(c.id.as_str())
+    });
+    if ours {
+        LOG.say(format!(
+            "this deployment already started {} (service {service}, container {}); not starting it twice",
             target.name,
-            compose::short_id(&c.id),
-            c.image,
-            c.status
+            compose::short_id(&c.id)
         ));
+        return Ok(true);
     }
+    Err(anyhow!(
+        "service {service} ({}) already runs (container {}, {}, {}); run `stop` first",
+        target.name,
+        compose::short_id(&c.id),
+        c.image,
+        c.status
+    ))
+}
+
+/// Refuses to start a service whose port something else holds (the
+/// engine could not publish it); warns when the target is the live profile.
+fn check_service_port(ctx: &Context, target: &Profile, service: &str) -> Result<()> {
+    let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
         return Err(anyhow!(
@@ -491,20 +655,33 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
             target.name
         ));
     }
-    if ctx.dry_run {
-        if compose.pull {
-            LOG.say(format!("would pull the image of service {service}"));
-        }
-        LOG.say(format!(
-            "would start service {service} alone (up -d --no-deps --force-recreate) from {}",
-            compose.file.display()
-        ));
-        LOG.say(format!(
-            "would watch it for up to {} and fail if its container exits",
-            secs(config.app.start_grace)
-        ));
-        return Ok(());
+    Ok(())
+}
+
+/// `--dry-run` with the Compose backend: what would be pulled, started and
+/// watched.
+fn dry_run_service(ctx: &Context, compose: &Compose, service: &str) {
+    if compose.pull {
+        LOG.say(format!("would pull the image of service {service}"));
     }
+    LOG.say(format!(
+        "would start service {service} alone (up -d --no-deps --force-recreate) from {}",
+        compose.file.display()
+    ));
+    LOG.say(format!(
+        "would watch it for up to {} and fail if its container exits",
+        secs(ctx.config.app.start_grace)
+    ));
+}
+
+/// Pulls (with `app.compose.pull`) and starts the service, records its
+/// container for `health` and `stop`, and says so.
+fn up_service(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+) -> Result<compose::Container> {
     signals::check().context("nothing was changed")?;
     if compose.pull {
         compose::pull(compose, service)?;
@@ -520,7 +697,7 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
         })?;
     let record = Launched {
         profile: target.name.clone(),
-        port,
+        port: target.port,
         pid: container.pid,
         start_time: start_time(container.pid),
         artifact: PathBuf::from(&container.image),
@@ -538,13 +715,28 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     ctx.state
         .write(&ctx.state.launched_path(&target.name), &record)?;
     LOG.say(format!(
-        "started service {service} for {} on {port}: container {} ({}, image {})",
+        "started service {service} for {} on {}: container {} ({}, image {})",
         target.name,
+        target.port,
         compose::short_id(&container.id),
         container.image,
         compose::short_id(&container.image_id)
     ));
+    Ok(container)
+}
 
+/// Watches the container's first moments: its exit fails the stage with
+/// the end of its logs, a published port ends the watch early, and after
+/// the grace period `health` takes over.
+fn watch_service(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+    container: &compose::Container,
+) -> Result<()> {
+    let config = &ctx.config;
+    let port = target.port;
     let mut state = container.clone();
     let settled = wait_for(config.app.start_grace, Duration::from_millis(20), || {
         if let Some(now) = compose::inspect(compose, &container.id) {
@@ -729,6 +921,39 @@ fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_launch_that_exited_is_failed_stopped_or_awaited() {
+        // (exited 0, left something running) => what start does
+        let table = [
+            (false, false, OnExit::Fail),
+            (true, false, OnExit::Fail),
+            (false, true, OnExit::StopLeftovers),
+            (true, true, OnExit::AwaitListener),
+        ];
+        for (success, left, want) in table {
+            assert_eq!(on_exit(success, left), want, "{success} {left}");
+        }
+    }
+
+    #[test]
+    fn a_launchers_leftovers_are_adopted_failed_or_stopped() {
+        let app = Proc { pid: 42, start: 7 };
+        // (the one listening, the wait ended before its limit) => what start does
+        let table = [
+            (Some(app), true, AfterWait::Adopt(app)),
+            (Some(app), false, AfterWait::Adopt(app)),
+            (None, true, AfterWait::AllExited),
+            (None, false, AfterWait::StopLeftovers),
+        ];
+        for (listener, settled, want) in table {
+            assert_eq!(
+                after_wait(listener, settled),
+                want,
+                "{listener:?} {settled}"
+            );
+        }
+    }
 
     #[test]
     fn newest_artifact_wins_by_mtime() {
