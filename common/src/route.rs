@@ -1,7 +1,9 @@
 //! What tells nginx which profile to route to, and the only ways nonstop
 //! changes it: the book's include file, or (the sites-available/sites-enabled
 //! layout) a symlink re-pointed between one site file per profile — on this
-//! host, or on nginx's own host over the system's `ssh`.
+//! host, or on nginx's own host over the system's `ssh`; and reading it:
+//! which profile the route names ([`Include`], one of `detect`'s two
+//! witnesses).
 //!
 //! Every change is atomic where nginx reads it: a temp file or temp symlink
 //! beside the target, then a rename over it, so nginx (or a `nginx -t` run
