@@ -2,7 +2,7 @@
 //! argv, never through a shell, with a time limit and its output captured.
 
 use std::io::{Read, Write};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,44 +91,45 @@ fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<O
             let _ = stdin.write_all(&bytes);
         });
     }
-    // Drain both pipes on threads so a chatty command cannot block on a
-    // full pipe. Each thread appends to a shared buffer as it reads, so
-    // what was read is there even when the pipe never ends, and reports on
-    // `ended` when it hits the end (or the limit).
     let (ended, ends) = mpsc::channel::<()>();
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let (shared, ended) = (Arc::clone(&buffer), ended.clone());
-        std::thread::spawn(move || {
-            if let Some(pipe) = pipe {
-                let mut pipe = pipe.take(OUTPUT_LIMIT as u64 + 1);
-                let mut chunk = [0u8; 8192];
-                // A read error just ends the capture; the exit status is what counts.
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut b) = shared.lock() {
-                        b.extend_from_slice(&chunk[..n]);
-                    }
+    let out = drain(child.stdout.take(), ended.clone());
+    let err = drain(child.stderr.take(), ended);
+    let status = wait_exit(&mut child, limit, &shown)?;
+    Ok(collect(status, &out, &err, &ends))
+}
+
+/// What a pipe's reader has read so far.
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+/// Drains a pipe on a thread so a chatty command cannot block on a full
+/// pipe. The thread appends to the returned buffer as it reads, so what was
+/// read is there even when the pipe never ends, and reports on `ended` when
+/// it hits the end (or the limit).
+fn drain(pipe: Option<impl Read + Send + 'static>, ended: mpsc::Sender<()>) -> Captured {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let shared = Arc::clone(&buffer);
+    std::thread::spawn(move || {
+        if let Some(pipe) = pipe {
+            let mut pipe = pipe.take(OUTPUT_LIMIT as u64 + 1);
+            let mut chunk = [0u8; 8192];
+            // A read error just ends the capture; the exit status is what counts.
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut b) = shared.lock() {
+                    b.extend_from_slice(&chunk[..n]);
                 }
             }
-            let _ = ended.send(());
-        });
-        buffer
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+        }
+        let _ = ended.send(());
+    });
+    buffer
+}
+
+/// Waits for the command's exit within `limit`; past it, kills and reaps
+/// it and says so, naming the command.
+fn wait_exit(child: &mut Child, limit: Duration, shown: &str) -> Result<ExitStatus> {
     let mut status = None;
     let finished = wait_for(limit, Duration::from_millis(2), || match child.try_wait() {
         Ok(Some(s)) => {
@@ -138,20 +139,29 @@ fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<O
         Ok(None) => false,
         Err(_) => true,
     });
-    let status = match (finished, status) {
-        (Some(_), Some(s)) => s,
+    match (finished, status) {
+        (Some(_), Some(s)) => Ok(s),
         _ => {
             // Kill and reap; errors here mean it is already gone.
             let _ = child.kill();
             let _ = child.wait();
-            return Err(anyhow!(
+            Err(anyhow!(
                 "`{shown}` did not finish within {}",
                 crate::time::secs(limit)
-            ));
+            ))
         }
-    };
-    // It has exited: its output ends now, unless something it left running
-    // holds a pipe; then what was read by the deadline is what we have.
+    }
+}
+
+/// The command has exited: its output ends now, unless something it left
+/// running holds a pipe; then what was read by [`DRAIN_AFTER_EXIT`] is
+/// what we have, and the outcome says it is incomplete.
+fn collect(
+    status: ExitStatus,
+    out: &Captured,
+    err: &Captured,
+    ends: &mpsc::Receiver<()>,
+) -> Outcome {
     let deadline = Instant::now() + DRAIN_AFTER_EXIT;
     let mut open = 2;
     while open > 0 {
@@ -161,11 +171,11 @@ fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<O
             Err(_) => break,
         }
     }
-    let take = |buffer: &Arc<Mutex<Vec<u8>>>| match buffer.lock() {
+    let take = |buffer: &Captured| match buffer.lock() {
         Ok(mut b) => std::mem::take(&mut *b),
         Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
-    let (mut stdout, mut stderr) = (take(&out), take(&err));
+    let (mut stdout, mut stderr) = (take(out), take(err));
     let mut incomplete = None;
     if open > 0 {
         incomplete = Some(format!(
@@ -179,13 +189,13 @@ fn run_inner(argv: &[String], input: Option<&[u8]>, limit: Duration) -> Result<O
             incomplete.get_or_insert_with(|| format!("its output was cut at {OUTPUT_LIMIT} bytes"));
         }
     }
-    Ok(Outcome {
+    Outcome {
         status,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stdout_bytes: stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         incomplete,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -22,14 +22,19 @@
 //! or a config line.
 
 use anyhow::{anyhow, Context as _, Result};
-use serde::Serialize;
 
-use crate::config::{Config, HealthMatch, Mode, Profile};
+use crate::config::{Config, Mode, Profile};
 use crate::http;
 use crate::log::quote_untrusted;
 use crate::procs;
 use crate::route;
 use crate::state::{read_own_capped, StateDir, Switched};
+
+/// The health rule, for the stage crates that still call it here; it lives
+/// in [`crate::health_rule`].
+pub use crate::health_rule::{check_health, health_url, health_words, healthy};
+/// The include witness: read by [`route`], which owns the route.
+pub use crate::route::Include;
 
 /// What the probe through nginx said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +43,6 @@ pub enum Probe {
     Answered(Profile),
     /// No usable answer; the reason, for messages.
     Failed(String),
-}
-
-/// What the include file says nginx routes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Include {
-    Missing,
-    Names(Profile),
-    /// It exists but names no configured port (say, the book's 8080 from before blue-green).
-    NamesNone,
-    /// It names the ports of both profiles.
-    NamesBoth,
 }
 
 /// The decision.
@@ -122,55 +116,6 @@ pub fn decide(profiles: &[Profile], probe: &Probe, include: &Include) -> Result<
     }
 }
 
-/// Reads what the include file names.
-pub fn classify_include(config: &Config, content: &str) -> Include {
-    let trimmed = content.trim();
-    if let Some(p) = config
-        .profiles
-        .iter()
-        .find(|p| config.include_line(p).trim() == trimmed)
-    {
-        return Include::Names(p.clone());
-    }
-    // Not our exact rendering (edited by hand, written by the book's `tee`):
-    // look for `:PORT` not followed by a digit, outside comments.
-    let code: String = content
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let named: Vec<&Profile> = config
-        .profiles
-        .iter()
-        .filter(|p| mentions_port(&code, p.port))
-        .collect();
-    match named.as_slice() {
-        [] => Include::NamesNone,
-        [one] => Include::Names((*one).clone()),
-        _ => Include::NamesBoth,
-    }
-}
-
-fn mentions_port(text: &str, port: u16) -> bool {
-    let needle = format!(":{port}");
-    text.match_indices(&needle).any(|(at, _)| {
-        !text[at + needle.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-    })
-}
-
-/// Reads the include file. A missing file is [`Include::Missing`]; a file
-/// that exists but cannot be read is an error, since guessing could stop
-/// the live app.
-pub fn read_include(config: &Config) -> Result<Include> {
-    Ok(match route::read(config)? {
-        None => Include::Missing,
-        Some(bytes) => route::classify(config, &bytes),
-    })
-}
-
 /// Upstream-pair mode: nginx balances over both ports and is never edited,
 /// so the witnesses are which ports listen and, when both do (a deployment
 /// between its start and the retiring of the old app), which one the last
@@ -226,57 +171,6 @@ fn last_switched(config: &Config) -> Option<Profile> {
     let bytes = read_own_capped(&path, 64 * 1024).ok()??;
     let record: Switched = serde_json::from_slice(&bytes).ok()?;
     config.profile(&record.active.name).cloned()
-}
-
-/// The URL the health rule asks, on the profile's own port (not through nginx).
-pub fn health_url(config: &Config, target: &Profile) -> String {
-    format!("http://127.0.0.1:{}{}", target.port, config.health.path)
-}
-
-/// One try of the health rule ([`healthy`]) on `target`'s own port. `Err`
-/// says what it answered instead, or why nothing came.
-pub fn check_health(config: &Config, target: &Profile) -> Result<(), String> {
-    let answer = http::get(&health_url(config, target), config.health.request_timeout)?;
-    if healthy(config, target, &answer) {
-        Ok(())
-    } else {
-        Err(format!(
-            "HTTP {}, body {}",
-            answer.status,
-            quote_untrusted(answer.body.trim(), 60)
-        ))
-    }
-}
-
-/// The health rule in words, for messages: `"real1"`, `a body containing
-/// "UP"`, ...
-pub fn health_words(config: &Config, target: &Profile) -> String {
-    let expect = quote_untrusted(&config.expected_health_body(target), 60);
-    match config.health.rule {
-        HealthMatch::Exact => expect,
-        HealthMatch::Contains => format!("a body containing {expect}"),
-        HealthMatch::Actuator => "{\"status\":\"UP\"}".to_string(),
-        HealthMatch::AnySuccess => "any 2xx".to_string(),
-    }
-}
-
-/// The health rule (`health.match`) applied to one answer. Only a 2xx can
-/// pass, whatever the rule: a redirect to a login page, a 404 from a
-/// half-started app or a 503 while it warms up never counts.
-pub fn healthy(config: &Config, target: &Profile, answer: &http::Answer) -> bool {
-    if !answer.is_success() {
-        return false;
-    }
-    let expect = config.expected_health_body(target);
-    match config.health.rule {
-        HealthMatch::Exact => answer.body.trim() == expect,
-        HealthMatch::Contains => answer.body.contains(&expect),
-        HealthMatch::Actuator => serde_json::from_str::<serde_json::Value>(&answer.body)
-            .ok()
-            .and_then(|v| v.get("status")?.as_str().map(|s| s == "UP"))
-            .unwrap_or(false),
-        HealthMatch::AnySuccess => true,
-    }
 }
 
 /// Asks nginx which profile answers.
@@ -345,7 +239,7 @@ pub fn observe(config: &Config) -> Result<Observed> {
             decision,
         });
     }
-    let include = read_include(config)?;
+    let include = route::names(config)?;
     let probe = probe(config);
     let mut decision = decide(&config.profiles, &probe, &include);
     if let Some(c) = crate::compose::of(config) {
@@ -406,22 +300,6 @@ fn cross_check(
     }
 }
 
-/// A profile as shown in JSON output.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotView {
-    pub profile: String,
-    pub port: u16,
-}
-
-impl From<&Profile> for SlotView {
-    fn from(p: &Profile) -> Self {
-        SlotView {
-            profile: p.name.clone(),
-            port: p.port,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,60 +328,6 @@ mod tests {
 
     fn failed() -> Probe {
         Probe::Failed("HTTP 502".into())
-    }
-
-    #[test]
-    fn health_rules_never_pass_a_non_2xx() {
-        let answer = |status: u16, body: &str| http::Answer {
-            status,
-            body: body.to_string(),
-        };
-        let with = |rule: &str, expect: &str| {
-            crate::config::parse(
-                &format!(
-                    r#"{{"app": {{"dir": "/a"}}, "health": {{"match": "{rule}", "expect": "{expect}"}}}}"#
-                ),
-                Path::new("t.json"),
-            )
-            .unwrap()
-        };
-        let real1 = p(0);
-        let exact = with("exact", "{profile}");
-        assert!(healthy(&exact, &real1, &answer(200, "real1\n")));
-        assert!(!healthy(&exact, &real1, &answer(200, "real10")));
-        assert!(!healthy(&exact, &real1, &answer(500, "real1")));
-
-        let contains = with("contains", "healthy");
-        assert!(healthy(
-            &contains,
-            &real1,
-            &answer(200, "<p>I am healthy</p>")
-        ));
-        assert!(!healthy(&contains, &real1, &answer(200, "sick")));
-        assert!(!healthy(&contains, &real1, &answer(302, "healthy")));
-
-        let actuator = with("actuator", "-");
-        assert!(healthy(
-            &actuator,
-            &real1,
-            &answer(200, r#"{"status":"UP","groups":["liveness"]}"#)
-        ));
-        assert!(!healthy(
-            &actuator,
-            &real1,
-            &answer(200, r#"{"status":"DOWN"}"#)
-        ));
-        assert!(!healthy(&actuator, &real1, &answer(200, "UP")));
-        assert!(!healthy(
-            &actuator,
-            &real1,
-            &answer(503, r#"{"status":"UP"}"#)
-        ));
-
-        let any = with("any-2xx", "-");
-        assert!(healthy(&any, &real1, &answer(204, "")));
-        assert!(!healthy(&any, &real1, &answer(301, "")));
-        assert!(!healthy(&any, &real1, &answer(404, "real1")));
     }
 
     #[test]
@@ -562,38 +386,6 @@ mod tests {
         }
         let d = decide(&profiles(), &failed(), &Include::NamesNone).unwrap();
         assert_eq!((d.live, d.idle), (None, p(0)));
-    }
-
-    #[test]
-    fn include_is_read_exactly_or_by_its_port() {
-        let c = config();
-        assert_eq!(
-            classify_include(&c, "set $service_url http://127.0.0.1:8082;\n"),
-            Include::Names(p(1))
-        );
-        // The book's hand-written form, with other spacing.
-        assert_eq!(
-            classify_include(&c, "  set $service_url   http://localhost:8081 ;"),
-            Include::Names(p(0))
-        );
-        // 80812 is not 8081; the book's step2 port is nobody's.
-        assert_eq!(
-            classify_include(&c, "set $service_url http://127.0.0.1:80812;"),
-            Include::NamesNone
-        );
-        assert_eq!(
-            classify_include(&c, "set $service_url http://127.0.0.1:8080;"),
-            Include::NamesNone
-        );
-        // A comment does not count.
-        assert_eq!(
-            classify_include(&c, "# was :8082\nset $service_url http://127.0.0.1:8081;"),
-            Include::Names(p(0))
-        );
-        assert_eq!(
-            classify_include(&c, "server 127.0.0.1:8081;\nserver 127.0.0.1:8082;"),
-            Include::NamesBoth
-        );
     }
 
     #[test]

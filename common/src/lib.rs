@@ -13,6 +13,7 @@ pub mod config;
 pub mod detect;
 pub mod error;
 pub mod fsx;
+pub mod health_rule;
 pub mod http;
 pub mod lock;
 pub mod log;

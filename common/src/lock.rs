@@ -81,17 +81,22 @@ impl Drop for Lock {
 /// Takes the lock, waiting at most until `deadline`. The error names the
 /// holder when the wait runs out.
 pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result<Lock> {
-    let mut announced = false;
-    let mut first_refusal: Option<Instant> = None;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let mut wait = Waiting {
+        path,
+        dir: path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+        deadline,
+        log,
+        announced: false,
+        first_refusal: None,
+    };
     loop {
         let file = fsx::open_rw(path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut flock) => {
+            Ok(flock) => {
                 // Deleted or replaced between our open and our flock (its
                 // holder's name wiped and the file removed by hand, say):
                 // what we hold locks nothing. Open the path again.
@@ -104,88 +109,124 @@ pub fn acquire(path: &Path, me: &Holder, deadline: Instant, log: &Log) -> Result
                     }
                     continue;
                 }
-                let dir_flock = match lock_dir(dir) {
-                    Ok(d) => d,
-                    Err(Errno::EWOULDBLOCK) => {
-                        // Another stage holds the directory: its lock file
-                        // was deleted or replaced while it held it.
-                        drop(flock);
-                        if Instant::now() >= deadline {
-                            return Err(anyhow!(
-                                "the state directory {} is locked by another nonstop stage whose lock file {} was removed or replaced while it held it; gave up waiting",
-                                dir.display(),
-                                path.display()
-                            ));
-                        }
-                        if !announced {
-                            log.say(format!(
-                                "waiting for another nonstop stage that holds {} (its lock file {} was removed or replaced)",
-                                dir.display(),
-                                path.display()
-                            ));
-                            announced = true;
-                        }
-                        crate::signals::pause(Duration::from_millis(50))?;
-                        continue;
-                    }
-                    Err(errno) => {
-                        return Err(anyhow!("cannot lock {}: {errno}", dir.display()));
-                    }
+                let Some(held) = wait.lock_dir(flock)? else {
+                    continue;
                 };
-                if let Some(dead) = read_holder(path) {
-                    log.warn(format!(
-                        "taking over the lock from {}, which ended without releasing it ({})",
-                        dead.name(),
-                        if !dead.boot_id.is_empty() && dead.boot_id != me.boot_id {
-                            "the machine has rebooted since".to_string()
-                        } else {
-                            format!("pid {} was killed or crashed", dead.pid)
-                        }
-                    ));
-                }
-                let written = flock
-                    .set_len(0)
-                    .and_then(|()| flock.seek(SeekFrom::Start(0)).map(|_| ()))
-                    .and_then(|()| {
-                        let text = serde_json::to_string(me).unwrap_or_default();
-                        flock.write_all(text.as_bytes())
-                    });
-                if let Err(e) = written {
-                    log.warn(format!(
-                        "cannot record the lock holder in {}: {e}",
-                        path.display()
-                    ));
-                }
-                return Ok(Lock {
-                    flock,
-                    _dir: dir_flock,
-                });
+                return Ok(wait.take(held, me));
             }
-            Err((_, Errno::EWOULDBLOCK)) => {
-                let named = read_holder(path);
-                let holder = named
-                    .as_ref()
-                    .map(|h| h.describe())
-                    .unwrap_or_else(|| "another nonstop stage".to_string());
-                if Instant::now() >= deadline {
-                    return Err(anyhow!(
-                        "the state directory is locked by {holder}; gave up waiting (lock file {})",
-                        path.display()
-                    ));
-                }
-                // The holder writes its name just after it takes the lock:
-                // give it a moment, so the message can name it.
-                let waiting = *first_refusal.get_or_insert_with(Instant::now);
-                if !announced && (named.is_some() || waiting.elapsed() >= Duration::from_secs(1)) {
-                    log.say(format!("waiting for the lock held by {holder}"));
-                    announced = true;
-                }
-                crate::signals::pause(Duration::from_millis(50))?;
-            }
+            Err((_, Errno::EWOULDBLOCK)) => wait.for_holder()?,
             Err((_, errno)) => {
                 return Err(anyhow!("cannot lock {}: {errno}", path.display()));
             }
         }
+    }
+}
+
+/// The lock file and the directory flock, both held.
+type Held = (Flock<File>, Flock<File>);
+
+/// What `acquire` keeps between its tries.
+struct Waiting<'a> {
+    path: &'a Path,
+    /// The state directory, flocked too.
+    dir: &'a Path,
+    deadline: Instant,
+    log: &'a Log,
+    /// Whether the wait was said once already.
+    announced: bool,
+    first_refusal: Option<Instant>,
+}
+
+impl Waiting<'_> {
+    /// With the lock file flocked, flocks the directory too. `None`: another
+    /// stage holds the directory (its lock file was deleted or replaced
+    /// while it held it), so the file's flock is let go and we try again.
+    fn lock_dir(&mut self, flock: Flock<File>) -> Result<Option<Held>> {
+        let (path, dir) = (self.path, self.dir);
+        match lock_dir(dir) {
+            Ok(d) => Ok(Some((flock, d))),
+            Err(Errno::EWOULDBLOCK) => {
+                drop(flock);
+                if Instant::now() >= self.deadline {
+                    return Err(anyhow!(
+                        "the state directory {} is locked by another nonstop stage whose lock file {} was removed or replaced while it held it; gave up waiting",
+                        dir.display(),
+                        path.display()
+                    ));
+                }
+                if !self.announced {
+                    self.log.say(format!(
+                        "waiting for another nonstop stage that holds {} (its lock file {} was removed or replaced)",
+                        dir.display(),
+                        path.display()
+                    ));
+                    self.announced = true;
+                }
+                crate::signals::pause(Duration::from_millis(50))?;
+                Ok(None)
+            }
+            Err(errno) => Err(anyhow!("cannot lock {}: {errno}", dir.display())),
+        }
+    }
+
+    /// Both flocks held: says whose lock a dead holder left, and writes our
+    /// name into the file.
+    fn take(&self, (mut flock, dir_flock): Held, me: &Holder) -> Lock {
+        let (path, log) = (self.path, self.log);
+        if let Some(dead) = read_holder(path) {
+            log.warn(format!(
+                "taking over the lock from {}, which ended without releasing it ({})",
+                dead.name(),
+                if !dead.boot_id.is_empty() && dead.boot_id != me.boot_id {
+                    "the machine has rebooted since".to_string()
+                } else {
+                    format!("pid {} was killed or crashed", dead.pid)
+                }
+            ));
+        }
+        let written = flock
+            .set_len(0)
+            .and_then(|()| flock.seek(SeekFrom::Start(0)).map(|_| ()))
+            .and_then(|()| {
+                let text = serde_json::to_string(me).unwrap_or_default();
+                flock.write_all(text.as_bytes())
+            });
+        if let Err(e) = written {
+            log.warn(format!(
+                "cannot record the lock holder in {}: {e}",
+                path.display()
+            ));
+        }
+        Lock {
+            flock,
+            _dir: dir_flock,
+        }
+    }
+
+    /// Another stage holds the lock file: waits a moment, naming it, or
+    /// gives up at the deadline.
+    fn for_holder(&mut self) -> Result<()> {
+        let named = read_holder(self.path);
+        let holder = named
+            .as_ref()
+            .map(|h| h.describe())
+            .unwrap_or_else(|| "another nonstop stage".to_string());
+        if Instant::now() >= self.deadline {
+            return Err(anyhow!(
+                "the state directory is locked by {holder}; gave up waiting (lock file {})",
+                self.path.display()
+            ));
+        }
+        // The holder writes its name just after it takes the lock:
+        // give it a moment, so the message can name it.
+        let waiting = *self.first_refusal.get_or_insert_with(Instant::now);
+        if !self.announced && (named.is_some() || waiting.elapsed() >= Duration::from_secs(1)) {
+            self.log
+                .say(format!("waiting for the lock held by {holder}"));
+            self.announced = true;
+        }
+        crate::signals::pause(Duration::from_millis(50))?;
+        Ok(())
     }
 }
 

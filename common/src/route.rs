@@ -1,7 +1,9 @@
 //! What tells nginx which profile to route to, and the only ways nonstop
 //! changes it: the book's include file, or (the sites-available/sites-enabled
 //! layout) a symlink re-pointed between one site file per profile — on this
-//! host, or on nginx's own host over the system's `ssh`.
+//! host, or on nginx's own host over the system's `ssh`; and reading it:
+//! which profile the route names ([`Include`], one of `detect`'s two
+//! witnesses).
 //!
 //! Every change is atomic where nginx reads it: a temp file or temp symlink
 //! beside the target, then a rename over it, so nginx (or a `nginx -t` run
@@ -23,7 +25,6 @@ use anyhow::{anyhow, Context as _, Result};
 
 use crate::cmd::{self, Outcome};
 use crate::config::{Config, Mode, Profile, Ssh};
-use crate::detect::{classify_include, Include};
 use crate::fsx;
 use crate::state::{read_capped, write_atomic};
 
@@ -32,6 +33,17 @@ pub const MAX_CONTENT: u64 = 1 << 20;
 
 /// How long one remote command may take, connection included.
 const SSH_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the include file says nginx routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Include {
+    Missing,
+    Names(Profile),
+    /// It exists but names no configured port (say, the book's 8080 from before blue-green).
+    NamesNone,
+    /// It names the ports of both profiles.
+    NamesBoth,
+}
 
 /// The file (include) or symlink nonstop changes.
 pub fn path(config: &Config) -> &Path {
@@ -88,6 +100,45 @@ pub fn classify(config: &Config, content: &[u8]) -> Include {
         }
         _ => classify_include(config, &String::from_utf8_lossy(content)),
     }
+}
+
+/// Reads what the include file names.
+pub fn classify_include(config: &Config, content: &str) -> Include {
+    let trimmed = content.trim();
+    if let Some(p) = config
+        .profiles
+        .iter()
+        .find(|p| config.include_line(p).trim() == trimmed)
+    {
+        return Include::Names(p.clone());
+    }
+    // Not our exact rendering (edited by hand, written by the book's `tee`):
+    // look for `:PORT` not followed by a digit, outside comments.
+    let code: String = content
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let named: Vec<&Profile> = config
+        .profiles
+        .iter()
+        .filter(|p| mentions_port(&code, p.port))
+        .collect();
+    match named.as_slice() {
+        [] => Include::NamesNone,
+        [one] => Include::Names((*one).clone()),
+        _ => Include::NamesBoth,
+    }
+}
+
+fn mentions_port(text: &str, port: u16) -> bool {
+    let needle = format!(":{port}");
+    text.match_indices(&needle).any(|(at, _)| {
+        !text[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// `a/b/../c` → `a/c`, without touching the file system (the path may be on
@@ -164,6 +215,16 @@ pub fn read(config: &Config) -> Result<Option<Vec<u8>>> {
             ))
         }
     }
+}
+
+/// Which profile the route names now. A missing route is [`Include::Missing`]; a file
+/// that exists but cannot be read is an error, since guessing could stop
+/// the live app.
+pub fn names(config: &Config) -> Result<Include> {
+    Ok(match read(config)? {
+        None => Include::Missing,
+        Some(bytes) => classify(config, &bytes),
+    })
 }
 
 /// Replaces the route's content atomically.
@@ -418,6 +479,14 @@ fn checked(ssh: &Ssh, result: Result<Outcome>) -> Result<Outcome> {
 mod tests {
     use super::*;
 
+    fn p(i: usize) -> Profile {
+        let (name, port) = [("real1", 8081), ("real2", 8082)][i];
+        Profile {
+            name: name.into(),
+            port,
+        }
+    }
+
     #[test]
     fn quoting_survives_quotes_and_spaces() {
         assert_eq!(shell_quote("a b"), "'a b'");
@@ -503,6 +572,38 @@ mod tests {
         assert!(
             format!("{err:#}").contains("may have taken effect"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn include_is_read_exactly_or_by_its_port() {
+        let c = crate::config::parse(r#"{"app": {"dir": "/a"}}"#, Path::new("t.json")).unwrap();
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:8082;\n"),
+            Include::Names(p(1))
+        );
+        // The book's hand-written form, with other spacing.
+        assert_eq!(
+            classify_include(&c, "  set $service_url   http://localhost:8081 ;"),
+            Include::Names(p(0))
+        );
+        // 80812 is not 8081; the book's step2 port is nobody's.
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:80812;"),
+            Include::NamesNone
+        );
+        assert_eq!(
+            classify_include(&c, "set $service_url http://127.0.0.1:8080;"),
+            Include::NamesNone
+        );
+        // A comment does not count.
+        assert_eq!(
+            classify_include(&c, "# was :8082\nset $service_url http://127.0.0.1:8081;"),
+            Include::Names(p(0))
+        );
+        assert_eq!(
+            classify_include(&c, "server 127.0.0.1:8081;\nserver 127.0.0.1:8082;"),
+            Include::NamesBoth
         );
     }
 

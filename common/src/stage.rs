@@ -145,6 +145,86 @@ pub fn run_stage(
     result
 }
 
+/// What `open` does with the plan it finds under the lock: the table below,
+/// first matching row wins ("another" = a deployment id that is not ours;
+/// "active" = unfinished, its lease not run out, and from this boot).
+///
+/// | plan found                                          | action            |
+/// |-----------------------------------------------------|-------------------|
+/// | another's, active, a stage marked running           | TakeOverAbandoned |
+/// | another's, active, an operator named a profile      | TakeOverAsAsked   |
+/// | another's, active                                   | Wait              |
+/// | another's, unfinished, from before a reboot         | GoOnAfterReboot   |
+/// | ours, unfinished                                    | Follow            |
+/// | none, finished, expired, ...                        | Fresh             |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanAction {
+    /// We hold the lock, so the stage named in `running` is not running: it
+    /// was killed, and so was its deployment. Take it over, detect afresh.
+    TakeOverAbandoned,
+    /// An operator named a profile: that wins over a deployment that stopped
+    /// between stages. Take it over, detect afresh.
+    TakeOverAsAsked,
+    /// Another deployment is between its stages: wait for it (bounded).
+    Wait,
+    /// Another deployment never finished before the machine rebooted:
+    /// detect afresh without it.
+    GoOnAfterReboot,
+    /// This deployment's own plan: follow it.
+    Follow,
+    /// Nothing in the way: detect afresh.
+    Fresh,
+}
+
+/// What the plan decision looks at besides the plan itself.
+#[derive(Debug, Clone, Copy)]
+struct PlanFacts<'a> {
+    now_unix_ms: u64,
+    boot_id: &'a str,
+    /// This stage's `--deployment-id`, if any.
+    deployment_id: Option<&'a str>,
+    /// Whether an operator named a profile (`--to`, `--profile`).
+    explicit: bool,
+}
+
+/// The table on [`PlanAction`]; pure, so it is tested row by row.
+fn decide_plan(plan: Option<&Plan>, facts: PlanFacts) -> PlanAction {
+    let Some(p) = plan else {
+        return PlanAction::Fresh;
+    };
+    let ours = facts.deployment_id == Some(p.deployment_id.as_str());
+    let active_other = !ours && p.is_active(facts.now_unix_ms, facts.boot_id);
+    if active_other && p.running.is_some() {
+        PlanAction::TakeOverAbandoned
+    } else if active_other && facts.explicit {
+        PlanAction::TakeOverAsAsked
+    } else if active_other {
+        PlanAction::Wait
+    } else if !ours && !p.finished && !p.boot_id.is_empty() && p.boot_id != facts.boot_id {
+        PlanAction::GoOnAfterReboot
+    } else if ours && !p.finished {
+        PlanAction::Follow
+    } else {
+        PlanAction::Fresh
+    }
+}
+
+/// What `open` works with while it settles the plan.
+struct Opening<'a> {
+    config: &'a Config,
+    state: &'a StateDir,
+    log: &'a Log,
+    deployment_id: &'a Option<String>,
+    explicit: &'a Option<Profile>,
+    me: &'a Holder,
+    deadline: Instant,
+    dry_run: bool,
+}
+
+/// The slots settled on, whether they came from our own plan, and the plan
+/// this stage keeps up to date.
+type Settled = (Slots, bool, Option<Plan>);
+
 fn open(
     log: Log,
     config: Config,
@@ -153,127 +233,45 @@ fn open(
     explicit: Option<Profile>,
 ) -> Result<Context> {
     let dry_run = state.is_read_only();
-    let deadline = Instant::now() + config.lock_timeout;
-    let boot = boot_id();
     let me = Holder {
         pid: std::process::id(),
         stage: log.stage().to_string(),
         deployment_id: deployment_id.clone(),
         since_unix_ms: now_unix_ms(),
-        boot_id: boot.clone(),
+        boot_id: boot_id(),
+    };
+    let o = Opening {
+        config: &config,
+        state: &state,
+        log: &log,
+        deployment_id: &deployment_id,
+        explicit: &explicit,
+        me: &me,
+        deadline: Instant::now() + config.lock_timeout,
+        dry_run,
     };
     let mut announced = false;
     // Under the lock, settle on the slots: another deployment's active plan
     // makes us wait (bounded), our own plan is followed, else detect afresh.
-    let (lock, slots, from_plan, plan) = loop {
+    let (lock, (slots, from_plan, plan)) = loop {
         let lock = if dry_run {
             None
         } else {
-            Some(lock::acquire(&state.lock_path(), &me, deadline, &log)?)
+            Some(lock::acquire(&state.lock_path(), &me, o.deadline, &log)?)
         };
-        check_owner(&config, &state, &log)?;
-        if dry_run {
-            if let Some(repair) = nginx::pending_repair(&config) {
-                log.warn(format!(
-                    "a real run would first settle it: {}",
-                    repair.action
-                ));
-            }
-        } else {
-            nginx::recover(&config, &state, &log)?;
+        let found = settle_state(&o)?;
+        let facts = PlanFacts {
+            now_unix_ms: now_unix_ms(),
+            boot_id: &me.boot_id,
+            deployment_id: deployment_id.as_deref(),
+            explicit: explicit.is_some(),
+        };
+        let action = decide_plan(found.as_ref(), facts);
+        if let Some(settled) = act_on_plan(&o, action, found, facts.now_unix_ms, &mut announced)? {
+            break (lock, settled);
         }
-        refuse_if_taken_over(&state, &log, deployment_id.as_deref())?;
-        let plan: Option<Plan> = state.read(&state.plan_path(), &log)?;
-        let now = now_unix_ms();
-        let ours = |p: &Plan| deployment_id.as_deref() == Some(p.deployment_id.as_str());
-        match plan {
-            Some(p) if p.is_active(now, &boot) && !ours(&p) && p.running.is_some() => {
-                // We hold the lock, so the stage named in `running` is not
-                // running: it was killed, and so was its deployment.
-                if let Some(r) = &p.running {
-                    log.warn(format!(
-                        "deployment {} is abandoned: its `{}` (pid {}) was killed half-way; taking over",
-                        p.deployment_id, r.stage, r.pid
-                    ));
-                }
-                if !dry_run {
-                    take_over(&state, &log, p, &me, explicit.as_ref())?;
-                }
-                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
-                break (lock, slots, false, plan);
-            }
-            Some(p) if p.is_active(now, &boot) && !ours(&p) && explicit.is_some() => {
-                // An operator named a profile: that wins over a deployment
-                // that stopped between stages (CodeDeploy gave up, someone
-                // pressed stop). We hold the lock, so none of its stages runs.
-                log.warn(format!(
-                    "deployment {} is unfinished (its last stage was `{}`) and none of its stages is running; \
-                     taking it over as asked: its later stages will refuse",
-                    p.deployment_id, p.last_stage
-                ));
-                if !dry_run {
-                    take_over(&state, &log, p, &me, explicit.as_ref())?;
-                }
-                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
-                break (lock, slots, false, plan);
-            }
-            Some(p) if p.is_active(now, &boot) && !ours(&p) => {
-                let left = Duration::from_millis(p.expires_unix_ms.saturating_sub(now));
-                let what = format!(
-                    "deployment {} is in progress (its last stage was `{}`; its lease runs out in {})",
-                    p.deployment_id,
-                    p.last_stage,
-                    secs(left)
-                );
-                if Instant::now() >= deadline {
-                    return Err(anyhow!(
-                        "{what}; gave up waiting after {}. If that deployment is dead, wait for its lease or remove {}",
-                        secs(config.lock_timeout),
-                        state.plan_path().display()
-                    ));
-                }
-                if !announced {
-                    log.say(format!("waiting: {what}"));
-                    announced = true;
-                }
-                drop(lock);
-                signals::pause(Duration::from_millis(100))?;
-            }
-            Some(p) if !p.finished && !p.boot_id.is_empty() && p.boot_id != boot && !ours(&p) => {
-                log.warn(format!(
-                    "deployment {} never finished before the machine rebooted (its last stage was `{}`); going on without it",
-                    p.deployment_id, p.last_stage
-                ));
-                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
-                break (lock, slots, false, plan);
-            }
-            Some(mut p) if ours(&p) && !p.finished => {
-                if let Some(r) = &p.running {
-                    log.warn(format!(
-                        "the `{}` of this deployment (pid {}) was killed half-way; going on",
-                        r.stage, r.pid
-                    ));
-                }
-                log.say(format!(
-                    "plan of deployment {}: {}",
-                    p.deployment_id,
-                    describe(p.live.as_ref(), &p.idle)
-                ));
-                let slots = Slots {
-                    live: p.live.clone(),
-                    idle: p.idle.clone(),
-                };
-                if !dry_run {
-                    p.running = Some(running(&me));
-                    state.write(&state.plan_path(), &p)?;
-                }
-                break (lock, slots, true, Some(p));
-            }
-            _ => {
-                let (slots, plan) = fresh(&config, &state, &log, &deployment_id, &explicit, &me)?;
-                break (lock, slots, false, plan);
-            }
-        }
+        drop(lock);
+        signals::pause(Duration::from_millis(100))?;
     };
     Ok(Context {
         config,
@@ -288,6 +286,130 @@ fn open(
         plan,
         _lock: lock,
     })
+}
+
+/// Under the lock: checks the state directory is this app's, settles what a
+/// killed switch left (only says so in a dry run), refuses a taken-over
+/// deployment, and reads the plan.
+fn settle_state(o: &Opening) -> Result<Option<Plan>> {
+    let (config, state, log) = (o.config, o.state, o.log);
+    check_owner(config, state, log)?;
+    if o.dry_run {
+        if let Some(repair) = nginx::pending_repair(config) {
+            log.warn(format!(
+                "a real run would first settle it: {}",
+                repair.action
+            ));
+        }
+    } else {
+        nginx::recover(config, state, log)?;
+    }
+    refuse_if_taken_over(state, log, o.deployment_id.as_deref())?;
+    state.read(&state.plan_path(), log)
+}
+
+/// Does what [`decide_plan`] said. `None`: wait and look again.
+fn act_on_plan(
+    o: &Opening,
+    action: PlanAction,
+    plan: Option<Plan>,
+    now: u64,
+    announced: &mut bool,
+) -> Result<Option<Settled>> {
+    let log = o.log;
+    let Some(p) = plan.filter(|_| action != PlanAction::Fresh) else {
+        return fresh_settled(o);
+    };
+    match action {
+        PlanAction::TakeOverAbandoned => {
+            if let Some(r) = &p.running {
+                log.warn(format!(
+                    "deployment {} is abandoned: its `{}` (pid {}) was killed half-way; taking over",
+                    p.deployment_id, r.stage, r.pid
+                ));
+            }
+            if !o.dry_run {
+                take_over(o.state, log, p, o.me, o.explicit.as_ref())?;
+            }
+            fresh_settled(o)
+        }
+        PlanAction::TakeOverAsAsked => {
+            // We hold the lock, so none of its stages runs (CodeDeploy gave
+            // up, someone pressed stop).
+            log.warn(format!(
+                "deployment {} is unfinished (its last stage was `{}`) and none of its stages is running; \
+                 taking it over as asked: its later stages will refuse",
+                p.deployment_id, p.last_stage
+            ));
+            if !o.dry_run {
+                take_over(o.state, log, p, o.me, o.explicit.as_ref())?;
+            }
+            fresh_settled(o)
+        }
+        PlanAction::Wait => wait_for(o, &p, now, announced).map(|()| None),
+        PlanAction::GoOnAfterReboot => {
+            log.warn(format!(
+                "deployment {} never finished before the machine rebooted (its last stage was `{}`); going on without it",
+                p.deployment_id, p.last_stage
+            ));
+            fresh_settled(o)
+        }
+        PlanAction::Follow => follow(o, p).map(Some),
+        PlanAction::Fresh => fresh_settled(o),
+    }
+}
+
+/// Another deployment is between its stages: says so once, and gives up
+/// naming it at the deadline.
+fn wait_for(o: &Opening, p: &Plan, now: u64, announced: &mut bool) -> Result<()> {
+    let left = Duration::from_millis(p.expires_unix_ms.saturating_sub(now));
+    let what = format!(
+        "deployment {} is in progress (its last stage was `{}`; its lease runs out in {})",
+        p.deployment_id,
+        p.last_stage,
+        secs(left)
+    );
+    if Instant::now() >= o.deadline {
+        return Err(anyhow!(
+            "{what}; gave up waiting after {}. If that deployment is dead, wait for its lease or remove {}",
+            secs(o.config.lock_timeout),
+            o.state.plan_path().display()
+        ));
+    }
+    if !*announced {
+        o.log.say(format!("waiting: {what}"));
+        *announced = true;
+    }
+    Ok(())
+}
+
+/// This deployment's own plan: its slots, with this stage marked running.
+fn follow(o: &Opening, mut p: Plan) -> Result<Settled> {
+    if let Some(r) = &p.running {
+        o.log.warn(format!(
+            "the `{}` of this deployment (pid {}) was killed half-way; going on",
+            r.stage, r.pid
+        ));
+    }
+    o.log.say(format!(
+        "plan of deployment {}: {}",
+        p.deployment_id,
+        describe(p.live.as_ref(), &p.idle)
+    ));
+    let slots = Slots {
+        live: p.live.clone(),
+        idle: p.idle.clone(),
+    };
+    if !o.dry_run {
+        p.running = Some(running(o.me));
+        o.state.write(&o.state.plan_path(), &p)?;
+    }
+    Ok((slots, true, Some(p)))
+}
+
+fn fresh_settled(o: &Opening) -> Result<Option<Settled>> {
+    let (slots, plan) = fresh(o.config, o.state, o.log, o.deployment_id, o.explicit, o.me)?;
+    Ok(Some((slots, false, plan)))
 }
 
 /// Detects afresh and, for a deployment, writes its plan (with this stage
@@ -564,5 +686,146 @@ fn close(ctx: &mut Context, result: &Result<()>, elapsed: Duration) {
     };
     if let Err(e) = ctx.state.append_history(&line) {
         ctx.log.warn(format!("{e:#}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deployment d-1's plan, unfinished, from boot "b", its lease running
+    /// until 100; no stage of it running.
+    fn plan() -> Plan {
+        Plan {
+            deployment_id: "d-1".into(),
+            live: None,
+            idle: Profile {
+                name: "real1".into(),
+                port: 8081,
+            },
+            created_unix_ms: 1,
+            expires_unix_ms: 100,
+            boot_id: "b".into(),
+            last_stage: "stop".into(),
+            finished: false,
+            running: None,
+        }
+    }
+
+    fn killed_stage() -> Plan {
+        Plan {
+            running: Some(Running {
+                stage: "start".into(),
+                pid: 42,
+                since_unix_ms: 10,
+            }),
+            ..plan()
+        }
+    }
+
+    /// At 50 on boot "b", as deployment `id`, with or without `--to`/`--profile`.
+    fn decide(plan: Option<&Plan>, id: Option<&str>, explicit: bool) -> PlanAction {
+        decide_plan(
+            plan,
+            PlanFacts {
+                now_unix_ms: 50,
+                boot_id: "b",
+                deployment_id: id,
+                explicit,
+            },
+        )
+    }
+
+    #[test]
+    fn another_active_deployment_with_a_stage_marked_running_is_taken_over_as_abandoned() {
+        for (id, explicit) in [(Some("d-2"), false), (None, false), (Some("d-2"), true)] {
+            assert_eq!(
+                decide(Some(&killed_stage()), id, explicit),
+                PlanAction::TakeOverAbandoned,
+                "{id:?} {explicit}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_active_deployment_is_taken_over_when_an_operator_names_a_profile() {
+        assert_eq!(
+            decide(Some(&plan()), None, true),
+            PlanAction::TakeOverAsAsked
+        );
+        assert_eq!(
+            decide(Some(&plan()), Some("d-2"), true),
+            PlanAction::TakeOverAsAsked
+        );
+    }
+
+    #[test]
+    fn another_active_deployment_is_waited_for() {
+        assert_eq!(decide(Some(&plan()), Some("d-2"), false), PlanAction::Wait);
+        assert_eq!(decide(Some(&plan()), None, false), PlanAction::Wait);
+    }
+
+    #[test]
+    fn another_unfinished_deployment_from_before_a_reboot_is_gone_on_without() {
+        let before = Plan {
+            boot_id: "a".into(),
+            ..killed_stage()
+        };
+        assert_eq!(
+            decide(Some(&before), Some("d-2"), false),
+            PlanAction::GoOnAfterReboot
+        );
+        assert_eq!(
+            decide(Some(&before), None, true),
+            PlanAction::GoOnAfterReboot
+        );
+        // A plan that names no boot is not taken for one from another boot.
+        let unknown = Plan {
+            boot_id: String::new(),
+            ..plan()
+        };
+        assert_eq!(decide(Some(&unknown), None, false), PlanAction::Fresh);
+    }
+
+    #[test]
+    fn our_own_unfinished_plan_is_followed() {
+        for p in [
+            plan(),
+            killed_stage(),
+            Plan {
+                expires_unix_ms: 10,
+                ..plan()
+            },
+            Plan {
+                boot_id: "a".into(),
+                ..plan()
+            },
+        ] {
+            assert_eq!(decide(Some(&p), Some("d-1"), false), PlanAction::Follow);
+            assert_eq!(decide(Some(&p), Some("d-1"), true), PlanAction::Follow);
+        }
+    }
+
+    #[test]
+    fn no_plan_a_finished_one_or_an_expired_one_means_detecting_afresh() {
+        let finished = Plan {
+            finished: true,
+            ..killed_stage()
+        };
+        let expired = Plan {
+            expires_unix_ms: 50,
+            ..killed_stage()
+        };
+        for id in [None, Some("d-1"), Some("d-2")] {
+            for explicit in [false, true] {
+                assert_eq!(decide(None, id, explicit), PlanAction::Fresh);
+                assert_eq!(decide(Some(&finished), id, explicit), PlanAction::Fresh);
+            }
+        }
+        assert_eq!(
+            decide(Some(&expired), Some("d-2"), false),
+            PlanAction::Fresh
+        );
+        assert_eq!(decide(Some(&expired), None, true), PlanAction::Fresh);
     }
 }

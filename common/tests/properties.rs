@@ -145,7 +145,7 @@ proptest! {
     ) {
         let include = match &include_text {
             None => Include::Missing,
-            Some(text) => detect::classify_include(&config, text),
+            Some(text) => nonstop_common::route::classify_include(&config, text),
         };
         let answered = match &answer {
             Ok(a) if a.is_success() => config.profile(a.body.trim()).cloned(),

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use nonstop_common::compose;
 use nonstop_common::config::Mode;
-use nonstop_common::detect::{self, Include, Observed, Probe, SlotView};
+use nonstop_common::detect::{self, Include, Observed, Probe};
 use nonstop_common::nginx;
 use nonstop_common::procs::{cmdline, listening};
 use nonstop_common::{CommonArgs, Config, Log};
@@ -135,12 +135,17 @@ fn with_repair(mut doc: Value, repair: Option<&nginx::Repair>) -> Value {
     doc
 }
 
+/// A profile as `--json` shows it.
+fn slot_view(p: &nonstop_common::Profile) -> Value {
+    json!({"profile": p.name, "port": p.port})
+}
+
 /// The `--json` document.
 pub fn report(config: &Config, observed: &Observed) -> Value {
     let (live, idle, warnings, error) = match &observed.decision {
         Ok(d) => (
-            json!(d.live.as_ref().map(SlotView::from)),
-            json!(SlotView::from(&d.idle)),
+            json!(d.live.as_ref().map(slot_view)),
+            slot_view(&d.idle),
             json!(d.warnings),
             Value::Null,
         ),
