@@ -67,6 +67,21 @@ impl Bundle {
         })
     }
 
+    /// The bundle's nonstop.json now.
+    pub fn read_config(&self) -> Result<Value> {
+        let text = fs::read_to_string(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", self.config.display()))
+    }
+
+    /// Rewrites the bundle's nonstop.json through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) -> Result<()> {
+        let mut config = self.read_config()?;
+        edit(&mut config);
+        fs::write(&self.config, serde_json::to_string_pretty(&config)?)?;
+        Ok(())
+    }
+
     pub fn bin(&self, stage: &str) -> PathBuf {
         self.root.join("scripts").join(stage)
     }

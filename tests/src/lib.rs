@@ -11,7 +11,7 @@
 //! - `nginx`: [`Nginx`], a real nginx with its own prefix on a free loopback port;
 //! - `bundle`: [`Bundle`], the five binaries and a `nonstop.json`, laid out like a
 //!   CodeDeploy bundle, run the way the agent runs hooks ([`Bundle::hook`]);
-//! - `hook`: [`HookRun`], what a hook gave;
+//! - `hook`: [`HookRun`], what a hook gave, with chained `#[track_caller]` checks;
 //! - `compose`: [`ComposeProject`], the app as Docker Compose services;
 //! - `sshd`: [`Sshd`], a private OpenSSH server for nginx "on another host";
 //! - `setup`: [`Setup`], all of the above wired into the book's setup;

@@ -11,6 +11,7 @@ use crate::http_get;
 
 /// Fails unless every sample got 200 with a body `demo VERSION PROFILE` of
 /// one of `versions` (either profile), and the load ran at all.
+#[track_caller]
 pub fn assert_all_served(samples: &[Sample], versions: &[&str]) {
     assert!(samples.len() > 20, "the load hardly ran: {}", samples.len());
     let allowed: Vec<String> = versions

@@ -223,12 +223,14 @@ impl Setup {
         })
     }
 
+    /// The bundle's nonstop.json now.
+    pub fn config(&self) -> Result<Value> {
+        self.bundle.read_config()
+    }
+
     /// Rewrites the bundle's nonstop.json through `edit`.
     pub fn edit_config(&self, edit: impl FnOnce(&mut Value)) -> Result<()> {
-        let mut config: Value = serde_json::from_str(&fs::read_to_string(&self.bundle.config)?)?;
-        edit(&mut config);
-        fs::write(&self.bundle.config, serde_json::to_string_pretty(&config)?)?;
-        Ok(())
+        self.bundle.edit_config(edit)
     }
 
     /// The include file's bytes now.
