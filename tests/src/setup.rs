@@ -91,96 +91,8 @@ impl Setup {
         };
         let app_dir = dir.join("app");
         fs::create_dir_all(app_dir.join("zip"))?;
-        let prefix = dir.join("nginx");
-        let conf_d = prefix.join("conf.d");
-        fs::create_dir_all(&conf_d)?;
-        let include = conf_d.join("service-url.inc");
-        let sites = [
-            prefix.join("sites-available/blue"),
-            prefix.join("sites-available/green"),
-        ];
-        let link = prefix.join("sites-enabled/default");
-        let (nginx, route_config) = match opts.layout {
-            Layout::Include => {
-                fs::write(
-                    &include,
-                    format!("set $service_url http://127.0.0.1:{p1};\n"),
-                )?;
-                let nginx = Nginx::start(&prefix, nginx_port, &include)?;
-                let route = json!({
-                    "include": include,
-                    "template": "set $service_url http://127.0.0.1:{port};",
-                });
-                (nginx, route)
-            }
-            Layout::Symlink => {
-                fs::create_dir_all(prefix.join("sites-available"))?;
-                fs::create_dir_all(prefix.join("sites-enabled"))?;
-                fs::write(&sites[0], Nginx::site(nginx_port, p1))?;
-                fs::write(&sites[1], Nginx::site(nginx_port, p2))?;
-                // Relative, as `ln -s ../sites-available/blue default` makes it.
-                std::os::unix::fs::symlink("../sites-available/blue", &link)?;
-                let server = format!("include {}/sites-enabled/*;", prefix.display());
-                let nginx = Nginx::start_with(&prefix, nginx_port, &link, &server)?;
-                let route = json!({
-                    "mode": "symlink",
-                    "link": link,
-                    "sites": {"real1": sites[0], "real2": sites[1]},
-                });
-                (nginx, route)
-            }
-            Layout::Pair => {
-                let server = Nginx::pair_server(nginx_port, [p1, p2]);
-                let nginx = Nginx::start_with(&prefix, nginx_port, &include, &server)?;
-                (nginx, json!({"mode": "upstream-pair"}))
-            }
-        };
-        let mut command = if opts.python {
-            vec![
-                "python3".to_string(),
-                "{artifact}".into(),
-                "--spring.profiles.active={profile}".into(),
-                "--server.port={port}".into(),
-                format!("--demo.startup.delay.ms={}", opts.startup_delay_ms),
-            ]
-        } else {
-            Vec::new()
-        };
-        let java = vec![
-            "java".to_string(),
-            "-Dspring.profiles.active={profile}".into(),
-            "-Dserver.port={port}".into(),
-            format!("-Ddemo.startup.delay.ms={}", opts.startup_delay_ms),
-            "-Xshare:auto".into(),
-            "-XX:TieredStopAtLevel=1".into(),
-        ];
-        if !opts.python {
-            command.extend(java);
-            command.extend(opts.java_opts.iter().cloned());
-            command.extend(["-jar".to_string(), "{artifact}".into()]);
-        }
-        let config = json!({
-            "profiles": [{"name": "real1", "port": p1}, {"name": "real2", "port": p2}],
-            "probe_url": format!("http://127.0.0.1:{nginx_port}/profile"),
-            "state_dir": ".nonstop",
-            "app": {
-                "dir": app_dir,
-                "artifact": if opts.python { "zip/*.pyz" } else { "zip/*.jar" },
-                "command": command,
-                "log": "logs/{profile}.log",
-                "stop_timeout_secs": 20,
-                "start_grace_ms": 1000,
-                "retire": opts.retire
-            },
-            "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
-            "nginx": {
-                "test": nginx.command(&["-t"]),
-                "reload": nginx.command(&["-s", "reload"]),
-                "pid_file": nginx.prefix.join("nginx.pid"),
-                "confirm_timeout_secs": 10
-            }
-        });
-        let mut config = config;
+        let (nginx, route) = start_nginx(opts.layout, &dir.join("nginx"), nginx_port, [p1, p2])?;
+        let mut config = base_config(opts, &nginx, &app_dir, [p1, p2]);
         let compose = if opts.compose {
             let project =
                 ComposeProject::create(&dir.join("compose"), [p1, p2], opts.startup_delay_ms)?;
@@ -201,7 +113,7 @@ impl Setup {
         } else {
             None
         };
-        if let (Some(n), Some(r)) = (config["nginx"].as_object_mut(), route_config.as_object()) {
+        if let (Some(n), Some(r)) = (config["nginx"].as_object_mut(), route.as_object()) {
             n.extend(r.clone());
             if opts.layout == Layout::Pair {
                 // nginx is never edited in this mode; `nginx.test` stays,
@@ -321,6 +233,112 @@ impl Drop for Setup {
             terminate(pid, Duration::from_secs(10));
         }
     }
+}
+
+/// Starts the private nginx under `prefix` in `layout`, routing to the
+/// first of `app_ports`; with it, the config's `nginx` keys naming its route.
+fn start_nginx(
+    layout: Layout,
+    prefix: &Path,
+    nginx_port: u16,
+    app_ports: [u16; 2],
+) -> Result<(Nginx, Value)> {
+    let [p1, p2] = app_ports;
+    let conf_d = prefix.join("conf.d");
+    fs::create_dir_all(&conf_d)?;
+    let include = conf_d.join("service-url.inc");
+    match layout {
+        Layout::Include => {
+            fs::write(
+                &include,
+                format!("set $service_url http://127.0.0.1:{p1};\n"),
+            )?;
+            let nginx = Nginx::start(prefix, nginx_port, &include)?;
+            let route = json!({
+                "include": include,
+                "template": "set $service_url http://127.0.0.1:{port};",
+            });
+            Ok((nginx, route))
+        }
+        Layout::Symlink => {
+            let sites = [
+                prefix.join("sites-available/blue"),
+                prefix.join("sites-available/green"),
+            ];
+            let link = prefix.join("sites-enabled/default");
+            fs::create_dir_all(prefix.join("sites-available"))?;
+            fs::create_dir_all(prefix.join("sites-enabled"))?;
+            fs::write(&sites[0], Nginx::site(nginx_port, p1))?;
+            fs::write(&sites[1], Nginx::site(nginx_port, p2))?;
+            // Relative, as `ln -s ../sites-available/blue default` makes it.
+            std::os::unix::fs::symlink("../sites-available/blue", &link)?;
+            let server = format!("include {}/sites-enabled/*;", prefix.display());
+            let nginx = Nginx::start_with(prefix, nginx_port, &link, &server)?;
+            let route = json!({
+                "mode": "symlink",
+                "link": link,
+                "sites": {"real1": sites[0], "real2": sites[1]},
+            });
+            Ok((nginx, route))
+        }
+        Layout::Pair => {
+            let server = Nginx::pair_server(nginx_port, [p1, p2]);
+            let nginx = Nginx::start_with(prefix, nginx_port, &include, &server)?;
+            Ok((nginx, json!({"mode": "upstream-pair"})))
+        }
+    }
+}
+
+/// `app.command`: the Python demo server, or `java` with the options asked
+/// for and `-jar {artifact}`.
+fn app_command(opts: &SetupOptions) -> Vec<String> {
+    if opts.python {
+        return vec![
+            "python3".to_string(),
+            "{artifact}".into(),
+            "--spring.profiles.active={profile}".into(),
+            "--server.port={port}".into(),
+            format!("--demo.startup.delay.ms={}", opts.startup_delay_ms),
+        ];
+    }
+    let mut command = vec![
+        "java".to_string(),
+        "-Dspring.profiles.active={profile}".into(),
+        "-Dserver.port={port}".into(),
+        format!("-Ddemo.startup.delay.ms={}", opts.startup_delay_ms),
+        "-Xshare:auto".into(),
+        "-XX:TieredStopAtLevel=1".into(),
+    ];
+    command.extend(opts.java_opts.iter().cloned());
+    command.extend(["-jar".to_string(), "{artifact}".into()]);
+    command
+}
+
+/// The config of a setup before its route, Compose and ssh parts: both
+/// profiles, the probe through `nginx`, the app in `app_dir`, nginx's commands.
+fn base_config(opts: &SetupOptions, nginx: &Nginx, app_dir: &Path, ports: [u16; 2]) -> Value {
+    let [p1, p2] = ports;
+    json!({
+        "profiles": [{"name": "real1", "port": p1}, {"name": "real2", "port": p2}],
+        "probe_url": format!("http://127.0.0.1:{}/profile", nginx.port),
+        "state_dir": ".nonstop",
+        "app": {
+            "dir": app_dir,
+            "artifact": if opts.python { "zip/*.pyz" } else { "zip/*.jar" },
+            "command": app_command(opts),
+            "log": "logs/{profile}.log",
+            "stop_timeout_secs": 20,
+            "start_grace_ms": 1000,
+            "retire": opts.retire
+        },
+        "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
+        "nginx": {
+            "test": nginx.command(&["-t"]),
+            "reload": nginx.command(&["-s", "reload"]),
+            "pid_file": nginx.prefix.join("nginx.pid"),
+            "confirm_timeout_secs": 10
+        }
+    })
 }
 
 /// Live processes whose command line mentions `dir`.
