@@ -330,60 +330,8 @@ impl TwoHosts {
         let sshd = Sshd::start_in(&dir.join("sshd"), &net.nginx_place(), SSH_PORT)?;
 
         let gate = dir.join("gate");
-        fs::create_dir_all(&gate)?;
-        let reload = gate.join("reload");
-        fs::write(
-            &reload,
-            gate_script(&gate, &nginx.command(&["-s", "reload"])),
-        )?;
-        fs::set_permissions(&reload, fs::Permissions::from_mode(0o755))?;
-
-        let mut ssh = sshd.config();
-        if let Some(options) = ssh["options"].as_array_mut() {
-            // A command whose connection died (the link cut under it) ends
-            // after 2 s of silence instead of ssh's minutes of retransmits.
-            for o in ["ServerAliveInterval=1", "ServerAliveCountMax=2"] {
-                options.extend([json!("-o"), json!(o)]);
-            }
-        }
-        let config = json!({
-            "profiles": [
-                {"name": "real1", "port": APP_PORTS[0]},
-                {"name": "real2", "port": APP_PORTS[1]}
-            ],
-            "probe_url": format!("http://{NGINX_ADDR}:{NGINX_PORT}/profile"),
-            "probe_timeout_ms": 1000,
-            "state_dir": ".nonstop",
-            "app": {
-                "dir": app_dir,
-                "artifact": "zip/*.jar",
-                "command": [
-                    "java",
-                    "-Dspring.profiles.active={profile}",
-                    "-Dserver.port={port}",
-                    // nginx reaches it from the other host.
-                    "-Ddemo.bind=0.0.0.0",
-                    "-Ddemo.startup.delay.ms=300",
-                    "-Xshare:auto",
-                    "-XX:TieredStopAtLevel=1",
-                    "-jar",
-                    "{artifact}"
-                ],
-                "log": "logs/{profile}.log",
-                "stop_timeout_secs": 20,
-                "start_grace_ms": 1000
-            },
-            "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
-            "nginx": {
-                "include": include,
-                "template": format!("set $service_url http://{APP_ADDR}:{{port}};"),
-                "test": nginx.command(&["-t"]),
-                "reload": [reload],
-                "pid_file": prefix.join("nginx.pid"),
-                "confirm_timeout_secs": 3,
-                "ssh": ssh
-            }
-        });
+        let reload = write_gate(&gate, &nginx)?;
+        let config = two_hosts_config(&app_dir, &nginx, &include, &reload, ssh_config(&sshd));
         let bundle = Bundle::new(&dir.join("bundle"), &config)?;
         Ok(TwoHosts {
             nginx,
@@ -525,6 +473,82 @@ impl TwoHosts {
     pub fn gate_passed(&self) -> bool {
         !self.gate.join("go").exists()
     }
+}
+
+/// Writes the reload gate's script into `gate` (see [`gate_script`]): the
+/// `nginx.reload` command of the two hosts.
+fn write_gate(gate: &Path, nginx: &Nginx) -> Result<PathBuf> {
+    fs::create_dir_all(gate)?;
+    let reload = gate.join("reload");
+    fs::write(
+        &reload,
+        gate_script(gate, &nginx.command(&["-s", "reload"])),
+    )?;
+    fs::set_permissions(&reload, fs::Permissions::from_mode(0o755))?;
+    Ok(reload)
+}
+
+/// The `nginx.ssh` section reaching `sshd`, made to give up on a dead link soon.
+fn ssh_config(sshd: &Sshd) -> Value {
+    let mut ssh = sshd.config();
+    if let Some(options) = ssh["options"].as_array_mut() {
+        // A command whose connection died (the link cut under it) ends
+        // after 2 s of silence instead of ssh's minutes of retransmits.
+        for o in ["ServerAliveInterval=1", "ServerAliveCountMax=2"] {
+            options.extend([json!("-o"), json!(o)]);
+        }
+    }
+    ssh
+}
+
+/// The config of the app host's bundle: the app in `app_dir` bound for the
+/// other host, nginx's include and commands reached over `ssh`, its reload
+/// through the gate.
+fn two_hosts_config(
+    app_dir: &Path,
+    nginx: &Nginx,
+    include: &Path,
+    reload: &Path,
+    ssh: Value,
+) -> Value {
+    json!({
+        "profiles": [
+            {"name": "real1", "port": APP_PORTS[0]},
+            {"name": "real2", "port": APP_PORTS[1]}
+        ],
+        "probe_url": format!("http://{NGINX_ADDR}:{NGINX_PORT}/profile"),
+        "probe_timeout_ms": 1000,
+        "state_dir": ".nonstop",
+        "app": {
+            "dir": app_dir,
+            "artifact": "zip/*.jar",
+            "command": [
+                "java",
+                "-Dspring.profiles.active={profile}",
+                "-Dserver.port={port}",
+                // nginx reaches it from the other host.
+                "-Ddemo.bind=0.0.0.0",
+                "-Ddemo.startup.delay.ms=300",
+                "-Xshare:auto",
+                "-XX:TieredStopAtLevel=1",
+                "-jar",
+                "{artifact}"
+            ],
+            "log": "logs/{profile}.log",
+            "stop_timeout_secs": 20,
+            "start_grace_ms": 1000
+        },
+        "health": {"path": "/profile", "expect": "{profile}", "interval_ms": 50, "timeout_secs": 30},
+        "nginx": {
+            "include": include,
+            "template": format!("set $service_url http://{APP_ADDR}:{{port}};"),
+            "test": nginx.command(&["-t"]),
+            "reload": [reload],
+            "pid_file": nginx.prefix.join("nginx.pid"),
+            "confirm_timeout_secs": 3,
+            "ssh": ssh
+        }
+    })
 }
 
 /// The reload command on the nginx host: nginx's own reload, behind a gate
