@@ -63,14 +63,9 @@ fn three_compose_deployments_under_load_touch_only_their_service() {
         stop.assert_ok();
         assert!(project.running(service(idle)).is_none(), "{}", stop.stderr);
         let start = setup.hook("start", &[], Some(&id)).unwrap();
-        start.assert_ok();
-        assert!(
-            start
-                .stderr
-                .contains(&format!("started service {}", service(idle))),
-            "{}",
-            start.stderr
-        );
+        start
+            .assert_ok()
+            .assert_stderr_has(&format!("started service {}", service(idle)));
         let record = launched(&setup, idle);
         let container = project.running(service(idle)).unwrap();
         assert_eq!(record["container_id"], json!(container));

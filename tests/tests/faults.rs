@@ -1150,13 +1150,8 @@ fn rollback_goes_back_only_to_an_app_that_still_answers() {
     let forward = setup.include();
 
     let back = scene.hook("switch", &["--rollback"], None);
-    back.assert_ok();
-    assert!(
-        back.stderr
-            .contains("the last switch went from real1 to real2"),
-        "{}",
-        back.stderr
-    );
+    back.assert_ok()
+        .assert_stderr_has("the last switch went from real1 to real2");
     assert_eq!(setup.get("/").unwrap(), (200, V1.into()));
     assert_eq!(setup.include(), scene.include);
 
@@ -1582,15 +1577,10 @@ fn an_operators_explicit_switch_takes_over_an_abandoned_deployment() {
 
     // The abandoned deployment's later stages refuse, naming who took it.
     let health = scene.hook("health", &[], Some("d-gone"));
-    health.assert_code(1);
-    assert!(
-        health
-            .stderr
-            .contains("deployment d-gone was taken over by `switch`")
-            && health.stderr.contains("naming real2"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_code(1)
+        .assert_stderr_has("deployment d-gone was taken over by `switch`")
+        .assert_stderr_has("naming real2");
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     assert!(alive(scene.setup.launched_pid("real2").unwrap()));
     // A new deployment is not held off by the old plan.
@@ -1661,16 +1651,11 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
     let b_stop = b
         .hook("stop", &[], Some("b-1"), Duration::from_secs(60))
         .unwrap();
-    b_stop.assert_code(2);
-    assert!(
-        b_stop.stderr.contains(&setup.app_dir.display().to_string())
-            && b_stop
-                .stderr
-                .contains(&b_dir.join("app").display().to_string())
-            && b_stop.stderr.contains("belongs to"),
-        "{}",
-        b_stop.stderr
-    );
+    b_stop
+        .assert_code(2)
+        .assert_stderr_has(&setup.app_dir.display().to_string())
+        .assert_stderr_has(&b_dir.join("app").display().to_string())
+        .assert_stderr_has("belongs to");
     assert_eq!(fs::read(&b_include).unwrap(), b_line.as_bytes());
     assert_eq!(setup.include(), a_written);
 
@@ -1682,19 +1667,13 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
         .edit_config(|c| c["nginx"]["include"] = json!(moved))
         .unwrap();
     let stop = scene.hook("stop", &[], Some("a-moved"));
-    stop.assert_code(1);
-    assert!(
-        stop.stderr.contains("route changed")
-            && stop.stderr.contains(&format!(
-                "belongs to route include {}",
-                setup.nginx.include.display()
-            ))
-            && stop
-                .stderr
-                .contains(&format!("this config routes include {}", moved.display())),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("route changed")
+        .assert_stderr_has(&format!(
+            "belongs to route include {}",
+            setup.nginx.include.display()
+        ))
+        .assert_stderr_has(&format!("this config routes include {}", moved.display()));
     assert_eq!(fs::read(&moved).unwrap(), scene.include);
     assert_eq!(setup.include(), a_written);
     assert!(scene.state("switching.json").exists());

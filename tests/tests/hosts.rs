@@ -38,14 +38,9 @@ fn stop_and_start(hosts: &TwoHosts, id: &str, version: &str) {
 /// Failed, and said which host it could not reach.
 #[track_caller]
 fn assert_unreachable(hosts: &TwoHosts, run: &HookRun) {
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("cannot reach nginx's host")
-            && run.stderr.contains(&hosts.destination()),
-        "the message must name {}: {}",
-        hosts.destination(),
-        run.stderr
-    );
+    run.assert_code(1)
+        .assert_stderr_has("cannot reach nginx's host")
+        .assert_stderr_has(&hosts.destination());
 }
 
 /// The include on the nginx host names `profile`, nginx serves `version`
