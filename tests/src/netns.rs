@@ -24,6 +24,7 @@ pub use hosts::{outside_cuts, TwoHosts};
 pub use net::Net;
 pub use place::{in_netns, Place};
 
+/// The app host's address on the link.
 pub const APP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// The nginx host's address on the link.
 pub const NGINX_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
