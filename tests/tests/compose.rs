@@ -63,14 +63,9 @@ fn three_compose_deployments_under_load_touch_only_their_service() {
         stop.assert_ok();
         assert!(project.running(service(idle)).is_none(), "{}", stop.stderr);
         let start = setup.hook("start", &[], Some(&id)).unwrap();
-        start.assert_ok();
-        assert!(
-            start
-                .stderr
-                .contains(&format!("started service {}", service(idle))),
-            "{}",
-            start.stderr
-        );
+        start
+            .assert_ok()
+            .assert_stderr_has(&format!("started service {}", service(idle)));
         let record = launched(&setup, idle);
         let container = project.running(service(idle)).unwrap();
         assert_eq!(record["container_id"], json!(container));
@@ -135,12 +130,10 @@ fn a_container_that_exits_at_once_or_never_answers_fails_and_changes_nothing() {
     } else {
         start
     };
-    assert_eq!(failed.code(), 1, "{}", failed.stderr);
-    assert!(
-        failed.stderr.contains("exited") && failed.stderr.contains("EXIT_AT_STARTUP=3"),
-        "{}",
-        failed.stderr
-    );
+    failed
+        .assert_code(1)
+        .assert_stderr_has("exited")
+        .assert_stderr_has("EXIT_AT_STARTUP=3");
 
     // A build that runs but never answers right: health times out.
     std::fs::write(
@@ -158,22 +151,17 @@ fn a_container_that_exits_at_once_or_never_answers_fails_and_changes_nothing() {
     setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
     setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
     let health = setup.hook("health", &[], Some("d-2")).unwrap();
-    assert_eq!(health.code(), 1, "{}", health.stderr);
-    assert!(
-        health.stderr.contains("did not answer") && health.stderr.contains("wrong"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_code(1)
+        .assert_stderr_has("did not answer")
+        .assert_stderr_has("wrong");
 
     // The compose file lost the service nonstop was told about.
     std::fs::write(&compose_file, original.replace("  green:", "  greeen:")).unwrap();
     let stop = setup.hook("stop", &[], Some("d-3")).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("has no service \"green\"") && stop.stderr.contains("greeen"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("has no service \"green\"")
+        .assert_stderr_has("greeen");
     std::fs::write(&compose_file, &original).unwrap();
 
     // Through all of it: nginx untouched, the live container the same.
@@ -208,11 +196,7 @@ fn compose_with_the_symlink_switch_and_retiring() {
             let run = setup.hook(stage, &[], Some(&id)).unwrap();
             run.assert_ok();
             if stage == "health" {
-                assert!(
-                    run.stderr.contains(&format!("retiring {live}")),
-                    "{}",
-                    run.stderr
-                );
+                run.assert_stderr_has(&format!("retiring {live}"));
             }
         }
         // The previous service is stopped, by compose, once nginx let go.
@@ -248,18 +232,11 @@ fn a_paused_container_is_the_services_own_and_named_with_the_fix() {
     let json = setup.hook("profile", &["--json"], None).unwrap();
     // Unpaused before anything is asserted, so a failure leaves nothing frozen.
     docker(&["unpause", &green]);
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
+    stop.assert_code(1);
     let fix = format!("docker unpause {}", &green[..12]);
-    assert!(
-        stop.stderr.contains("paused") && stop.stderr.contains(&fix),
-        "{}",
-        stop.stderr
-    );
-    assert!(
-        !stop.stderr.contains("not the service's"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_stderr_has("paused")
+        .assert_stderr_has(&fix)
+        .assert_stderr_lacks("not the service's");
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["profiles"][1]["container"]["state"], "paused");
 

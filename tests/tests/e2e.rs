@@ -58,11 +58,7 @@ fn three_deployments_under_load_never_drop_a_request() {
             alive(new_pid),
             "the started app must keep running after start returns"
         );
-        assert!(
-            start.stderr.contains(&format!("started {idle}")),
-            "{}",
-            start.stderr
-        );
+        start.assert_stderr_has(&format!("started {idle}"));
 
         let health = setup.hook("health", &[], Some(&id)).unwrap();
         health.assert_ok();
@@ -77,7 +73,7 @@ fn three_deployments_under_load_never_drop_a_request() {
                 health.stderr
             );
         }
-        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+        health.assert_stderr_has("confirmed");
         // The previous live app is kept for a quick rollback (the book's default).
         let previous = setup.launched_pid(expected_live).unwrap();
         assert!(alive(previous), "the previous live app must still run");
@@ -160,7 +156,7 @@ fn no_fixed_wait_health_notices_the_app_as_soon_as_it_answers() {
         total < Duration::from_secs(8),
         "start+health took {total:?} for a 2 s start-up"
     );
-    assert!(health.stderr.contains("answers"), "{}", health.stderr);
+    health.assert_stderr_has("answers");
 }
 
 #[test]
@@ -169,22 +165,13 @@ fn a_failed_nginx_test_restores_the_include_byte_for_byte() {
     setup.bootstrap("v1").unwrap();
     let before = fs::read(&setup.nginx.include).unwrap();
     // A template without its semicolon makes `nginx -t` fail.
-    let mut config: Value =
-        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
-    config["nginx"]["template"] = "set $service_url http://127.0.0.1:{port}".into();
-    fs::write(
-        &setup.bundle.config,
-        serde_json::to_string(&config).unwrap(),
-    )
-    .unwrap();
+    setup
+        .edit_config(|c| c["nginx"]["template"] = "set $service_url http://127.0.0.1:{port}".into())
+        .unwrap();
 
     let run = setup.hook("switch", &["--to", "real2"], None).unwrap();
-    assert_eq!(run.code(), 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("nginx was not reloaded"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(1)
+        .assert_stderr_has("nginx was not reloaded");
     assert_eq!(fs::read(&setup.nginx.include).unwrap(), before);
     assert!(setup.nginx.test_config());
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".to_string()));
@@ -202,8 +189,7 @@ fn config_errors_exit_2_naming_the_key_and_touch_nothing() {
         let run = bundle
             .hook(stage, &[], Some("d-1"), Duration::from_secs(10))
             .unwrap();
-        assert_eq!(run.code(), 2, "{stage}: {}", run.stderr);
-        assert!(run.stderr.contains("app.comand"), "{stage}: {}", run.stderr);
+        run.assert_code(2).assert_stderr_has("app.comand");
         assert!(
             run.stderr.starts_with(&format!("{stage}: error:")),
             "{stage}: {}",
@@ -220,26 +206,18 @@ fn config_errors_exit_2_naming_the_key_and_touch_nothing() {
     let run = bundle
         .hook("stop", &[], None, Duration::from_secs(10))
         .unwrap();
-    assert_eq!(run.code(), 2);
-    assert!(
-        run.stderr.contains("nonstop.json") && run.stderr.contains("NONSTOP_CONFIG"),
-        "{}",
-        run.stderr
-    );
+    run.assert_code(2)
+        .assert_stderr_has("nonstop.json")
+        .assert_stderr_has("NONSTOP_CONFIG");
 }
 
 #[test]
 fn a_second_deployment_waits_for_the_first_and_names_it() {
     let setup = Setup::new("e2e-two-deployments", &SetupOptions::default()).unwrap();
     setup.bootstrap("v1").unwrap();
-    let mut config: Value =
-        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
-    config["lock_timeout_secs"] = 1.into();
-    fs::write(
-        &setup.bundle.config,
-        serde_json::to_string(&config).unwrap(),
-    )
-    .unwrap();
+    setup
+        .edit_config(|c| c["lock_timeout_secs"] = 1.into())
+        .unwrap();
     setup.drop_jar("v2").unwrap();
 
     setup
@@ -254,12 +232,9 @@ fn a_second_deployment_waits_for_the_first_and_names_it() {
     // which would kill the app d-first is about to switch to.
     let first_app = setup.launched_pid("real2").unwrap();
     let second = setup.hook("stop", &[], Some("d-second")).unwrap();
-    assert_eq!(second.code(), 1, "{}", second.stderr);
-    assert!(
-        second.stderr.contains("deployment d-first is in progress"),
-        "{}",
-        second.stderr
-    );
+    second
+        .assert_code(1)
+        .assert_stderr_has("deployment d-first is in progress");
     assert!(
         alive(first_app),
         "the second deployment touched the first one's app"
@@ -272,8 +247,7 @@ fn a_second_deployment_waits_for_the_first_and_names_it() {
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".to_string()));
     // Once d-first is done, d-second goes ahead: its idle profile is now real1.
     let second = setup.hook("stop", &[], Some("d-second")).unwrap();
-    second.assert_ok();
-    assert!(second.stderr.contains("idle real1"), "{}", second.stderr);
+    second.assert_ok().assert_stderr_has("idle real1");
     assert!(alive(first_app));
 }
 
@@ -288,12 +262,9 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
     );
     // A taken port is refused, naming who holds it.
     let again = setup.hook("start", &["--profile", "real2"], None).unwrap();
-    assert_eq!(again.code(), 1, "{}", again.stderr);
-    assert!(
-        again.stderr.contains(&format!("pid {real2}")),
-        "{}",
-        again.stderr
-    );
+    again
+        .assert_code(1)
+        .assert_stderr_has(&format!("pid {real2}"));
     assert_eq!(
         setup.launched_pid("real2"),
         Some(real2),
@@ -308,18 +279,15 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
     )
     .unwrap();
     let stop = setup.hook("stop", &[], Some("d-9")).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("real1") && stop.stderr.contains("real2"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("real1")
+        .assert_stderr_has("real2");
     assert!(
         alive(real1) && alive(real2),
         "nothing may be stopped when the witnesses disagree"
     );
     let profile = setup.hook("profile", &[], None).unwrap();
-    assert_eq!(profile.code(), 1, "{}", profile.stderr);
+    profile.assert_code(1);
 
     // The operator points nginx where it should be, and all agree again.
     setup
@@ -399,7 +367,7 @@ fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
             Duration::from_secs(60),
         )
         .unwrap();
-    assert_eq!(health.code(), 2, "{}", health.stderr);
+    health.assert_code(2);
     for part in [
         "appspec.yml",
         "ValidateService",
@@ -409,7 +377,7 @@ fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
         "nginx.drain_timeout_secs",
         "app.stop_timeout_secs",
     ] {
-        assert!(health.stderr.contains(part), "{part:?}: {}", health.stderr);
+        health.assert_stderr_has(part);
     }
     assert!(!state.exists(), "nothing may be touched");
 
@@ -427,8 +395,7 @@ fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
             Duration::from_secs(60),
         )
         .unwrap();
-    health.assert_ok();
-    assert!(health.stderr.contains("would"), "{}", health.stderr);
+    health.assert_ok().assert_stderr_has("would");
 }
 
 #[test]
@@ -443,13 +410,10 @@ fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
     setup.drop_jar("v1").unwrap();
     let include = fs::read(&setup.nginx.include).unwrap();
     let start = setup.hook("start", &[], Some("d-1")).unwrap();
-    assert_eq!(start.code(), 1, "{}", start.stderr);
-    assert!(start.stderr.contains("exited at once"), "{}", start.stderr);
-    assert!(
-        start.stderr.contains("exiting at start-up as asked"),
-        "the log's tail: {}",
-        start.stderr
-    );
+    start
+        .assert_code(1)
+        .assert_stderr_has("exited at once")
+        .assert_stderr_has("exiting at start-up as asked");
     assert_eq!(fs::read(&setup.nginx.include).unwrap(), include);
 
     // Dies after 1.5 s of start-up, past start's 1 s grace: health notices
@@ -464,23 +428,16 @@ fn an_app_that_dies_fails_start_or_health_at_once_with_its_log() {
     let include = fs::read(&setup.nginx.include).unwrap();
     setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
     let health = setup.hook("health", &[], Some("d-1")).unwrap();
-    assert_eq!(health.code(), 1, "{}", health.stderr);
+    health.assert_code(1);
     assert!(
         health.elapsed < Duration::from_secs(10),
         "health took {:?}",
         health.elapsed
     );
-    assert!(health.stderr.contains("has exited"), "{}", health.stderr);
-    assert!(
-        health.stderr.contains("exiting at start-up as asked"),
-        "{}",
-        health.stderr
-    );
-    assert!(
-        !health.stderr.contains("switch:"),
-        "no switch after a failed check: {}",
-        health.stderr
-    );
+    health
+        .assert_stderr_has("has exited")
+        .assert_stderr_has("exiting at start-up as asked")
+        .assert_stderr_lacks("switch:");
     assert_eq!(fs::read(&setup.nginx.include).unwrap(), include);
     assert!(setup.nginx.test_config());
 }
@@ -528,16 +485,8 @@ fn a_python_app_is_deployed_and_stopped_by_its_own_sigterm_handler() {
     let stop = setup.hook("stop", &[], Some("d-3")).unwrap();
     stop.assert_ok();
     let app_log = fs::read_to_string(&log).unwrap();
-    assert!(
-        !stop.stderr.contains("SIGKILL"),
-        "stop had to kill the app: its SIGTERM never arrived\n{}\napp log:\n{app_log}",
-        stop.stderr
-    );
-    assert!(
-        stop.stderr.contains("exited after"),
-        "{}\napp log:\n{app_log}",
-        stop.stderr
-    );
+    stop.assert_stderr_lacks("SIGKILL")
+        .assert_stderr_has("exited after");
     assert!(
         app_log.contains("demo: SIGTERM received") && app_log.contains("demo: drained, exiting"),
         "the app's SIGTERM handler did not run:\n{app_log}"

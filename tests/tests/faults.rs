@@ -72,21 +72,11 @@ impl Scene {
     /// The promise of every case where nothing may change: the exit code,
     /// the cause named, the live app running and answering, the include
     /// file as it was, nginx's config passing its test.
+    #[track_caller]
     fn assert_kept(&self, run: &HookRun, code: i32, causes: &[&str]) {
-        assert_eq!(
-            run.code(),
-            code,
-            "{} exit code; stderr:\n{}",
-            run.stage,
-            run.stderr
-        );
+        run.assert_code(code);
         for cause in causes {
-            assert!(
-                run.stderr.contains(cause),
-                "{}: the message must name {cause:?}; stderr:\n{}",
-                run.stage,
-                run.stderr
-            );
+            run.assert_stderr_has(cause);
         }
         assert!(
             alive(self.live_pid),
@@ -243,11 +233,7 @@ fn a_broken_unrelated_file_fails_nginx_test_and_nothing_moves() {
     let workers = scene.workers();
     let switch = scene.hook("switch", &["--to", "real2"], None);
     // nginx's own message points at the culprit file.
-    assert!(
-        switch.stderr.contains("other-site.conf"),
-        "{}",
-        switch.stderr
-    );
+    switch.assert_stderr_has("other-site.conf");
     fs::remove_file(&neighbour).unwrap();
     scene.assert_kept(&switch, 1, &["-t` failed", "restored"]);
     assert_eq!(
@@ -300,12 +286,10 @@ fn nginx_not_running_fails_the_switch_and_restores_the_include() {
     drop(load.finish());
     scene.setup.nginx.quit();
     let switch = scene.hook("switch", &["--to", "real2"], None);
-    assert_eq!(switch.code(), 1, "{}", switch.stderr);
-    assert!(
-        switch.stderr.contains("-s reload` failed") && switch.stderr.contains("restored"),
-        "{}",
-        switch.stderr
-    );
+    switch
+        .assert_code(1)
+        .assert_stderr_has("-s reload` failed")
+        .assert_stderr_has("restored");
     assert_eq!(scene.setup.include(), scene.include);
     assert!(scene.setup.nginx.test_config());
     assert!(alive(scene.live_pid));
@@ -420,11 +404,7 @@ fn whatever_the_probe_answers_the_live_app_is_never_stopped() {
         // Run as an operator would (no deployment id), so every run detects afresh.
         let stop = scene.hook("stop", &[], None);
         scene.assert_kept(&stop, 0, &["probe through nginx failed", cause]);
-        assert!(
-            stop.stderr.contains("nothing listens on"),
-            "{mode:?}: {}",
-            stop.stderr
-        );
+        stop.assert_stderr_has("nothing listens on");
         drop(fake);
     }
     // A port nothing listens on: refused.
@@ -615,8 +595,7 @@ fn sigkill_at_each_step_then_running_again_converges() {
     );
     let setup = &scene.setup;
     // Something slow to stop on real2, so stop can be killed while it waits.
-    let plain: Value =
-        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    let plain: Value = setup.config().unwrap();
     scene.java_opts(&["-Ddemo.ignore.term=true"]);
     setup
         .edit_config(|c| c["app"]["stop_timeout_secs"] = json!(2))
@@ -641,26 +620,17 @@ fn sigkill_at_each_step_then_running_again_converges() {
     // stop, killed while it waits for the app to exit; run again.
     kill_at("stop", "d-1", "sending SIGTERM");
     let again = scene.hook("stop", &[], Some("d-1"));
-    again.assert_ok();
-    assert!(again.stderr.contains("SIGKILL"), "{}", again.stderr);
+    again.assert_ok().assert_stderr_has("SIGKILL");
     // start, killed once it launched the app; run again: it finds its own app.
     kill_at("start", "d-1", "started real2");
     let again = scene.hook("start", &[], Some("d-1"));
-    again.assert_ok();
-    assert!(
-        again.stderr.contains("not starting it twice"),
-        "{}",
-        again.stderr
-    );
+    again.assert_ok().assert_stderr_has("not starting it twice");
     // health, killed while it waits; run again: the dead holder is reported.
     kill_at("health", "d-1", "checking");
     let again = scene.hook("health", &[], Some("d-1"));
-    again.assert_ok();
-    assert!(
-        again.stderr.contains("taking over the lock from `health`"),
-        "{}",
-        again.stderr
-    );
+    again
+        .assert_ok()
+        .assert_stderr_has("taking over the lock from `health`");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
 
     // The next deployment: its switch is killed after it wrote the include
@@ -686,19 +656,11 @@ fn sigkill_at_each_step_then_running_again_converges() {
     // The deployment after it finds the half-done switch and undoes it, then
     // goes on as if it had never begun: real2 is still live.
     let stop = scene.hook("stop", &[], Some("d-3"));
-    stop.assert_ok();
-    assert!(
-        stop.stderr.contains("a switch to real1")
-            && stop.stderr.contains("was interrupted")
-            && stop.stderr.contains("restored the include file"),
-        "{}",
-        stop.stderr
-    );
-    assert!(
-        stop.stderr.contains("deployment d-2 is abandoned"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_ok()
+        .assert_stderr_has("a switch to real1")
+        .assert_stderr_has("was interrupted")
+        .assert_stderr_has("restored the include file")
+        .assert_stderr_has("deployment d-2 is abandoned");
     assert_eq!(setup.include(), before);
     assert!(setup.nginx.test_config());
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
@@ -929,6 +891,7 @@ fn plant(link: &Path, victim: &Path) {
     std::os::unix::fs::symlink(victim, link).unwrap();
 }
 
+#[track_caller]
 fn assert_untouched(victim: &Path, links: &[&Path]) {
     assert_eq!(
         fs::read_to_string(victim).unwrap(),
@@ -1142,12 +1105,7 @@ fn bad_configs_exit_2_naming_the_key_and_touch_nothing() {
             let run = bundle
                 .hook(stage, &[], Some("d-1"), Duration::from_secs(10))
                 .unwrap();
-            assert_eq!(run.code(), 2, "{key}, {stage}: {}", run.stderr);
-            assert!(
-                run.stderr.contains(&format!("`{key}`")),
-                "{key}, {stage}: {}",
-                run.stderr
-            );
+            run.assert_code(2).assert_stderr_has(&format!("`{key}`"));
         }
         assert!(
             !app.exists(),
@@ -1192,13 +1150,8 @@ fn rollback_goes_back_only_to_an_app_that_still_answers() {
     let forward = setup.include();
 
     let back = scene.hook("switch", &["--rollback"], None);
-    back.assert_ok();
-    assert!(
-        back.stderr
-            .contains("the last switch went from real1 to real2"),
-        "{}",
-        back.stderr
-    );
+    back.assert_ok()
+        .assert_stderr_has("the last switch went from real1 to real2");
     assert_eq!(setup.get("/").unwrap(), (200, V1.into()));
     assert_eq!(setup.include(), scene.include);
 
@@ -1208,13 +1161,10 @@ fn rollback_goes_back_only_to_an_app_that_still_answers() {
         .hook("stop", &["--profile", "real1"], None)
         .assert_ok();
     let refused = scene.hook("switch", &["--rollback"], None);
-    assert_eq!(refused.code(), 1, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains("refusing to roll back to real1")
-            && refused.stderr.contains("nothing was changed"),
-        "{}",
-        refused.stderr
-    );
+    refused
+        .assert_code(1)
+        .assert_stderr_has("refusing to roll back to real1")
+        .assert_stderr_has("nothing was changed");
     assert_eq!(setup.include(), forward);
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     scene.finish(&[V1, "demo v2 real2"]);
@@ -1519,13 +1469,9 @@ fn a_switch_killed_between_restore_and_reload_back_is_reloaded_back_by_the_next_
     // The next deployment settles it first: nginx is reloaded back to real1,
     // and it stops real2, never the app nginx routes to.
     let stop = scene.hook("stop", &[], Some("d-next"));
-    stop.assert_ok();
-    assert!(
-        stop.stderr.contains("a switch to real2")
-            && stop.stderr.contains("nginx answers as real1 again"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_ok()
+        .assert_stderr_has("a switch to real2")
+        .assert_stderr_has("nginx answers as real1 again");
     assert!(alive(scene.live_pid), "the live app was stopped");
     assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
     assert_eq!(scene.setup.include(), scene.include);
@@ -1577,13 +1523,10 @@ fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_jour
     // cannot see nginx serve the restored include, so it keeps the journal.
     fs::write(marks.join("once"), "").unwrap();
     let switch = scene.hook("switch", &["--to", "real2"], None);
-    assert_eq!(switch.code(), 1, "{}", switch.stderr);
-    assert!(
-        switch.stderr.contains("switching.json is kept")
-            && switch.stderr.contains("nginx may still route to real2"),
-        "{}",
-        switch.stderr
-    );
+    switch
+        .assert_code(1)
+        .assert_stderr_has("switching.json is kept")
+        .assert_stderr_has("nginx may still route to real2");
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     let report = profile_json(&scene);
     assert_eq!(
@@ -1592,8 +1535,7 @@ fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_jour
     );
     // Every later stage fails naming it, and stops nothing.
     let stop = scene.hook("stop", &[], Some("d-blocked"));
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(stop.stderr.contains("switching.json"), "{}", stop.stderr);
+    stop.assert_code(1).assert_stderr_has("switching.json");
     assert!(alive(scene.live_pid));
     assert!(alive(scene.setup.launched_pid("real2").unwrap()));
     // Once the reload works again, the next stage settles it.
@@ -1603,12 +1545,8 @@ fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_jour
         .edit_config(|c| c["nginx"]["reload"] = json!(real_reload))
         .unwrap();
     let stop = scene.hook("stop", &[], Some("d-after"));
-    stop.assert_ok();
-    assert!(
-        stop.stderr.contains("nginx answers as real1 again"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_ok()
+        .assert_stderr_has("nginx answers as real1 again");
     assert!(alive(scene.live_pid));
     assert_eq!(scene.setup.get("/").unwrap(), (200, V1.into()));
     assert_eq!(scene.setup.include(), scene.include);
@@ -1631,26 +1569,18 @@ fn an_operators_explicit_switch_takes_over_an_abandoned_deployment() {
 
     // The README's recovery, from an operator, goes ahead at once.
     let switch = scene.hook("switch", &["--to", "real2"], None);
-    switch.assert_ok();
-    assert!(
-        switch.stderr.contains("deployment d-gone is unfinished")
-            && switch.stderr.contains("taking it over"),
-        "{}",
-        switch.stderr
-    );
+    switch
+        .assert_ok()
+        .assert_stderr_has("deployment d-gone is unfinished")
+        .assert_stderr_has("taking it over");
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
 
     // The abandoned deployment's later stages refuse, naming who took it.
     let health = scene.hook("health", &[], Some("d-gone"));
-    assert_eq!(health.code(), 1, "{}", health.stderr);
-    assert!(
-        health
-            .stderr
-            .contains("deployment d-gone was taken over by `switch`")
-            && health.stderr.contains("naming real2"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_code(1)
+        .assert_stderr_has("deployment d-gone was taken over by `switch`")
+        .assert_stderr_has("naming real2");
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     assert!(alive(scene.setup.launched_pid("real2").unwrap()));
     // A new deployment is not held off by the old plan.
@@ -1665,8 +1595,7 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
     let scene = Scene::new("fault-journal-owner");
     scene.start_real2("v2");
     let setup = &scene.setup;
-    let a_config: Value =
-        serde_json::from_str(&fs::read_to_string(&setup.bundle.config).unwrap()).unwrap();
+    let a_config: Value = setup.config().unwrap();
     // App A's switch is killed after it wrote its include, while `nginx -t`
     // runs (held until then).
     let marks = setup.dir.join("marks");
@@ -1722,16 +1651,11 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
     let b_stop = b
         .hook("stop", &[], Some("b-1"), Duration::from_secs(60))
         .unwrap();
-    assert_eq!(b_stop.code(), 2, "{}", b_stop.stderr);
-    assert!(
-        b_stop.stderr.contains(&setup.app_dir.display().to_string())
-            && b_stop
-                .stderr
-                .contains(&b_dir.join("app").display().to_string())
-            && b_stop.stderr.contains("belongs to"),
-        "{}",
-        b_stop.stderr
-    );
+    b_stop
+        .assert_code(2)
+        .assert_stderr_has(&setup.app_dir.display().to_string())
+        .assert_stderr_has(&b_dir.join("app").display().to_string())
+        .assert_stderr_has("belongs to");
     assert_eq!(fs::read(&b_include).unwrap(), b_line.as_bytes());
     assert_eq!(setup.include(), a_written);
 
@@ -1743,19 +1667,13 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
         .edit_config(|c| c["nginx"]["include"] = json!(moved))
         .unwrap();
     let stop = scene.hook("stop", &[], Some("a-moved"));
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("route changed")
-            && stop.stderr.contains(&format!(
-                "belongs to route include {}",
-                setup.nginx.include.display()
-            ))
-            && stop
-                .stderr
-                .contains(&format!("this config routes include {}", moved.display())),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("route changed")
+        .assert_stderr_has(&format!(
+            "belongs to route include {}",
+            setup.nginx.include.display()
+        ))
+        .assert_stderr_has(&format!("this config routes include {}", moved.display()));
     assert_eq!(fs::read(&moved).unwrap(), scene.include);
     assert_eq!(setup.include(), a_written);
     assert!(scene.state("switching.json").exists());
@@ -1765,8 +1683,7 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
         .edit_config(|c| c["nginx"]["include"] = a_config["nginx"]["include"].clone())
         .unwrap();
     let stop = scene.hook("stop", &[], Some("a-1"));
-    stop.assert_ok();
-    assert!(stop.stderr.contains("was interrupted"), "{}", stop.stderr);
+    stop.assert_ok().assert_stderr_has("was interrupted");
     assert_eq!(setup.include(), scene.include);
     assert!(!scene.state("switching.json").exists());
     assert!(alive(scene.live_pid));

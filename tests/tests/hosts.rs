@@ -36,19 +36,16 @@ fn stop_and_start(hosts: &TwoHosts, id: &str, version: &str) {
 }
 
 /// Failed, and said which host it could not reach.
+#[track_caller]
 fn assert_unreachable(hosts: &TwoHosts, run: &HookRun) {
-    assert_eq!(run.code(), 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("cannot reach nginx's host")
-            && run.stderr.contains(&hosts.destination()),
-        "the message must name {}: {}",
-        hosts.destination(),
-        run.stderr
-    );
+    run.assert_code(1)
+        .assert_stderr_has("cannot reach nginx's host")
+        .assert_stderr_has(&hosts.destination());
 }
 
 /// The include on the nginx host names `profile`, nginx serves `version`
 /// from it, and its app runs.
+#[track_caller]
 fn assert_routes(hosts: &TwoHosts, profile: &str, version: &str) {
     let port = APP_PORTS[usize::from(profile == "real2")];
     assert_eq!(
@@ -64,6 +61,7 @@ fn assert_routes(hosts: &TwoHosts, profile: &str, version: &str) {
 }
 
 /// Every request that overlapped no cut got 200 from a deployed version.
+#[track_caller]
 fn assert_served_outside_cuts(hosts: &TwoHosts, load: Load, versions: &[&str]) {
     let started = load.started();
     let samples = load.finish();
@@ -109,8 +107,7 @@ fn a_cut_before_the_write_changes_nothing_here_or_there() {
 
     // The hook run again once the link is back switches.
     let health = hosts.hook("health", &[], Some("d-1")).unwrap();
-    health.assert_ok();
-    assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+    health.assert_ok().assert_stderr_has("confirmed");
     assert_routes(&hosts, "real2", "v2");
     assert!(alive(live), "the previous app is kept for a rollback");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);
@@ -145,8 +142,7 @@ fn a_reload_that_ran_while_the_link_was_cut_is_undone_by_the_next_stage() {
     // the next stage puts nginx back on the live app and says so; the
     // include names real1 again, and real1 still runs.
     let stop = hosts.hook("stop", &[], Some("d-2")).unwrap();
-    stop.assert_ok();
-    assert!(stop.stderr.contains("real1 again"), "{}", stop.stderr);
+    stop.assert_ok().assert_stderr_has("real1 again");
     assert!(alive(live), "the live app must not be stopped");
     assert_routes(&hosts, "real1", "v1");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);
@@ -182,7 +178,7 @@ fn a_reload_whose_answer_was_lost_is_undone_by_reloading_nginx_again() {
     hosts.pass_packets().unwrap();
     let health = health.finish(Duration::from_secs(90)).unwrap();
     assert_unreachable(&hosts, &health);
-    assert!(health.stderr.contains("restored"), "{}", health.stderr);
+    health.assert_stderr_has("restored");
     assert!(alive(live), "the live app must not be stopped");
 
     // The include is the one from before, and nginx serves what it says.
@@ -223,8 +219,7 @@ fn a_cut_during_the_confirmation_is_settled_by_the_next_stage() {
     // As above: the failed switch is undone by the next stage, which
     // reloads nginx back onto the live app.
     let stop = hosts.hook("stop", &[], Some("d-2")).unwrap();
-    stop.assert_ok();
-    assert!(stop.stderr.contains("real1 again"), "{}", stop.stderr);
+    stop.assert_ok().assert_stderr_has("real1 again");
     assert!(alive(live), "the live app must not be stopped");
     assert_routes(&hosts, "real1", "v1");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);

@@ -103,8 +103,7 @@ fn a_server_running_the_books_scripts_deploys_without_stopping_the_live_app() {
     // First deployment: the idle real2 is the book's, adopted and stopped.
     setup.drop_jar("v1").unwrap();
     let stop = setup.hook("stop", &[], Some("m-1")).unwrap();
-    stop.assert_ok();
-    assert!(stop.stderr.contains("adopting"), "{}", stop.stderr);
+    stop.assert_ok().assert_stderr_has("adopting");
     assert!(!alive(real2), "the book's idle real2 was stopped");
     assert!(alive(real1), "the live book app was not signalled");
     setup.hook("start", &[], Some("m-1")).unwrap().assert_ok();
@@ -118,8 +117,7 @@ fn a_server_running_the_books_scripts_deploys_without_stopping_the_live_app() {
     // Second: the book's real1 is idle now, adopted and stopped in its turn.
     setup.drop_jar("v2").unwrap();
     let stop = setup.hook("stop", &[], Some("m-2")).unwrap();
-    stop.assert_ok();
-    assert!(stop.stderr.contains("adopting"), "{}", stop.stderr);
+    stop.assert_ok().assert_stderr_has("adopting");
     assert!(!alive(real1));
     setup.hook("start", &[], Some("m-2")).unwrap().assert_ok();
     setup.hook("health", &[], Some("m-2")).unwrap().assert_ok();
@@ -157,12 +155,8 @@ fn what_the_book_did_not_start_on_the_idle_port_is_refused() {
     let guard = Started(vec![pid]);
     listener(p2);
     let stop = setup.hook("stop", &[], None).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("spring.profiles.active is real1"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("spring.profiles.active is real1");
     assert!(alive(pid));
     drop(guard);
     assert!(port_free(p2));
@@ -172,8 +166,7 @@ fn what_the_book_did_not_start_on_the_idle_port_is_refused() {
     let guard = Started(vec![pid]);
     listener(p2);
     let stop = setup.hook("stop", &[], None).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(stop.stderr.contains("runs as uid 65534"), "{}", stop.stderr);
+    stop.assert_code(1).assert_stderr_has("runs as uid 65534");
     assert!(alive(pid));
     drop(guard);
     assert!(port_free(p2));
@@ -183,12 +176,8 @@ fn what_the_book_did_not_start_on_the_idle_port_is_refused() {
     let server = format!("server {{ listen 127.0.0.1:{p2}; return 200 'not the app'; }}");
     let mut other = Nginx::start_with(&prefix, p2, &prefix.join("none"), &server).unwrap();
     let stop = setup.hook("stop", &[], None).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("not a `java` process"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("not a `java` process");
     assert!(alive(other.pid()));
     other.quit();
     let _ = fs::remove_dir_all(&shared);

@@ -130,14 +130,7 @@ impl Fixture {
     }
 
     fn edit(&self, edit: impl FnOnce(&mut Value)) {
-        let mut config: Value =
-            serde_json::from_str(&fs::read_to_string(&self.bundle.config).unwrap()).unwrap();
-        edit(&mut config);
-        fs::write(
-            &self.bundle.config,
-            serde_json::to_string_pretty(&config).unwrap(),
-        )
-        .unwrap();
+        self.bundle.edit_config(edit).unwrap();
     }
 
     fn check(&self) -> HookRun {
@@ -148,8 +141,9 @@ impl Fixture {
 }
 
 /// The one FAIL line, which must contain every one of `words`; the run exits 1.
+#[track_caller]
 fn assert_fails(run: &HookRun, words: &[&str]) {
-    assert_eq!(run.code(), 1, "{}{}", run.stdout, run.stderr);
+    run.assert_code(1);
     let fails: Vec<&str> = run
         .stdout
         .lines()
@@ -166,8 +160,9 @@ fn assert_fails(run: &HookRun, words: &[&str]) {
     }
 }
 
+#[track_caller]
 fn assert_passes(run: &HookRun) {
-    assert_eq!(run.code(), 0, "{}{}", run.stdout, run.stderr);
+    run.assert_code(0);
     assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
     assert!(
         run.stdout
@@ -240,7 +235,7 @@ fn a_reload_through_sudo_that_needs_a_password_is_caught() {
         .unwrap()
         .finish(Duration::from_secs(90))
         .unwrap();
-    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    run.assert_code(1);
     assert!(
         run.stdout.contains("NOPASSWD: /usr/sbin/nginx -s reload"),
         "{}",
@@ -344,7 +339,7 @@ fn a_bad_config_exits_2() {
     let f = Fixture::new("pre-config", Kind::Include);
     f.edit(|c| c["app"]["comand"] = json!(["java"]));
     let run = f.check();
-    assert_eq!(run.code(), 2, "{}{}", run.stdout, run.stderr);
+    run.assert_code(2);
     assert!(
         run.stdout.starts_with("FAIL: the config") && run.stdout.contains("comand"),
         "{}",
@@ -359,7 +354,7 @@ fn a_bad_config_exits_2() {
         .replace("timeout: 180", "timeout: 20");
     fs::write(f.bundle.root.join("appspec.yml"), appspec).unwrap();
     let run = f.check();
-    assert_eq!(run.code(), 2, "{}{}", run.stdout, run.stderr);
+    run.assert_code(2);
     assert!(
         run.stdout.starts_with("FAIL: the config")
             && run.stdout.contains("appspec.yml line")

@@ -75,8 +75,9 @@ fn symlink_mode_repoints_the_link_and_never_restarts_nginx() {
     for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
         let idle = other(live);
         let health = deploy(&setup, &format!("d-{n}"), version);
-        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
-        assert!(health.stderr.contains("the symlink"), "{}", health.stderr);
+        health
+            .assert_stderr_has("confirmed")
+            .assert_stderr_has("the symlink");
         let site = if idle == "real1" { "blue" } else { "green" };
         assert_eq!(site_of(&link), site, "{}", health.stderr);
         for _ in 0..10 {
@@ -106,12 +107,10 @@ fn symlink_mode_restores_the_link_when_nginx_test_fails() {
     let workers_before = setup.nginx.workers();
 
     let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
-    assert_eq!(switch.code(), 1, "{}", switch.stderr);
-    assert!(
-        switch.stderr.contains("-t` failed") && switch.stderr.contains("restored"),
-        "{}",
-        switch.stderr
-    );
+    switch
+        .assert_code(1)
+        .assert_stderr_has("-t` failed")
+        .assert_stderr_has("restored");
     assert_eq!(fs::read_link(&link).unwrap(), before);
     assert_eq!(
         setup.nginx.workers(),
@@ -140,16 +139,9 @@ fn upstream_pair_mode_starts_beside_and_retires_the_old_app() {
         let idle = other(live);
         let old_pid = setup.launched_pid(live).unwrap();
         let health = deploy(&setup, &format!("d-{n}"), version);
-        assert!(
-            health.stderr.contains("upstream-pair mode"),
-            "{}",
-            health.stderr
-        );
-        assert!(
-            health.stderr.contains(&format!("retiring {live}")),
-            "{}",
-            health.stderr
-        );
+        health
+            .assert_stderr_has("upstream-pair mode")
+            .assert_stderr_has(&format!("retiring {live}"));
         assert!(!alive(old_pid), "the old app must be retired");
         let old_port = setup.ports[usize::from(live == "real2")];
         assert!(procs::listening(old_port).unwrap().is_free());
@@ -188,19 +180,11 @@ fn retiring_waits_for_nginx_to_let_go_of_a_request_in_flight() {
         slow.join().unwrap().unwrap(),
         (200, "slow 1500 v1 real1".into())
     );
-    assert!(
-        health.stderr.contains("previous workers exited"),
-        "{}",
-        health.stderr
-    );
+    health.assert_stderr_has("previous workers exited");
     assert!(!alive(old_pid), "real1 must be retired");
     // The second deployment finds real1's slot empty and fills it.
     let health = deploy(&setup, "d-2", "v3");
-    assert!(
-        health.stderr.contains("retiring real2"),
-        "{}",
-        health.stderr
-    );
+    health.assert_stderr_has("retiring real2");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
     assert_all_served(&load.finish(), &["v1", "v2", "v3"]);
 }
@@ -224,7 +208,7 @@ fn remote_nginx_over_ssh_switches_there_and_restores_there() {
             "{}",
             health.stderr
         );
-        assert!(health.stderr.contains("confirmed"), "{}", health.stderr);
+        health.assert_stderr_has("confirmed");
         for _ in 0..10 {
             assert_eq!(
                 setup.get("/").unwrap(),
@@ -247,8 +231,7 @@ fn remote_nginx_over_ssh_switches_there_and_restores_there() {
     let broken = setup.nginx.prefix.join("conf.d/broken.conf");
     fs::write(&broken, "server { listen 127.0.0.1:1 broken }\n").unwrap();
     let switch = setup.hook("switch", &["--to", other(live)], None).unwrap();
-    assert_eq!(switch.code(), 1, "{}", switch.stderr);
-    assert!(switch.stderr.contains("restored"), "{}", switch.stderr);
+    switch.assert_code(1).assert_stderr_has("restored");
     assert_eq!(fs::read(&include).unwrap(), before);
     fs::remove_file(&broken).unwrap();
     assert!(setup.nginx.test_config());
@@ -269,24 +252,17 @@ fn an_unreachable_nginx_host_changes_nothing_here_or_there() {
         .unwrap();
 
     let stop = setup.hook("stop", &[], Some("d-1")).unwrap();
-    assert_eq!(stop.code(), 1, "{}", stop.stderr);
-    assert!(
-        stop.stderr.contains("cannot reach nginx's host"),
-        "{}",
-        stop.stderr
-    );
+    stop.assert_code(1)
+        .assert_stderr_has("cannot reach nginx's host");
     assert!(
         alive(real2),
         "stop must not act without knowing what is live"
     );
 
     let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
-    assert_eq!(switch.code(), 1, "{}", switch.stderr);
-    assert!(
-        switch.stderr.contains("cannot reach nginx's host"),
-        "{}",
-        switch.stderr
-    );
+    switch
+        .assert_code(1)
+        .assert_stderr_has("cannot reach nginx's host");
     assert_eq!(fs::read(&include).unwrap(), before);
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
 }
@@ -299,15 +275,11 @@ fn remote_symlink_with_retiring_waits_for_the_old_apps_connections() {
     let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
     let old_pid = setup.launched_pid("real1").unwrap();
     let health = deploy(&setup, "d-1", "v2");
-    assert!(health.stderr.contains("the symlink"), "{}", health.stderr);
+    health.assert_stderr_has("the symlink");
     assert_eq!(site_of(&link), "green");
     // nginx's workers are on "the other host": the old app goes once no
     // connection to it is left.
-    assert!(
-        health.stderr.contains("no connection to"),
-        "{}",
-        health.stderr
-    );
+    health.assert_stderr_has("no connection to");
     assert!(!alive(old_pid), "real1 must be retired");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     assert_all_served(&load.finish(), &["v1", "v2"]);
@@ -349,12 +321,10 @@ fn upstream_pair_a_build_that_fails_health_is_taken_out_of_rotation() {
     setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
     let failed_pid = setup.launched_pid("real2").unwrap();
     let health = setup.hook("health", &[], Some("d-1")).unwrap();
-    assert_eq!(health.code(), 1, "{}", health.stderr);
-    assert!(
-        health.stderr.contains("wrong") && health.stderr.contains("failed and was stopped"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_code(1)
+        .assert_stderr_has("wrong")
+        .assert_stderr_has("failed and was stopped");
     // Out of nginx's rotation: it no longer runs, its port refuses, and
     // every request goes to v1 again.
     assert!(!alive(failed_pid), "the failed build still runs");
@@ -403,12 +373,10 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
     let slow = slow_request(real1, setup.ports[0]);
     let health = setup.hook("health", &[], Some("d-1")).unwrap();
-    assert_eq!(health.code(), 1, "{}", health.stderr);
-    assert!(
-        health.stderr.contains("1 connection open") && health.stderr.contains("kept running"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_code(1)
+        .assert_stderr_has("1 connection open")
+        .assert_stderr_has("kept running");
     assert!(alive(real1), "retire_busy \"fail\" must keep the old app");
     assert_eq!(
         slow.join().unwrap().unwrap(),
@@ -429,12 +397,10 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
     let slow = slow_request(real2, setup.ports[1]);
     let health = setup.hook("health", &[], Some("d-2")).unwrap();
-    health.assert_ok();
-    assert!(
-        health.stderr.contains("1 connection open") && health.stderr.contains("stopping it anyway"),
-        "{}",
-        health.stderr
-    );
+    health
+        .assert_ok()
+        .assert_stderr_has("1 connection open")
+        .assert_stderr_has("stopping it anyway");
     // The old app drains on SIGTERM: the request is still answered by it.
     assert_eq!(
         slow.join().unwrap().unwrap(),
@@ -479,12 +445,9 @@ fn upstream_pair_follows_nginxs_upstream_and_refuses_ip_hash_before_stopping_any
     });
     setup.bootstrap("v1").unwrap();
     let health = deploy(&setup, "d-0", "v2");
-    assert!(
-        health.stderr.contains("max_fails=0: nginx never skips it"),
-        "{}",
-        health.stderr
-    );
-    assert!(!health.stderr.contains("waiting 11"), "{}", health.stderr);
+    health
+        .assert_stderr_has("max_fails=0: nginx never skips it")
+        .assert_stderr_lacks("waiting 11");
 
     // Both run now (live real2, real1 started by hand), and the upstream
     // pins clients: every probe from 127.0.0.1 would reach one server.
@@ -495,12 +458,9 @@ fn upstream_pair_follows_nginxs_upstream_and_refuses_ip_hash_before_stopping_any
     });
     for stage in ["stop", "start"] {
         let run = setup.hook(stage, &[], Some("d-1")).unwrap();
-        assert_eq!(run.code(), 1, "{stage}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("uses `ip_hash`") && run.stderr.contains("nothing was stopped"),
-            "{stage}: {}",
-            run.stderr
-        );
+        run.assert_code(1)
+            .assert_stderr_has("uses `ip_hash`")
+            .assert_stderr_has("nothing was stopped");
     }
     assert!(alive(idle_pid), "nothing may be stopped");
     assert!(alive(setup.launched_pid("real2").unwrap()));
@@ -544,13 +504,10 @@ fn symlink_mode_recovery_says_it_restored_the_symlink() {
         .edit_config(|c| c["nginx"]["test"] = json!(nginx_test))
         .unwrap();
     let next = setup.hook("switch", &["--to", "real1"], None).unwrap();
-    next.assert_ok();
-    assert!(
-        next.stderr.contains("was interrupted") && next.stderr.contains("restored the symlink"),
-        "{}",
-        next.stderr
-    );
-    assert!(!next.stderr.contains("include file"), "{}", next.stderr);
+    next.assert_ok()
+        .assert_stderr_has("was interrupted")
+        .assert_stderr_has("restored the symlink")
+        .assert_stderr_lacks("include file");
     assert_eq!(site_of(&link), "blue");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
 }

@@ -98,6 +98,7 @@ impl Scene {
         found
     }
 
+    #[track_caller]
     fn assert_nothing_left(&self, run: &HookRun) {
         let left = self.left();
         assert!(
@@ -115,15 +116,11 @@ impl Scene {
         );
     }
 
+    #[track_caller]
     fn assert_code(run: &HookRun, code: i32, causes: &[&str]) {
-        assert_eq!(run.code(), code, "{}: stderr:\n{}", run.stage, run.stderr);
+        run.assert_code(code);
         for cause in causes {
-            assert!(
-                run.stderr.contains(cause),
-                "{}: the message must name {cause:?}; stderr:\n{}",
-                run.stage,
-                run.stderr
-            );
+            run.assert_stderr_has(cause);
         }
     }
 
@@ -233,7 +230,7 @@ fn a_launcher_that_forks_the_app_and_exits_is_adopted_then_stopped_cleanly() {
         let run = scene.hook(stage, &[], Some("d-1"));
         Scene::assert_code(&run, 0, &[]);
         if stage == "start" {
-            assert!(run.stderr.contains("adopted"), "{}", run.stderr);
+            run.assert_stderr_has("adopted");
         }
     }
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));

@@ -66,6 +66,5 @@ fn health_warms_the_new_app_up_before_the_switch() {
         .edit_config(|c| c["health"]["warmup"] = json!({"paths": ["api"]}))
         .unwrap();
     let bad = setup.hook("health", &["--no-switch"], None).unwrap();
-    assert_eq!(bad.code(), 2, "{}", bad.stderr);
-    assert!(bad.stderr.contains("health.warmup.paths"), "{}", bad.stderr);
+    bad.assert_code(2).assert_stderr_has("health.warmup.paths");
 }
