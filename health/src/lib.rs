@@ -19,6 +19,7 @@ use nonstop_common::compose;
 use nonstop_common::log::tail_for_message;
 use nonstop_common::procs::is_same_alive;
 use nonstop_common::state::Launched;
+use nonstop_common::switching::{self, switch_and_retire, withdraw_failed};
 use nonstop_common::time::secs;
 use nonstop_common::{detect, http, signals};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
@@ -62,13 +63,13 @@ where
         }
         // In upstream-pair mode a build that listens is already in nginx's
         // upstream: one that fails is stopped rather than left serving.
-        wait_healthy(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
-        warm_up(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
+        wait_healthy(ctx, &target).map_err(|e| withdraw_failed(ctx, &target, e))?;
+        warm_up(ctx, &target).map_err(|e| withdraw_failed(ctx, &target, e))?;
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());
         }
-        nonstop_switch::switch_and_retire(ctx, &target)
+        switch_and_retire(ctx, &target)
     })
 }
 
@@ -99,7 +100,7 @@ fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
         LOG.say("would leave nginx as it is (--no-switch)");
         Ok(())
     } else {
-        nonstop_switch::dry_run(ctx, target)
+        switching::dry_run(ctx, target)
     }
 }
 
