@@ -19,6 +19,7 @@ pub mod log;
 pub mod nginx;
 pub mod ports;
 pub mod procs;
+pub mod readiness;
 pub mod retiring;
 pub mod route;
 pub mod signals;

@@ -29,6 +29,7 @@ use anyhow::{anyhow, Context as _, Result};
 use crate::adopt;
 use crate::compose;
 use crate::config::{render, wildcard_match, Compose};
+use crate::detect;
 use crate::procs::{self, cmdline, is_same_alive, listening};
 use crate::signals::{self, wait_for};
 use crate::state::Launched;
@@ -40,6 +41,19 @@ use crate::{Context, Profile};
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often the stage looks whether the service's port is free.
 const POLL: Duration = Duration::from_millis(5);
+
+/// The profile nginx routes to *now*, which `stop` never touches, whatever
+/// the plan or the command line says. A plan from an earlier stage (or a
+/// profile named by hand) may be out of date, so those cases detect afresh.
+pub fn live_now(ctx: &Context, explicit: bool) -> Result<Option<Profile>> {
+    if ctx.from_plan || explicit {
+        Ok(detect::detect(&ctx.config)
+            .context("cannot tell which profile is live right now, so nothing is stopped")?
+            .live)
+    } else {
+        Ok(ctx.slots.live.clone())
+    }
+}
 
 /// Stops every process listening on the target's port, plus the process
 /// `start` launched for it if that is still starting up. `live` is the

@@ -94,6 +94,43 @@ pub fn withdraw_failed(ctx: &Context, target: &Profile, failure: anyhow::Error) 
     }
 }
 
+/// The profile to roll back to: the one that is not live now, provided its
+/// app still answers as itself. Refuses (changing nothing) otherwise.
+pub fn rollback_target(ctx: &Context) -> Result<Profile> {
+    let config = &ctx.config;
+    let live = detect::detect(config)
+        .context("cannot tell which profile is live, so there is nothing to roll back from; use `switch --to NAME`")?
+        .live
+        .ok_or_else(|| anyhow!("nothing is live yet, so there is nothing to roll back from"))?;
+    let back = config.other(&live).clone();
+    let recorded: Option<Switched> = ctx.state.read(&ctx.state.switched_path(), &ctx.log)?;
+    match recorded {
+        Some(r) if r.active == live && r.previous.as_ref() == Some(&back) => ctx.log.say(format!(
+            "the last switch went from {} to {}; rolling back to {}",
+            back.name, live.name, back.name
+        )),
+        _ => ctx.log.say(format!(
+            "{} is live; rolling back to the other profile, {}",
+            live.name, back.name
+        )),
+    }
+    detect::check_health(config, &back).map_err(|why| {
+        anyhow!(
+            "refusing to roll back to {} ({}): {} does not answer {} ({why}); nginx still routes to {}, nothing was changed. Start it first (`start --profile {}`, `health --profile {} --no-switch`)",
+            back.name,
+            back.port,
+            detect::health_url(config, &back),
+            detect::health_words(config, &back),
+            live.name,
+            back.name,
+            back.name
+        )
+    })?;
+    ctx.log
+        .say(format!("{} still answers as itself", back.name));
+    Ok(back)
+}
+
 /// What a switch to `target` would do, printed and not done.
 pub fn dry_run(ctx: &Context, target: &Profile) -> Result<()> {
     let config = &ctx.config;

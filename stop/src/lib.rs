@@ -20,12 +20,11 @@
 
 use std::ffi::OsString;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use clap::Parser;
 
-use nonstop_common::detect;
-use nonstop_common::stopping::stop_profile;
-use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
+use nonstop_common::stopping::{live_now, stop_profile};
+use nonstop_common::{run_stage, CommonArgs, Log};
 
 pub const LOG: Log = Log::new("stop");
 
@@ -64,17 +63,4 @@ where
         }
         stop_profile(ctx, &target, live.as_ref(), args.force)
     })
-}
-
-/// The profile nginx routes to *now*, which `stop` never touches, whatever
-/// the plan or the command line says. A plan from an earlier stage (or a
-/// profile named by hand) may be out of date, so those cases detect afresh.
-fn live_now(ctx: &Context, explicit: bool) -> Result<Option<Profile>> {
-    if ctx.from_plan || explicit {
-        Ok(detect::detect(&ctx.config)
-            .context("cannot tell which profile is live right now, so nothing is stopped")?
-            .live)
-    } else {
-        Ok(ctx.slots.live.clone())
-    }
 }

@@ -37,13 +37,11 @@
 
 use std::ffi::OsString;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use clap::Parser;
 
-use nonstop_common::detect;
-use nonstop_common::state::Switched;
-use nonstop_common::switching::{dry_run, switch_and_retire};
-use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
+use nonstop_common::switching::{dry_run, rollback_target, switch_and_retire};
+use nonstop_common::{run_stage, CommonArgs, Log};
 
 pub const LOG: Log = Log::new("switch");
 
@@ -82,40 +80,4 @@ where
         }
         switch_and_retire(ctx, &target)
     })
-}
-
-/// The profile to roll back to: the one that is not live now, provided its
-/// app still answers as itself. Refuses (changing nothing) otherwise.
-fn rollback_target(ctx: &Context) -> Result<Profile> {
-    let config = &ctx.config;
-    let live = detect::detect(config)
-        .context("cannot tell which profile is live, so there is nothing to roll back from; use `switch --to NAME`")?
-        .live
-        .ok_or_else(|| anyhow!("nothing is live yet, so there is nothing to roll back from"))?;
-    let back = config.other(&live).clone();
-    let recorded: Option<Switched> = ctx.state.read(&ctx.state.switched_path(), &LOG)?;
-    match recorded {
-        Some(r) if r.active == live && r.previous.as_ref() == Some(&back) => LOG.say(format!(
-            "the last switch went from {} to {}; rolling back to {}",
-            back.name, live.name, back.name
-        )),
-        _ => LOG.say(format!(
-            "{} is live; rolling back to the other profile, {}",
-            live.name, back.name
-        )),
-    }
-    detect::check_health(config, &back).map_err(|why| {
-        anyhow!(
-            "refusing to roll back to {} ({}): {} does not answer {} ({why}); nginx still routes to {}, nothing was changed. Start it first (`start --profile {}`, `health --profile {} --no-switch`)",
-            back.name,
-            back.port,
-            detect::health_url(config, &back),
-            detect::health_words(config, &back),
-            live.name,
-            back.name,
-            back.name
-        )
-    })?;
-    LOG.say(format!("{} still answers as itself", back.name));
-    Ok(back)
 }
