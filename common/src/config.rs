@@ -324,16 +324,13 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-/// Reads, parses and validates a config file, and checks its waits against
-/// the hook timeouts of the appspec.yml shipped with it
-/// ([`crate::budget`]). Every failure is a [`usage`] error (exit 2) that
-/// names the file and the key.
+/// Reads, parses and validates a config file. Every failure is a [`usage`]
+/// error (exit 2) that names the file and the key. (The stages then check
+/// its waits against the appspec.yml shipped with it: [`crate::budget`].)
 pub fn load(path: &Path) -> Result<Config> {
     let text = fs::read_to_string(path)
         .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
-    let config = parse(&text, path)?;
-    crate::budget::check_beside(&config).map_err(usage)?;
-    Ok(config)
+    parse(&text, path)
 }
 
 /// Parses and validates config text; `source` is only used in messages.

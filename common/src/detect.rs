@@ -30,11 +30,7 @@ use crate::procs;
 use crate::route;
 use crate::state::{read_own_capped, StateDir, Switched};
 
-/// The health rule, for the stage crates that still call it here; it lives
-/// in [`crate::health_rule`].
-pub use crate::health_rule::{check_health, health_url, health_words, healthy};
-/// The include witness: read by [`route`], which owns the route.
-pub use crate::route::Include;
+use crate::route::Include;
 
 /// What the probe through nginx said.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,10 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::cmd;
 use crate::config::{Config, Mode, Profile};
-use crate::detect::{self, Include, Probe};
+use crate::detect::{self, Probe};
 use crate::log::Log;
 use crate::procs;
 use crate::route;
+use crate::route::Include;
 use crate::state::{read_own_capped, write_atomic, RouteId, StateDir};
 use crate::time::{now_unix_ms, secs};
 

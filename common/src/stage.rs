@@ -50,10 +50,14 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// Finds and validates the config (exit 2 on any problem).
+    /// Finds and validates the config, and checks its waits against the
+    /// hook timeouts of the appspec.yml shipped with it (exit 2 on any
+    /// problem).
     pub fn load_config(&self) -> Result<Config> {
         let path = config::locate(self.config.as_deref())?;
-        config::load(&path)
+        let config = config::load(&path)?;
+        crate::budget::check_beside(&config).map_err(crate::error::usage)?;
+        Ok(config)
     }
 
     fn deployment_id(&self) -> Result<Option<String>> {

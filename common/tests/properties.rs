@@ -12,8 +12,9 @@
 use std::path::Path;
 
 use nonstop_common::config::{self, Config};
-use nonstop_common::detect::{self, Include, Probe};
+use nonstop_common::detect::{self, Probe};
 use nonstop_common::http::Answer;
+use nonstop_common::route::Include;
 use nonstop_common::{exit_code, Profile};
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -8,29 +8,20 @@
 //! `health.timeout_secs`, and fails at once when the started process has
 //! died, quoting the end of its log. With `health.warmup` it then sends
 //! the new app some requests on its own port before nginx is switched to it.
+//!
+//! The waiting and the warm-up are `nonstop_common::readiness`, the switch
+//! `nonstop_common::switching`; this crate holds the arguments and `run`.
 
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use clap::Parser;
 
-use nonstop_common::compose;
-use nonstop_common::log::tail_for_message;
-use nonstop_common::procs::is_same_alive;
-use nonstop_common::state::Launched;
-use nonstop_common::time::secs;
-use nonstop_common::{detect, http, signals};
-use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
+use nonstop_common::readiness;
+use nonstop_common::switching::{switch_and_retire, withdraw_failed};
+use nonstop_common::{run_stage, CommonArgs, Log};
 
 pub const LOG: Log = Log::new("health");
-
-/// The most time a warm-up may take: it delays the switch, and its
-/// requests are each bounded by `health.request_timeout_ms` only.
-const WARMUP_LIMIT: Duration = nonstop_common::config::MAX_WARMUP;
-
-/// How often a still-waiting check says so.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Wait until the idle profile's app answers correctly, then switch nginx to it.
 #[derive(Debug, Parser)]
@@ -58,215 +49,16 @@ where
     run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
         if ctx.dry_run {
-            return dry_run(ctx, &target, args.no_switch);
+            return readiness::dry_run(ctx, &target, args.no_switch);
         }
         // In upstream-pair mode a build that listens is already in nginx's
         // upstream: one that fails is stopped rather than left serving.
-        wait_healthy(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
-        warm_up(ctx, &target).map_err(|e| nonstop_switch::withdraw_failed(ctx, &target, e))?;
+        readiness::wait_healthy(ctx, &target).map_err(|e| withdraw_failed(ctx, &target, e))?;
+        readiness::warm_up(ctx, &target).map_err(|e| withdraw_failed(ctx, &target, e))?;
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());
         }
-        nonstop_switch::switch_and_retire(ctx, &target)
+        switch_and_retire(ctx, &target)
     })
-}
-
-/// Says what a real run would do: one try of the health rule now, then the
-/// switch's steps.
-fn dry_run(ctx: &Context, target: &Profile, no_switch: bool) -> Result<()> {
-    let config = &ctx.config;
-    let url = detect::health_url(config, target);
-    let expect = detect::health_words(config, target);
-    match detect::check_health(config, target) {
-        Ok(()) => LOG.say(format!("{url} answers {expect} now")),
-        Err(why) => LOG.say(format!("{url} does not answer {expect} now ({why})")),
-    }
-    LOG.say(format!(
-        "would check {url} every {} for at most {}",
-        secs(config.health.interval),
-        secs(config.health.timeout)
-    ));
-    if let Some(w) = &config.health.warmup {
-        LOG.say(format!(
-            "would then send {} warm-up requests to {} on port {}",
-            w.requests,
-            w.paths.join(", "),
-            target.port
-        ));
-    }
-    if no_switch {
-        LOG.say("would leave nginx as it is (--no-switch)");
-        Ok(())
-    } else {
-        nonstop_switch::dry_run(ctx, target)
-    }
-}
-
-/// `health.warmup`: GETs to the paths in turn on the target's own port,
-/// once it is healthy, so that a fresh JVM has loaded and compiled its
-/// request path before nginx sends it users (measured by the benchmark:
-/// the new app's first answers through nginx are several times slower
-/// without). Answers that are not 2xx are reported, not fatal: the app
-/// passed its health check. Bounded by [`WARMUP_LIMIT`].
-fn warm_up(ctx: &Context, target: &Profile) -> Result<()> {
-    let Some(warmup) = &ctx.config.health.warmup else {
-        return Ok(());
-    };
-    let started = Instant::now();
-    let mut sent = 0u32;
-    let mut not_ok = 0u32;
-    let mut last_problem = String::new();
-    for path in warmup.paths.iter().cycle().take(warmup.requests as usize) {
-        signals::check()
-            .with_context(|| format!("{} was not switched to; nginx is as it was", target.name))?;
-        if started.elapsed() >= WARMUP_LIMIT {
-            LOG.warn(format!(
-                "warm-up of {} stopped after {} ({sent} of {} requests sent)",
-                target.name,
-                secs(WARMUP_LIMIT),
-                warmup.requests
-            ));
-            break;
-        }
-        let url = format!("http://127.0.0.1:{}{path}", target.port);
-        sent += 1;
-        match http::get(&url, ctx.config.health.request_timeout) {
-            Ok(answer) if answer.is_success() => {}
-            Ok(answer) => {
-                not_ok += 1;
-                last_problem = format!("{url} answered HTTP {}", answer.status);
-            }
-            Err(why) => {
-                not_ok += 1;
-                last_problem = format!("{url}: {why}");
-            }
-        }
-    }
-    LOG.say(format!(
-        "warmed up {} with {sent} requests to {} in {}",
-        target.name,
-        warmup.paths.join(", "),
-        secs(started.elapsed())
-    ));
-    if not_ok > 0 {
-        LOG.warn(format!(
-            "{not_ok} of the {sent} warm-up requests got no 2xx (last: {last_problem})"
-        ));
-    }
-    Ok(())
-}
-
-/// Polls the target's health URL until it answers as expected.
-pub fn wait_healthy(ctx: &Context, target: &Profile) -> Result<()> {
-    let config = &ctx.config;
-    let url = detect::health_url(config, target);
-    let expect = detect::health_words(config, target);
-    let launched: Option<Launched> = ctx
-        .state
-        .read::<Launched>(&ctx.state.launched_path(&target.name), &LOG)?
-        .filter(|l| l.port == target.port);
-    LOG.say(format!(
-        "checking {url} every {} until it answers {} (at most {})",
-        secs(config.health.interval),
-        expect,
-        secs(config.health.timeout)
-    ));
-
-    let started = Instant::now();
-    let mut next_progress = PROGRESS_EVERY;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let tried_at = Instant::now();
-        let last = match detect::check_health(config, target) {
-            Ok(()) => {
-                LOG.say(format!(
-                    "{} answers {} after {} (attempt {attempt})",
-                    target.name,
-                    expect,
-                    secs(started.elapsed())
-                ));
-                return Ok(());
-            }
-            Err(why) => why,
-        };
-        if let Some(l) = &launched {
-            still_running(config, target, l, started.elapsed(), &last)?;
-        }
-        let elapsed = started.elapsed();
-        if elapsed >= config.health.timeout {
-            let log_note = launched
-                .as_ref()
-                .map(|l| format!("; {}", log_tail(config, l)))
-                .unwrap_or_default();
-            return Err(anyhow!(
-                "{} did not answer {} at {url} within {} ({attempt} attempts; last: {last}){log_note}",
-                target.name,
-                expect,
-                secs(config.health.timeout)
-            ));
-        }
-        if elapsed >= next_progress {
-            LOG.say(format!("attempt {attempt}, {}: {last}", secs(elapsed)));
-            next_progress = elapsed + PROGRESS_EVERY;
-        }
-        let pause = config
-            .health
-            .interval
-            .saturating_sub(tried_at.elapsed())
-            .min(config.health.timeout.saturating_sub(started.elapsed()));
-        signals::pause(pause)
-            .with_context(|| format!("{} was not switched to; nginx is as it was", target.name))?;
-    }
-}
-
-/// Fails the wait when what `start` launched is gone: a container's main
-/// process (pid and start time recorded by `start`) gone means it exited or
-/// restarted under a restart policy, and only then is the engine asked what
-/// became of it; a process's end is final. `last` is the check's last
-/// answer, `waited` how long it has been checking.
-fn still_running(
-    config: &nonstop_common::Config,
-    target: &Profile,
-    l: &Launched,
-    waited: Duration,
-    last: &str,
-) -> Result<()> {
-    if is_same_alive(l.pid, l.start_time) {
-        return Ok(());
-    }
-    let Some(compose) = compose::of(config) else {
-        return Err(anyhow!(
-            "the app started for {} (pid {}) has exited after {} without answering ({last}); {}",
-            target.name,
-            l.pid,
-            secs(waited),
-            tail_for_message(&l.log, l.log_offset)
-        ));
-    };
-    let Some(id) = &l.container_id else {
-        return Ok(());
-    };
-    let how = match compose::inspect(compose, id) {
-        Some(c) if c.is_running() => "restarted".to_string(),
-        Some(c) => format!("{} (exit code {})", c.status, c.exit_code),
-        None => "gone".to_string(),
-    };
-    Err(anyhow!(
-        "the container {} started for {} is {how} after {} without answering ({last}); {}",
-        compose::short_id(id),
-        target.name,
-        secs(waited),
-        compose::logs_tail(compose, id)
-    ))
-}
-
-/// The end of the launched app's output: its container's logs, or its log
-/// file from where this run began.
-fn log_tail(config: &nonstop_common::Config, l: &Launched) -> String {
-    match (&l.container_id, compose::of(config)) {
-        (Some(id), Some(compose)) => compose::logs_tail(compose, id),
-        _ => tail_for_message(&l.log, l.log_offset),
-    }
 }

@@ -739,7 +739,7 @@ fn holder(config: &Config, p: &Profile, pid: i32, launched: &[i32]) -> Line {
             "{}'s port {} is held by pid {pid}, an app nonstop started",
             p.name, p.port
         ))
-    } else if nonstop_stop::runs_command(&config.app.command, p, &procs::argv(pid)) {
+    } else if nonstop_common::stopping::runs_command(&config.app.command, p, &procs::argv(pid)) {
         Line::Ok(format!(
             "{}'s port {} is held by pid {pid}, running app.command for {}",
             p.name, p.port, p.name

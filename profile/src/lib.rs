@@ -24,9 +24,10 @@ use serde_json::{json, Value};
 
 use nonstop_common::compose;
 use nonstop_common::config::Mode;
-use nonstop_common::detect::{self, Include, Observed, Probe};
+use nonstop_common::detect::{self, Observed, Probe};
 use nonstop_common::nginx;
 use nonstop_common::procs::{cmdline, listening};
+use nonstop_common::route::Include;
 use nonstop_common::{CommonArgs, Config, Log};
 
 pub mod check;
