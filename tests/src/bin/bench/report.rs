@@ -956,3 +956,93 @@ fn binaries_table(out: &mut String, binaries: &[BinaryFigures]) {
         );
     }
 }
+
+#[cfg(test)]
+// Not `tests`: that name is the harness crate, which `machine` reaches by path.
+mod unit {
+    use super::*;
+
+    fn answer(at_ms: u64, status: u16, profile: &str) -> Sample {
+        Sample {
+            at: Duration::from_millis(at_ms),
+            latency: Duration::from_millis(1),
+            kind: Kind::Fresh,
+            post: false,
+            outcome: Outcome::Answered {
+                status,
+                profile: profile.into(),
+            },
+        }
+    }
+
+    fn deployment() -> Deployment {
+        Deployment {
+            id: "d".into(),
+            from: "real1".into(),
+            to: "real2".into(),
+            stages: vec![],
+            old_app_exit: None,
+            first_answer: Duration::ZERO,
+            app_startup: Duration::ZERO,
+            include_written: None,
+            confirmed: None,
+            spawned: Duration::ZERO,
+            retired_exit: None,
+            peak_fds: 0,
+        }
+    }
+
+    #[test]
+    fn only_new_after_counts_from_the_first_new_answer_after_the_last_old_one() {
+        let samples = [
+            answer(100, 200, "real1"),
+            answer(200, 200, "real2"),
+            answer(300, 200, "real1"),
+            answer(400, 502, "real2"),
+            answer(500, 200, "real2"),
+        ];
+        let during: Vec<&Sample> = samples.iter().collect();
+        let after = only_new_after(&deployment(), &during, Duration::from_millis(50));
+        assert_eq!(after.map(|x| (x * 1000.0).round()), Some(450.0));
+    }
+
+    #[test]
+    fn only_new_after_is_none_when_the_old_profile_never_answered() {
+        let samples = [answer(100, 200, "real2")];
+        let during: Vec<&Sample> = samples.iter().collect();
+        assert_eq!(only_new_after(&deployment(), &during, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_lost_slow_request_is_a_failed_one() {
+        let slow = slow_figures(None, "real1");
+        assert!(!slow.ok);
+        assert_eq!(slow.error.as_deref(), Some("not sent"));
+        assert!(slow_figures(Some(answer(0, 200, "real1")), "real1").ok);
+        assert!(!slow_figures(Some(answer(0, 200, "real2")), "real1").ok);
+    }
+
+    #[test]
+    fn counts_sort_the_requests_by_outcome() {
+        let mut post = answer(0, 200, "real1");
+        post.post = true;
+        post.outcome = Outcome::KeepAliveReadError("eof".into());
+        let samples = [
+            answer(0, 200, "real1"),
+            answer(0, 503, "real1"),
+            answer(0, 404, "real1"),
+            post,
+        ];
+        let during: Vec<&Sample> = samples.iter().collect();
+        let c = Counts::of(&during);
+        assert_eq!(
+            (c.served, c.status_5xx, c.status_other, c.failed),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(
+            (c.post_requests, c.post_failed, c.keepalive_closed),
+            (1, 1, 1)
+        );
+        assert_eq!(c.connection_errors, 0);
+    }
+}
