@@ -95,14 +95,7 @@ where
 {
     let args = Args::try_parse_from(args)?;
     let zip_path = zip_path_of(&args.out)?;
-    for path in [&args.out, &zip_path] {
-        if fs::symlink_metadata(path).is_ok() {
-            return Err(usage(format!(
-                "{} already exists: remove it or choose another --out",
-                path.display()
-            )));
-        }
-    }
+    check_free(&[&args.out, &zip_path])?;
 
     // The config, checked as the stages check it.
     let config_text = fs::read_to_string(&args.config)
@@ -129,39 +122,8 @@ where
         Some(dir) => dir.clone(),
         None => build_static()?,
     };
-    let mut entries = Vec::new();
-    for stage in STAGES {
-        let path = binaries.join(stage);
-        let bytes = fs::read(&path).map_err(|e| {
-            usage(format!(
-                "stage binary {}: {e} (build them with tools/build-static, or pass --binaries DIR)",
-                path.display()
-            ))
-        })?;
-        if let Err(why) = elf::check_static(&bytes) {
-            return Err(usage(format!(
-                "{}: {why}: it would need the build machine's glibc on the server; build the stages with tools/build-static",
-                path.display()
-            )));
-        }
-        entries.push(Entry {
-            path: Path::new("scripts").join(stage),
-            bytes,
-            exec: true,
-        });
-    }
-    if Command::new("zip")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        return Err(usage(
-            "the `zip` command does not run: install it (Debian: apt-get install zip)",
-        ));
-    }
+    let mut entries = stage_entries(&binaries)?;
+    check_zip()?;
 
     entries.push(Entry {
         path: PathBuf::from(budget::APPSPEC),
@@ -183,14 +145,8 @@ where
         });
     }
     entries.extend(docs()?);
-    let taken: Vec<&Path> = entries.iter().map(|e| e.path.as_path()).collect();
     if let Some((inside, _)) = &build {
-        if taken.iter().filter(|p| **p == inside.as_path()).count() > 1 {
-            return Err(usage(format!(
-                "the build would land on {} in the bundle, a file nonstop ships: change app.artifact's directory",
-                inside.display()
-            )));
-        }
+        check_build_alone(&entries, inside)?;
     }
 
     // Nothing was written so far; from here on a failure removes what was.
@@ -199,14 +155,91 @@ where
         let _ = fs::remove_file(&zip_path);
         return Err(e);
     }
+    tell(&args.out, &zip_path, &entries);
+    Ok(())
+}
+
+/// Refuses to overwrite: `--out` and its zip must not exist yet (not even
+/// as a dangling symlink).
+fn check_free(paths: &[&Path]) -> Result<()> {
+    for path in paths {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(usage(format!(
+                "{} already exists: remove it or choose another --out",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The stage binaries in `binaries`, read and checked to be static, as the
+/// bundle's `scripts/`.
+fn stage_entries(binaries: &Path) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for stage in STAGES {
+        let path = binaries.join(stage);
+        let bytes = fs::read(&path).map_err(|e| {
+            usage(format!(
+                "stage binary {}: {e} (build them with tools/build-static, or pass --binaries DIR)",
+                path.display()
+            ))
+        })?;
+        if let Err(why) = elf::check_static(&bytes) {
+            return Err(usage(format!(
+                "{}: {why}: it would need the build machine's glibc on the server; build the stages with tools/build-static",
+                path.display()
+            )));
+        }
+        entries.push(Entry {
+            path: Path::new("scripts").join(stage),
+            bytes,
+            exec: true,
+        });
+    }
+    Ok(entries)
+}
+
+/// The `zip` command runs (it packs the bundle).
+fn check_zip() -> Result<()> {
+    if Command::new("zip")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        return Err(usage(
+            "the `zip` command does not run: install it (Debian: apt-get install zip)",
+        ));
+    }
+    Ok(())
+}
+
+/// The build's place in the bundle (`inside`) is not also a file nonstop
+/// ships.
+fn check_build_alone(entries: &[Entry], inside: &Path) -> Result<()> {
+    let taken: Vec<&Path> = entries.iter().map(|e| e.path.as_path()).collect();
+    if taken.iter().filter(|p| **p == inside).count() > 1 {
+        return Err(usage(format!(
+            "the build would land on {} in the bundle, a file nonstop ships: change app.artifact's directory",
+            inside.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What was written, and what to do next, on stdout.
+fn tell(out_dir: &Path, zip_path: &Path, entries: &[Entry]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "bundle: wrote {}/ and {}",
-        args.out.display(),
+        out_dir.display(),
         zip_path.display()
     );
-    for e in &entries {
+    for e in entries {
         let _ = writeln!(out, "  {}", e.path.display());
     }
     let _ = writeln!(
@@ -214,7 +247,6 @@ where
         "next: aws s3 cp {} s3://BUCKET/KEY.zip, then aws deploy create-deployment --s3-location bucket=BUCKET,key=KEY.zip,bundleType=zip (README: From push to production)",
         zip_path.display()
     );
-    Ok(())
 }
 
 /// `OUT.zip` beside `OUT`.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tests::{HookRun, Load, Setup, SetupOptions};
+use tests::{HookRun, Load, Sample, Setup, SetupOptions};
 
 /// The app's start-up delay: a small Spring Boot app takes a few seconds.
 const STARTUP_MS: u64 = 1500;
@@ -63,18 +63,7 @@ fn demo() -> Result<bool> {
         setup.ports[1],
         STARTUP_MS
     );
-    println!("\nbootstrap: v1 on real1, by hand as an operator would on a fresh server");
-    setup.drop_jar("v1")?;
-    show(
-        setup
-            .hook("start", &["--profile", "real1"], None)?
-            .assert_ok(),
-    );
-    show(
-        setup
-            .hook("health", &["--profile", "real1", "--no-switch"], None)?
-            .assert_ok(),
-    );
+    bootstrap(&setup)?;
 
     let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(10));
     let t0 = load.started();
@@ -86,16 +75,9 @@ fn demo() -> Result<bool> {
         println!("\ndeployment {id}: {version} to {idle} (stop → start → health, which switches)");
         setup.drop_jar(version)?;
         let begin = t0.elapsed();
-        let mut stages = Vec::new();
-        for stage in ["stop", "start", "health"] {
-            let run = setup.hook(stage, &[], Some(&id))?;
-            show(&run);
-            stages.push((stage.to_string(), run.elapsed));
-            if !run.status.success() {
-                println!("demo: {stage} failed; stopping the demo");
-                return Ok(false);
-            }
-        }
+        let Some(stages) = deploy(&setup, &id)? else {
+            return Ok(false);
+        };
         let (status, body) = setup.get("/")?;
         println!("  nginx now answers: {status} {body:?}");
         rows.push(Row {
@@ -111,13 +93,66 @@ fn demo() -> Result<bool> {
     std::thread::sleep(Duration::from_millis(300));
     let samples = load.finish();
 
+    let failed_total = table(&rows, &samples);
+    let all_failed = samples.iter().filter(|s| s.status != 200).count();
+    println!(
+        "\nall traffic: {} requests through nginx, {} failed (each on a new connection, 2 clients)",
+        samples.len(),
+        all_failed
+    );
+    if let Some(first) = samples.iter().find(|s| s.status != 200) {
+        println!("first failure: {first:?}");
+    }
+    println!("cleaning up: stopping both apps and nginx by pid");
+    let started = Instant::now();
+    drop(setup);
+    println!("done in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(all_failed == 0 && failed_total == 0)
+}
+
+/// v1 on real1, started and checked by hand.
+fn bootstrap(setup: &Setup) -> Result<()> {
+    println!("\nbootstrap: v1 on real1, by hand as an operator would on a fresh server");
+    setup.drop_jar("v1")?;
+    show(
+        setup
+            .hook("start", &["--profile", "real1"], None)?
+            .assert_ok(),
+    );
+    show(
+        setup
+            .hook("health", &["--profile", "real1", "--no-switch"], None)?
+            .assert_ok(),
+    );
+    Ok(())
+}
+
+/// Deployment `id`'s stages, each shown as it ends; their times, or `None`
+/// when one failed (said so: the demo stops there).
+fn deploy(setup: &Setup, id: &str) -> Result<Option<Vec<(String, Duration)>>> {
+    let mut stages = Vec::new();
+    for stage in ["stop", "start", "health"] {
+        let run = setup.hook(stage, &[], Some(id))?;
+        show(&run);
+        stages.push((stage.to_string(), run.elapsed));
+        if !run.status.success() {
+            println!("demo: {stage} failed; stopping the demo");
+            return Ok(None);
+        }
+    }
+    Ok(Some(stages))
+}
+
+/// Prints the table of stage times and requests per deployment; returns
+/// how many of those requests failed.
+fn table(rows: &[Row], samples: &[Sample]) -> usize {
     println!();
     println!(
         "| deployment | from → to | stop | start | health + switch | total | requests served | failed |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut failed_total = 0;
-    for row in &rows {
+    for row in rows {
         let during: Vec<_> = samples
             .iter()
             .filter(|s| s.at >= row.window.0 && s.at < row.window.1)
@@ -145,18 +180,5 @@ fn demo() -> Result<bool> {
             failed
         );
     }
-    let all_failed = samples.iter().filter(|s| s.status != 200).count();
-    println!(
-        "\nall traffic: {} requests through nginx, {} failed (each on a new connection, 2 clients)",
-        samples.len(),
-        all_failed
-    );
-    if let Some(first) = samples.iter().find(|s| s.status != 200) {
-        println!("first failure: {first:?}");
-    }
-    println!("cleaning up: stopping both apps and nginx by pid");
-    let started = Instant::now();
-    drop(setup);
-    println!("done in {:.2} s", started.elapsed().as_secs_f64());
-    Ok(all_failed == 0 && failed_total == 0)
+    failed_total
 }

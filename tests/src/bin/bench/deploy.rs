@@ -68,13 +68,7 @@ impl Scenario<'_> {
         let (first_answer, first_answer_wall) =
             first.ok_or_else(|| anyhow!("health passed but {idle} never answered the poller"))?;
 
-        // A slow request to the live app, in flight when the include changes.
-        let slow = (self.slow_ms > 0).then(|| {
-            let s = load::slow_request(setup.nginx.port, &format!("/slow?ms={}", self.slow_ms), t0);
-            // Outside the deployment's stages: lets the request reach the app first.
-            std::thread::sleep(Duration::from_millis(100));
-            s
-        });
+        let slow = self.slow_request();
         let retiring = if self.retire || self.layout == Layout::Pair {
             setup
                 .launched_pid(live)
@@ -85,15 +79,7 @@ impl Scenario<'_> {
         };
         let confirmed = self.stage(id, "switch", &[], &mut stages, &mut peak_fds)?;
         let retired_exit = join_exit(retiring)?.map(|at| at - t0);
-        let written = match self.layout {
-            Layout::Include => Some(fs::metadata(&setup.nginx.include)),
-            // The link itself, not the site file it points at.
-            Layout::Symlink => Some(fs::symlink_metadata(&setup.nginx.include)),
-            Layout::Pair => None,
-        }
-        .map(|m| m.and_then(|m| m.modified()))
-        .transpose()
-        .context("reading the include's (or link's) mtime")?;
+        let written = self.include_written()?;
 
         let since_t0 = |t: SystemTime| t.duration_since(self.t0_wall).unwrap_or_default();
         let unix_ms = |t: SystemTime| {
@@ -120,6 +106,36 @@ impl Scenario<'_> {
             peak_fds,
         };
         Ok((deployment, slow))
+    }
+
+    /// A slow request to the live app, in flight when the include changes
+    /// (none when `slow_ms` is 0).
+    fn slow_request(&self) -> Option<JoinHandle<Sample>> {
+        (self.slow_ms > 0).then(|| {
+            let s = load::slow_request(
+                self.setup.nginx.port,
+                &format!("/slow?ms={}", self.slow_ms),
+                self.t0,
+            );
+            // Outside the deployment's stages: lets the request reach the app first.
+            std::thread::sleep(Duration::from_millis(100));
+            s
+        })
+    }
+
+    /// The include file's (or the symlink's) mtime; none in upstream-pair
+    /// mode.
+    fn include_written(&self) -> Result<Option<SystemTime>> {
+        let include = &self.setup.nginx.include;
+        match self.layout {
+            Layout::Include => Some(fs::metadata(include)),
+            // The link itself, not the site file it points at.
+            Layout::Symlink => Some(fs::symlink_metadata(include)),
+            Layout::Pair => None,
+        }
+        .map(|m| m.and_then(|m| m.modified()))
+        .transpose()
+        .context("reading the include's (or link's) mtime")
     }
 
     /// Runs one stage as a hook, polling every 2 ms while it runs: its open

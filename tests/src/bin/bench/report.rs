@@ -225,45 +225,6 @@ pub fn analyse(
                 .and_then(|n| n.stages.first())
                 .map(|x| x.begin)
                 .unwrap_or(end_of_run + Duration::from_millis(1));
-            let during: Vec<&Sample> = samples
-                .iter()
-                .filter(|x| x.at >= begin && x.at < end && x.kind != Kind::Slow)
-                .collect();
-            let stage = |name: &str| d.stages.iter().find(|x| x.name == name);
-            let wall: f64 = d.stages.iter().map(|x| s(x.end - x.begin)).sum();
-            let stop = stage("stop");
-            let health_end = stage("health").map(|x| x.end).unwrap_or_default();
-            let switch_end = stage("switch").map(|x| x.end).unwrap_or_default();
-
-            let switch_begin = stage("switch").map(|x| x.begin).unwrap_or_default();
-            let reference = d.include_written.unwrap_or(switch_begin);
-            // The last request the old profile answered; every one sent
-            // after it went to the new one.
-            let last_old = during
-                .iter()
-                .rposition(|x| x.served_by() == Some(d.from.as_str()));
-            let only_new_after = match last_old {
-                Some(k) => during[k + 1..]
-                    .iter()
-                    .find(|x| x.served_by() == Some(d.to.as_str()))
-                    .map(|x| s(x.at) - s(reference)),
-                None => None,
-            };
-            // Traffic moved with the first request nginx gave the new app.
-            let new_answers: Vec<&&Sample> = during
-                .iter()
-                .filter(|x| x.served_by() == Some(d.to.as_str()))
-                .collect();
-            let moved = new_answers.first().map(|x| x.at);
-            let after = match moved {
-                Some(m) => Latency::of(
-                    during
-                        .iter()
-                        .copied()
-                        .filter(|x| x.at >= m && x.at < m + Duration::from_secs(1)),
-                ),
-                None => Latency::default(),
-            };
             // The steady stretch: up to 1.5 s before the deployment began,
             // and not within the second after the previous switch.
             let steady_from = begin.saturating_sub(Duration::from_millis(1500)).max(
@@ -272,148 +233,260 @@ pub fn analyse(
                     .map(|m| m + Duration::from_secs(1))
                     .unwrap_or_default(),
             );
-            let before = Latency::of(
-                samples
-                    .iter()
-                    .filter(|x| x.at >= steady_from && x.at < begin && x.kind != Kind::Slow),
-            );
-            let p99_ratio =
-                (before.p99_ms > 0.0 && after.requests > 0).then(|| after.p99_ms / before.p99_ms);
-            let first10 = new_answers
-                .iter()
-                .take(10)
-                .map(|x| x.latency.as_secs_f64() * 1000.0)
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-            let confirmed = d.confirmed.unwrap_or(switch_end);
-            let to_confirmed: f64 = d
-                .stages
-                .iter()
-                .map(|x| {
-                    if x.name == "switch" {
-                        s(confirmed) - s(x.begin)
-                    } else {
-                        s(x.end - x.begin)
-                    }
-                })
-                .sum();
-            let old_shutdown = match (stop, d.old_app_exit) {
-                (Some(st), Some(exit)) => s(exit) - s(st.begin),
-                _ => 0.0,
-            };
-
-            let slow = slow.get(i).cloned().flatten();
-            let slow = match slow {
-                Some(x) => SlowFigures {
-                    status: x.status(),
-                    answered_by: x.served_by().map(str::to_string),
-                    error: match &x.outcome {
-                        Outcome::ConnectionError(e) | Outcome::KeepAliveReadError(e) => {
-                            Some(e.clone())
-                        }
-                        Outcome::Answered { .. } => None,
-                    },
-                    secs: s(x.latency),
-                    ok: x.served_by() == Some(d.from.as_str()),
-                },
-                None => SlowFigures {
-                    status: None,
-                    answered_by: None,
-                    error: Some("not sent".into()),
-                    secs: 0.0,
-                    ok: false,
-                },
-            };
-
-            DeploymentFigures {
-                id: d.id.clone(),
-                from: d.from.clone(),
-                to: d.to.clone(),
-                stages: d
-                    .stages
-                    .iter()
-                    .map(|x| StageFigures {
-                        name: x.name.clone(),
-                        begin_s: s(x.begin),
-                        end_s: s(x.end),
-                        secs: s(x.end - x.begin),
-                    })
-                    .collect(),
-                wall_s: wall,
-                app_startup_s: s(d.app_startup),
-                overhead_s: wall - s(d.app_startup),
-                old_app_shutdown_s: match (stop, d.old_app_exit) {
-                    (Some(st), Some(exit)) => Some(s(exit) - s(st.begin)),
-                    _ => None,
-                },
-                stop_after_exit_s: match (stop, d.old_app_exit) {
-                    (Some(st), Some(exit)) => Some(s(st.end) - s(exit)),
-                    _ => None,
-                },
-                health_notice_s: s(health_end) - s(d.first_answer),
-                include_written_s: d.include_written.map(s),
-                switch_confirmed_s: d.include_written.map(|w| s(confirmed) - s(w)),
-                only_new_after_s: only_new_after,
-                overhead_confirmed_s: to_confirmed - s(d.app_startup),
-                overhead_own_s: to_confirmed - s(d.app_startup) - old_shutdown,
-                retire_s: d.retired_exit.map(|_| s(switch_end) - s(confirmed)),
-                retired_exit_s: d.retired_exit.map(|e| s(e) - s(switch_begin)),
-                moved_s: moved.map(s),
-                latency_before: before,
-                latency_after: after,
-                p99_ratio,
-                new_app_first10_max_ms: first10,
-                failed: during.iter().filter(|x| x.failed()).count(),
-                post_requests: during.iter().filter(|x| x.post).count(),
-                post_failed: during
-                    .iter()
-                    .filter(|x| x.post && (x.failed() || x.post_lost()))
-                    .count(),
-                keepalive_closed: during
-                    .iter()
-                    .filter(|x| matches!(x.outcome, Outcome::KeepAliveReadError(_)))
-                    .count(),
-                peak_fds: d.peak_fds,
-                breakdown: Breakdown {
-                    profile_s: stage("profile").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
-                    stop_s: stop.map(|x| s(x.end - x.begin)).unwrap_or(0.0),
-                    old_app_shutdown_s: old_shutdown,
-                    start_until_spawn_s: stage("start")
-                        .map(|x| s(d.spawned) - s(x.begin))
-                        .unwrap_or(0.0),
-                    health_after_answer_s: s(health_end) - s(d.first_answer),
-                    switch_until_written_s: d
-                        .include_written
-                        .map(|w| s(w) - s(switch_begin))
-                        .unwrap_or(0.0),
-                    written_until_confirmed_s: s(confirmed)
-                        - d.include_written.map(s).unwrap_or(s(switch_begin)),
-                },
-                requests: during.len(),
-                served: during.iter().filter(|x| x.served_by().is_some()).count(),
-                status_5xx: during
-                    .iter()
-                    .filter(|x| x.status().is_some_and(|c| c >= 500))
-                    .count(),
-                status_other: during
-                    .iter()
-                    .filter(|x| {
-                        x.status()
-                            .is_some_and(|c| !(200..300).contains(&c) && c < 500)
-                    })
-                    .count(),
-                connection_errors: during
-                    .iter()
-                    .filter(|x| matches!(x.outcome, Outcome::ConnectionError(_)))
-                    .count(),
-                keepalive_read_errors: during
-                    .iter()
-                    .filter(|x| matches!(x.outcome, Outcome::KeepAliveReadError(_)))
-                    .count(),
-                slow,
-                window_s: (s(begin), s(end)),
-            }
+            let slow = slow_figures(slow.get(i).cloned().flatten(), &d.from);
+            figures_of(d, samples, (begin, end), steady_from, slow)
         })
         .collect()
+}
+
+/// One deployment's figures, from the requests sent in its window
+/// `begin..end` and, for the baseline, those from `steady_from` to `begin`.
+fn figures_of(
+    d: &Deployment,
+    samples: &[Sample],
+    (begin, end): (Duration, Duration),
+    steady_from: Duration,
+    slow: SlowFigures,
+) -> DeploymentFigures {
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|x| x.at >= begin && x.at < end && x.kind != Kind::Slow)
+        .collect();
+    let stage = |name: &str| d.stages.iter().find(|x| x.name == name);
+    let wall: f64 = d.stages.iter().map(|x| s(x.end - x.begin)).sum();
+    let stop = stage("stop");
+    let switch_end = stage("switch").map(|x| x.end).unwrap_or_default();
+    let switch_begin = stage("switch").map(|x| x.begin).unwrap_or_default();
+    let reference = d.include_written.unwrap_or(switch_begin);
+    let moves = Moves::of(d, &during, samples, (steady_from, begin));
+    let confirmed = d.confirmed.unwrap_or(switch_end);
+    let to_confirmed: f64 = d
+        .stages
+        .iter()
+        .map(|x| {
+            if x.name == "switch" {
+                s(confirmed) - s(x.begin)
+            } else {
+                s(x.end - x.begin)
+            }
+        })
+        .sum();
+    let old_shutdown = match (stop, d.old_app_exit) {
+        (Some(st), Some(exit)) => s(exit) - s(st.begin),
+        _ => 0.0,
+    };
+    let counts = Counts::of(&during);
+    DeploymentFigures {
+        id: d.id.clone(),
+        from: d.from.clone(),
+        to: d.to.clone(),
+        stages: d.stages.iter().map(StageFigures::of).collect(),
+        wall_s: wall,
+        app_startup_s: s(d.app_startup),
+        overhead_s: wall - s(d.app_startup),
+        old_app_shutdown_s: match (stop, d.old_app_exit) {
+            (Some(st), Some(exit)) => Some(s(exit) - s(st.begin)),
+            _ => None,
+        },
+        stop_after_exit_s: match (stop, d.old_app_exit) {
+            (Some(st), Some(exit)) => Some(s(st.end) - s(exit)),
+            _ => None,
+        },
+        health_notice_s: s(health_end(d)) - s(d.first_answer),
+        include_written_s: d.include_written.map(s),
+        switch_confirmed_s: d.include_written.map(|w| s(confirmed) - s(w)),
+        only_new_after_s: only_new_after(d, &during, reference),
+        overhead_confirmed_s: to_confirmed - s(d.app_startup),
+        overhead_own_s: to_confirmed - s(d.app_startup) - old_shutdown,
+        retire_s: d.retired_exit.map(|_| s(switch_end) - s(confirmed)),
+        retired_exit_s: d.retired_exit.map(|e| s(e) - s(switch_begin)),
+        moved_s: moves.moved.map(s),
+        latency_before: moves.before,
+        latency_after: moves.after,
+        p99_ratio: moves.p99_ratio,
+        new_app_first10_max_ms: moves.first10,
+        failed: counts.failed,
+        post_requests: counts.post_requests,
+        post_failed: counts.post_failed,
+        keepalive_closed: counts.keepalive_closed,
+        peak_fds: d.peak_fds,
+        breakdown: breakdown(d, old_shutdown, confirmed),
+        requests: during.len(),
+        served: counts.served,
+        status_5xx: counts.status_5xx,
+        status_other: counts.status_other,
+        connection_errors: counts.connection_errors,
+        keepalive_read_errors: counts.keepalive_closed,
+        slow,
+        window_s: (s(begin), s(end)),
+    }
+}
+
+impl StageFigures {
+    fn of(x: &Stage) -> StageFigures {
+        StageFigures {
+            name: x.name.clone(),
+            begin_s: s(x.begin),
+            end_s: s(x.end),
+            secs: s(x.end - x.begin),
+        }
+    }
+}
+
+/// When `health` returned (zero if it did not run).
+fn health_end(d: &Deployment) -> Duration {
+    d.stages
+        .iter()
+        .find(|x| x.name == "health")
+        .map(|x| x.end)
+        .unwrap_or_default()
+}
+
+/// From `reference` to the first request after which every answer came from
+/// the new profile: after the last request the old profile answered.
+fn only_new_after(d: &Deployment, during: &[&Sample], reference: Duration) -> Option<f64> {
+    let last_old = during
+        .iter()
+        .rposition(|x| x.served_by() == Some(d.from.as_str()));
+    match last_old {
+        Some(k) => during[k + 1..]
+            .iter()
+            .find(|x| x.served_by() == Some(d.to.as_str()))
+            .map(|x| s(x.at) - s(reference)),
+        None => None,
+    }
+}
+
+/// Traffic moving to the new app, and latency around it.
+struct Moves {
+    /// The first request nginx gave the new app.
+    moved: Option<Duration>,
+    before: Latency,
+    after: Latency,
+    p99_ratio: Option<f64>,
+    first10: Option<f64>,
+}
+
+impl Moves {
+    /// From the deployment's requests (`during`) and, for the steady
+    /// stretch `from..to` before it, all of the run's.
+    fn of(
+        d: &Deployment,
+        during: &[&Sample],
+        samples: &[Sample],
+        (steady_from, begin): (Duration, Duration),
+    ) -> Moves {
+        // Traffic moved with the first request nginx gave the new app.
+        let new_answers: Vec<&&Sample> = during
+            .iter()
+            .filter(|x| x.served_by() == Some(d.to.as_str()))
+            .collect();
+        let moved = new_answers.first().map(|x| x.at);
+        let after = match moved {
+            Some(m) => Latency::of(
+                during
+                    .iter()
+                    .copied()
+                    .filter(|x| x.at >= m && x.at < m + Duration::from_secs(1)),
+            ),
+            None => Latency::default(),
+        };
+        let before = Latency::of(
+            samples
+                .iter()
+                .filter(|x| x.at >= steady_from && x.at < begin && x.kind != Kind::Slow),
+        );
+        let p99_ratio =
+            (before.p99_ms > 0.0 && after.requests > 0).then(|| after.p99_ms / before.p99_ms);
+        let first10 = new_answers
+            .iter()
+            .take(10)
+            .map(|x| x.latency.as_secs_f64() * 1000.0)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        Moves {
+            moved,
+            before,
+            after,
+            p99_ratio,
+            first10,
+        }
+    }
+}
+
+/// The slow request's outcome; `ok` if the old profile (`from`) answered it.
+fn slow_figures(slow: Option<Sample>, from: &str) -> SlowFigures {
+    match slow {
+        Some(x) => SlowFigures {
+            status: x.status(),
+            answered_by: x.served_by().map(str::to_string),
+            error: match &x.outcome {
+                Outcome::ConnectionError(e) | Outcome::KeepAliveReadError(e) => Some(e.clone()),
+                Outcome::Answered { .. } => None,
+            },
+            secs: s(x.latency),
+            ok: x.served_by() == Some(from),
+        },
+        None => SlowFigures {
+            status: None,
+            answered_by: None,
+            error: Some("not sent".into()),
+            secs: 0.0,
+            ok: false,
+        },
+    }
+}
+
+/// Where the overhead to the switch's `confirmed` moment goes.
+fn breakdown(d: &Deployment, old_shutdown: f64, confirmed: Duration) -> Breakdown {
+    let stage = |name: &str| d.stages.iter().find(|x| x.name == name);
+    let switch_begin = stage("switch").map(|x| x.begin).unwrap_or_default();
+    Breakdown {
+        profile_s: stage("profile").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+        stop_s: stage("stop").map(|x| s(x.end - x.begin)).unwrap_or(0.0),
+        old_app_shutdown_s: old_shutdown,
+        start_until_spawn_s: stage("start")
+            .map(|x| s(d.spawned) - s(x.begin))
+            .unwrap_or(0.0),
+        health_after_answer_s: s(health_end(d)) - s(d.first_answer),
+        switch_until_written_s: d
+            .include_written
+            .map(|w| s(w) - s(switch_begin))
+            .unwrap_or(0.0),
+        written_until_confirmed_s: s(confirmed)
+            - d.include_written.map(s).unwrap_or(s(switch_begin)),
+    }
+}
+
+/// How the requests of a deployment's window went.
+struct Counts {
+    failed: usize,
+    post_requests: usize,
+    post_failed: usize,
+    /// Requests written onto a kept-alive connection that read EOF.
+    keepalive_closed: usize,
+    served: usize,
+    status_5xx: usize,
+    status_other: usize,
+    connection_errors: usize,
+}
+
+impl Counts {
+    fn of(during: &[&Sample]) -> Counts {
+        let count = |f: &dyn Fn(&Sample) -> bool| during.iter().filter(|x| f(x)).count();
+        Counts {
+            failed: count(&|x| x.failed()),
+            post_requests: count(&|x| x.post),
+            post_failed: count(&|x| x.post && (x.failed() || x.post_lost())),
+            keepalive_closed: count(&|x| matches!(x.outcome, Outcome::KeepAliveReadError(_))),
+            served: count(&|x| x.served_by().is_some()),
+            status_5xx: count(&|x| x.status().is_some_and(|c| c >= 500)),
+            status_other: count(&|x| {
+                x.status()
+                    .is_some_and(|c| !(200..300).contains(&c) && c < 500)
+            }),
+            connection_errors: count(&|x| matches!(x.outcome, Outcome::ConnectionError(_))),
+        }
+    }
 }
 
 /// Medians over the deployments and totals over the whole run.
@@ -721,13 +794,20 @@ pub fn markdown(
         }
     );
     deployment_tables(&mut out, results);
+    goals_table(&mut out, summary, binaries);
+    where_the_time_goes(&mut out, summary);
+    binaries_table(&mut out, binaries);
+    out
+}
 
+/// The goals, each with what was measured and whether it was met.
+fn goals(summary: &Summary, binaries: &[BinaryFigures]) -> Vec<(&'static str, String, bool)> {
     let worst_start = binaries
         .iter()
         .filter(|b| b.command.ends_with("--help"))
         .map(|b| b.median_ms)
         .fold(0.0, f64::max);
-    let goals: Vec<(&str, String, bool)> = vec![
+    vec![
         (
             "0 failed requests, 0 failed slow requests",
             format!(
@@ -791,7 +871,11 @@ pub fn markdown(
             format!("{worst_start:.1} ms (slowest median of `--help`)"),
             worst_start <= 5.0,
         ),
-    ];
+    ]
+}
+
+/// The medians against the goals.
+fn goals_table(out: &mut String, summary: &Summary, binaries: &[BinaryFigures]) {
     let _ = writeln!(
         out,
         "\nMedians of {} deployments (kept-alive connections closed under their client: {} per deployment; {} GETs on them a client retries):\n",
@@ -799,13 +883,17 @@ pub fn markdown(
     );
     let _ = writeln!(out, "| goal | measured | met |");
     let _ = writeln!(out, "|---|---|---|");
-    for (goal, measured, met) in goals {
+    for (goal, measured, met) in goals(summary, binaries) {
         let _ = writeln!(
             out,
             "| {goal} | {measured} | {} |",
             if met { "yes" } else { "**no**" }
         );
     }
+}
+
+/// The overhead piece by piece, and the stages' medians, in words.
+fn where_the_time_goes(out: &mut String, summary: &Summary) {
     let b = &summary.median_breakdown;
     let _ = writeln!(
         out,
@@ -836,7 +924,10 @@ pub fn markdown(
             .map(|x| format!("{x:.1} ms"))
             .unwrap_or_else(|| "–".into()),
     );
+}
 
+/// The binaries' start-up times.
+fn binaries_table(out: &mut String, binaries: &[BinaryFigures]) {
     let _ = writeln!(
         out,
         "\nStart-up, exec to exit, from a helper process of its own: the cold first run apart, then {} warm-up runs dropped, then the median of the rest; `hyperfine -N --warmup 20` on the same command beside it.\n",
@@ -864,5 +955,94 @@ pub fn markdown(
             b.command, b.cold_ms, b.median_ms, b.max_ms, b.peak_rss_kib
         );
     }
-    out
+}
+
+#[cfg(test)]
+// Not `tests`: that name is the harness crate, which `machine` reaches by path.
+mod unit {
+    use super::*;
+
+    fn answer(at_ms: u64, status: u16, profile: &str) -> Sample {
+        Sample {
+            at: Duration::from_millis(at_ms),
+            latency: Duration::from_millis(1),
+            kind: Kind::Fresh,
+            post: false,
+            outcome: Outcome::Answered {
+                status,
+                profile: profile.into(),
+            },
+        }
+    }
+
+    fn deployment() -> Deployment {
+        Deployment {
+            id: "d".into(),
+            from: "real1".into(),
+            to: "real2".into(),
+            stages: vec![],
+            old_app_exit: None,
+            first_answer: Duration::ZERO,
+            app_startup: Duration::ZERO,
+            include_written: None,
+            confirmed: None,
+            spawned: Duration::ZERO,
+            retired_exit: None,
+            peak_fds: 0,
+        }
+    }
+
+    #[test]
+    fn only_new_after_counts_from_the_first_new_answer_after_the_last_old_one() {
+        let samples = [
+            answer(100, 200, "real1"),
+            answer(200, 200, "real2"),
+            answer(300, 200, "real1"),
+            answer(400, 502, "real2"),
+            answer(500, 200, "real2"),
+        ];
+        let during: Vec<&Sample> = samples.iter().collect();
+        let after = only_new_after(&deployment(), &during, Duration::from_millis(50));
+        assert_eq!(after.map(|x| (x * 1000.0).round()), Some(450.0));
+    }
+
+    #[test]
+    fn only_new_after_is_none_when_the_old_profile_never_answered() {
+        let samples = [answer(100, 200, "real2")];
+        let during: Vec<&Sample> = samples.iter().collect();
+        assert_eq!(only_new_after(&deployment(), &during, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_lost_slow_request_is_a_failed_one() {
+        let slow = slow_figures(None, "real1");
+        assert!(!slow.ok);
+        assert_eq!(slow.error.as_deref(), Some("not sent"));
+        assert!(slow_figures(Some(answer(0, 200, "real1")), "real1").ok);
+        assert!(!slow_figures(Some(answer(0, 200, "real2")), "real1").ok);
+    }
+
+    #[test]
+    fn counts_sort_the_requests_by_outcome() {
+        let mut post = answer(0, 200, "real1");
+        post.post = true;
+        post.outcome = Outcome::KeepAliveReadError("eof".into());
+        let samples = [
+            answer(0, 200, "real1"),
+            answer(0, 503, "real1"),
+            answer(0, 404, "real1"),
+            post,
+        ];
+        let during: Vec<&Sample> = samples.iter().collect();
+        let c = Counts::of(&during);
+        assert_eq!(
+            (c.served, c.status_5xx, c.status_other, c.failed),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(
+            (c.post_requests, c.post_failed, c.keepalive_closed),
+            (1, 1, 1)
+        );
+        assert_eq!(c.connection_errors, 0);
+    }
 }

@@ -7,18 +7,19 @@
 //! request or a failed stage. Not part of CI: 500 deployments take about
 //! half an hour on a shared 2-core machine.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-use tests::{Layout, SetupOptions};
+use tests::{Layout, Setup, SetupOptions};
 
 use crate::deploy::{fd_count, running};
 use crate::load::{ClientSpec, Kind};
-use crate::report::{self, median};
-use crate::{run_deployments, setup, write, Args, ScenarioOpts};
+use crate::report::{self, median, Deployment, Summary};
+use crate::{run_deployments, setup, write, Args, Run, ScenarioOpts};
 
 /// What one deployment left behind.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +80,74 @@ fn processes_naming(needle: &str) -> usize {
         .count()
 }
 
+/// What to watch a soak's processes and fds by.
+struct Watch<'a> {
+    setup: &'a Setup,
+    nginx_pid: i32,
+    /// The run's directory: every process of the run names it.
+    dir: String,
+    /// The bundle's scripts: every stage process names them.
+    scripts: String,
+}
+
+impl Row {
+    /// What deployment `k` (`d`) left behind.
+    fn measure(watch: &Watch, k: usize, d: &Deployment) -> Row {
+        let setup = watch.setup;
+        let (state_files, state_bytes) = du(&setup.state_dir());
+        let (log_files, log_bytes) = du(&setup.app_dir.join("logs"));
+        Row {
+            n: k,
+            stage_peak_fds: d.peak_fds,
+            stages_left: processes_naming(&watch.scripts),
+            processes: processes_naming(&watch.dir),
+            nginx_master_fds: fd_count(watch.nginx_pid),
+            live_app_fds: setup.launched_pid(&d.to).map(fd_count).unwrap_or(0),
+            state_dir_bytes: state_bytes,
+            state_dir_files: state_files,
+            log_files,
+            log_bytes,
+        }
+    }
+
+    /// Its progress line, on stderr.
+    fn print(&self, n: usize, began: Instant) {
+        eprintln!(
+            "bench: soak {}/{n} after {:.0} s: stage fds {}, stages left {}, processes {}, nginx fds {}, app fds {}, state dir {} files {} B, logs {} files {} B",
+            self.n,
+            began.elapsed().as_secs_f64(),
+            self.stage_peak_fds,
+            self.stages_left,
+            self.processes,
+            self.nginx_master_fds,
+            self.live_app_fds,
+            self.state_dir_files,
+            self.state_dir_bytes,
+            self.log_files,
+            self.log_bytes
+        );
+    }
+}
+
+/// The soak's load: a GET client on new connections, one on a kept-alive
+/// one, a POST client on new connections.
+fn clients() -> [ClientSpec; 3] {
+    [
+        ClientSpec {
+            kind: Kind::Fresh,
+            post: false,
+        },
+        ClientSpec {
+            kind: Kind::KeptAlive,
+            post: false,
+        },
+        ClientSpec {
+            kind: Kind::Fresh,
+            post: true,
+        },
+    ]
+}
+
 pub fn run(args: &Args, n: usize) -> Result<bool> {
     if n == 0 {
         anyhow::bail!("--soak must be at least 1");
@@ -93,6 +162,40 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
         },
     )?;
     setup.bootstrap("v1")?;
+    let (run, rows, elapsed) = soak(args, &setup, n)?;
+    let results = report::analyse(&run.deployments, &run.samples, &run.slow);
+    let summary = report::summarise(&results, &run.samples);
+    let answered_200 = run
+        .samples
+        .iter()
+        .filter(|x| x.status() == Some(200))
+        .count();
+    let out = markdown(args, &rows, elapsed, &run, &summary, answered_200);
+    fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    write(
+        &args.out.join("soak.json"),
+        &serde_json::to_string_pretty(&serde_json::json!({
+            "machine": report::machine(),
+            "elapsed_s": elapsed.as_secs_f64(),
+            "rows": rows,
+            "summary": summary,
+            "requests": run.samples.len(),
+            "answered_200": answered_200,
+        }))?,
+    )?;
+    write(&args.out.join("soak.md"), &out)?;
+    println!("{out}");
+    println!(
+        "bench: wrote {} and soak.md there",
+        args.out.join("soak.json").display()
+    );
+    Ok(run.ok && summary.clean())
+}
+
+/// The `n` deployments on the bootstrapped `setup`, what each left behind,
+/// and how long they took.
+fn soak(args: &Args, setup: &Setup, n: usize) -> Result<(Run, Vec<Row>, Duration)> {
     // Two builds, packed once, laid down in turn: the `jar` tool is a JVM
     // of its own and would double the run's time.
     let staged = setup.dir.join("staged");
@@ -101,32 +204,21 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
         setup.jars.jar("b", &staged.join("b.jar"))?,
     ];
     let zip = setup.app_dir.join("zip");
-    let nginx_pid = setup.nginx.pid();
-    let dir = setup.dir.path.to_string_lossy().into_owned();
-    let scripts = setup
-        .bundle
-        .root
-        .join("scripts")
-        .to_string_lossy()
-        .into_owned();
+    let watch = Watch {
+        setup,
+        nginx_pid: setup.nginx.pid(),
+        dir: setup.dir.path.to_string_lossy().into_owned(),
+        scripts: setup
+            .bundle
+            .root
+            .join("scripts")
+            .to_string_lossy()
+            .into_owned(),
+    };
     let began = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
-    let clients = [
-        ClientSpec {
-            kind: Kind::Fresh,
-            post: false,
-        },
-        ClientSpec {
-            kind: Kind::KeptAlive,
-            post: false,
-        },
-        ClientSpec {
-            kind: Kind::Fresh,
-            post: true,
-        },
-    ];
     let run = run_deployments(
-        &setup,
+        setup,
         &ScenarioOpts {
             layout: Layout::Include,
             retire: args.retire,
@@ -135,7 +227,7 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
             gap_ms: 0,
         },
         n,
-        &clients,
+        &clients(),
         Duration::from_millis(10),
         |k| {
             let tmp = zip.join(".soak.jar.tmp");
@@ -144,50 +236,28 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
             Ok(())
         },
         |k, d| {
-            let (state_files, state_bytes) = du(&setup.state_dir());
-            let (log_files, log_bytes) = du(&setup.app_dir.join("logs"));
-            let row = Row {
-                n: k,
-                stage_peak_fds: d.peak_fds,
-                stages_left: processes_naming(&scripts),
-                processes: processes_naming(&dir),
-                nginx_master_fds: fd_count(nginx_pid),
-                live_app_fds: setup.launched_pid(&d.to).map(fd_count).unwrap_or(0),
-                state_dir_bytes: state_bytes,
-                state_dir_files: state_files,
-                log_files,
-                log_bytes,
-            };
+            let row = Row::measure(&watch, k, d);
             if k <= 3 || k % 50 == 0 || k == n {
-                eprintln!(
-                    "bench: soak {k}/{n} after {:.0} s: stage fds {}, stages left {}, processes {}, nginx fds {}, app fds {}, state dir {} files {} B, logs {} files {} B",
-                    began.elapsed().as_secs_f64(),
-                    row.stage_peak_fds,
-                    row.stages_left,
-                    row.processes,
-                    row.nginx_master_fds,
-                    row.live_app_fds,
-                    row.state_dir_files,
-                    row.state_dir_bytes,
-                    row.log_files,
-                    row.log_bytes
-                );
+                row.print(n, began);
             }
             rows.push(row);
             Ok(())
         },
     )?;
-    let elapsed = began.elapsed();
-    let results = report::analyse(&run.deployments, &run.samples, &run.slow);
-    let summary = report::summarise(&results, &run.samples);
-    let answered_200 = run
-        .samples
-        .iter()
-        .filter(|x| x.status() == Some(200))
-        .count();
+    Ok((run, rows, began.elapsed()))
+}
 
+/// soak.md: the run in words, then each figure's first, median, max and
+/// last value.
+fn markdown(
+    args: &Args,
+    rows: &[Row],
+    elapsed: Duration,
+    run: &Run,
+    summary: &Summary,
+    answered_200: usize,
+) -> String {
     let mut out = String::new();
-    use std::fmt::Write as _;
     let _ = writeln!(
         out,
         "Soak: {} deployments in a row (retire {}) in {:.0} s ({:.2} s each), demo app without start-up delay; {} of {} requests answered 200, {} failed ({} POSTs), {} GETs on closed kept-alive connections (a client retries them).\n",
@@ -243,24 +313,5 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
         summary.median_app_startup_s,
         format_args!("{:.0} ms", summary.median_overhead_confirmed_s * 1000.0)
     );
-    fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    write(
-        &args.out.join("soak.json"),
-        &serde_json::to_string_pretty(&serde_json::json!({
-            "machine": report::machine(),
-            "elapsed_s": elapsed.as_secs_f64(),
-            "rows": rows,
-            "summary": summary,
-            "requests": run.samples.len(),
-            "answered_200": answered_200,
-        }))?,
-    )?;
-    write(&args.out.join("soak.md"), &out)?;
-    println!("{out}");
-    println!(
-        "bench: wrote {} and soak.md there",
-        args.out.join("soak.json").display()
-    );
-    Ok(run.ok && summary.clean())
+    out
 }

@@ -51,6 +51,28 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The picture's scales and the profiles its colours stand for.
+struct Plot {
+    /// In the order they first appear; each has its colour.
+    profiles: Vec<String>,
+    /// The end of the time axis, seconds since the load began.
+    t_max: f64,
+}
+
+impl Plot {
+    /// Where `t` seconds since the load began lies on the x axis.
+    fn x(&self, t: f64) -> f64 {
+        LEFT + (t / self.t_max) * (W - LEFT - RIGHT)
+    }
+
+    /// Where a latency of `latency_ms` lies on the (log) y axis.
+    fn y(&self, latency_ms: f64) -> f64 {
+        let v = latency_ms.clamp(Y_MIN_MS, Y_MAX_MS);
+        let f = (v.log10() - Y_MIN_MS.log10()) / (Y_MAX_MS.log10() - Y_MIN_MS.log10());
+        H - BOTTOM - f * (H - TOP - BOTTOM)
+    }
+}
+
 pub fn timeline(
     samples: &[Sample],
     slow: &[Option<Sample>],
@@ -69,12 +91,7 @@ pub fn timeline(
         .chain(slow.iter().flatten())
         .map(|s| (s.at + s.latency).as_secs_f64())
         .fold(1.0, f64::max);
-    let x = |t: f64| LEFT + (t / t_max) * (W - LEFT - RIGHT);
-    let y = |latency_ms: f64| {
-        let v = latency_ms.clamp(Y_MIN_MS, Y_MAX_MS);
-        let f = (v.log10() - Y_MIN_MS.log10()) / (Y_MAX_MS.log10() - Y_MIN_MS.log10());
-        H - BOTTOM - f * (H - TOP - BOTTOM)
-    };
+    let plot = Plot { profiles, t_max };
 
     let mut svg = String::new();
     let _ = writeln!(
@@ -88,8 +105,19 @@ pub fn timeline(
         samples.len(),
         deployments.len()
     );
+    axes(&mut svg, &plot);
+    for d in deployments {
+        deployment_marks(&mut svg, &plot, d);
+    }
+    dots(&mut svg, &plot, samples, slow);
+    legend(&mut svg, &plot.profiles);
+    svg.push_str("</svg>\n");
+    svg
+}
 
-    // Axes and grid.
+/// Axes and grid.
+fn axes(svg: &mut String, plot: &Plot) {
+    let (x, y, t_max) = (|t| plot.x(t), |ms| plot.y(ms), plot.t_max);
     let step = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0]
         .into_iter()
         .find(|s| t_max / s <= 20.0)
@@ -123,58 +151,65 @@ pub fn timeline(
         H / 2.0,
         H / 2.0
     );
+}
 
-    // Stage boundaries and the include write.
-    for d in deployments {
-        for stage in &d.stages {
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#999" stroke-width="0.7"/><text x="{2:.1}" y="{3}" transform="rotate(-60 {2:.1} {3})" fill="#555" font-size="9">{4}</text>"##,
-                x(stage.begin_s),
-                H - BOTTOM,
-                x(stage.begin_s) + 2.0,
-                TOP - 3.0,
-                escape(&stage.name)
-            );
-        }
-        // The second after traffic moved, shaded in the new profile's
-        // colour: the requests whose latency the report compares with the
-        // steady stretch before (a fresh JVM's cold first answers land here).
-        if let Some(m) = d.moved_s {
-            let c = profiles
-                .iter()
-                .position(|p| p == &d.to)
-                .and_then(|i| PROFILE_COLOURS.get(i).copied())
-                .unwrap_or(OTHER);
-            let _ = writeln!(
-                svg,
-                r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{}" fill="{c}" fill-opacity="0.08"/>"#,
-                x(m),
-                x(m + 1.0) - x(m),
-                H - TOP - BOTTOM
-            );
-        }
-        if let Some(w) = d.include_written_s.or(d.moved_s) {
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#8e44ad" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}" fill="#8e44ad" font-size="9">{4} → {5}</text>"##,
-                x(w),
-                H - BOTTOM,
-                x(w) + 3.0,
-                TOP + 10.0,
-                escape(&d.from),
-                escape(&d.to)
-            );
-        }
+/// A deployment's stage boundaries, the second after traffic moved and the
+/// include write.
+fn deployment_marks(svg: &mut String, plot: &Plot, d: &DeploymentFigures) {
+    let x = |t| plot.x(t);
+    for stage in &d.stages {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#999" stroke-width="0.7"/><text x="{2:.1}" y="{3}" transform="rotate(-60 {2:.1} {3})" fill="#555" font-size="9">{4}</text>"##,
+            x(stage.begin_s),
+            H - BOTTOM,
+            x(stage.begin_s) + 2.0,
+            TOP - 3.0,
+            escape(&stage.name)
+        );
     }
+    // The second after traffic moved, shaded in the new profile's
+    // colour: the requests whose latency the report compares with the
+    // steady stretch before (a fresh JVM's cold first answers land here).
+    if let Some(m) = d.moved_s {
+        let c = plot
+            .profiles
+            .iter()
+            .position(|p| p == &d.to)
+            .and_then(|i| PROFILE_COLOURS.get(i).copied())
+            .unwrap_or(OTHER);
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{}" fill="{c}" fill-opacity="0.08"/>"#,
+            x(m),
+            x(m + 1.0) - x(m),
+            H - TOP - BOTTOM
+        );
+    }
+    if let Some(w) = d.include_written_s.or(d.moved_s) {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#8e44ad" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}" fill="#8e44ad" font-size="9">{4} → {5}</text>"##,
+            x(w),
+            H - BOTTOM,
+            x(w) + 3.0,
+            TOP + 10.0,
+            escape(&d.from),
+            escape(&d.to)
+        );
+    }
+}
 
+/// The requests: a dot each, failures ringed on top, the slow requests.
+fn dots(svg: &mut String, plot: &Plot, samples: &[Sample], slow: &[Option<Sample>]) {
+    let (x, y, profiles) = (|t| plot.x(t), |ms| plot.y(ms), &plot.profiles);
     // One dot per request; requests that land on the same pixel in the
     // same colour are drawn once, which keeps the file small.
     let mut drawn = BTreeSet::new();
     for s in samples {
         let px = x(s.at.as_secs_f64()).round() as i64;
         let py = y(s.latency.as_secs_f64() * 1000.0).round() as i64;
-        let c = colour(s, &profiles);
+        let c = colour(s, profiles);
         if drawn.insert((px, py, c)) {
             let _ = writeln!(
                 svg,
@@ -186,7 +221,7 @@ pub fn timeline(
     }
     // Failures on top, bigger, so a single one cannot hide.
     for s in samples {
-        let c = colour(s, &profiles);
+        let c = colour(s, profiles);
         if c == FAILED || c == KEEPALIVE {
             let _ = writeln!(
                 svg,
@@ -197,7 +232,7 @@ pub fn timeline(
         }
     }
     for s in slow.iter().flatten() {
-        let c = colour(s, &profiles);
+        let c = colour(s, profiles);
         let _ = writeln!(
             svg,
             r#"<circle cx="{:.1}" cy="{:.1}" r="5" fill="none" stroke="{c}" stroke-width="2"/>"#,
@@ -205,8 +240,10 @@ pub fn timeline(
             y(s.latency.as_secs_f64() * 1000.0)
         );
     }
+}
 
-    // Legend.
+/// What each colour means.
+fn legend(svg: &mut String, profiles: &[String]) {
     let mut lx = LEFT;
     let mut entries: Vec<(String, &str)> = profiles
         .iter()
@@ -229,6 +266,4 @@ pub fn timeline(
         );
         lx += 14.0 + 6.2 * label.len() as f64;
     }
-    svg.push_str("</svg>\n");
-    svg
 }
