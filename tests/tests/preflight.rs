@@ -335,6 +335,31 @@ fn a_refused_probe_is_caught() {
 }
 
 #[test]
+fn an_unreachable_nginx_host_is_caught() {
+    let f = Fixture::new("pre-ssh", Kind::Include);
+    // nginx "on another host" whose sshd nobody runs: ssh is refused.
+    let nobody = free_port();
+    f.edit(|c| {
+        c["nginx"]["ssh"] = json!({
+            "destination": "root@127.0.0.1",
+            "port": nobody,
+            "options": ["ConnectTimeout=5"],
+        })
+    });
+    let run = f.check();
+    run.assert_code(1);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL: ") && l.contains("nginx's host root@127.0.0.1"))
+        .unwrap_or_else(|| panic!("no FAIL line names nginx's host:\n{}", run.stdout));
+    assert!(
+        line.contains("`ssh root@127.0.0.1 true`"),
+        "the line says the fix: {line}"
+    );
+}
+
+#[test]
 fn a_bad_config_exits_2() {
     let f = Fixture::new("pre-config", Kind::Include);
     f.edit(|c| c["app"]["comand"] = json!(["java"]));
