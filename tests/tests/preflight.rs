@@ -360,6 +360,35 @@ fn an_unreachable_nginx_host_is_caught() {
 }
 
 #[test]
+fn a_compose_file_without_a_profiles_service_is_caught() {
+    let f = Fixture::new("pre-compose", Kind::Include);
+    // The compose backend, whose file has `blue` but not `green` (only
+    // `config --services` reads it: no image is needed).
+    let file = f.dir.join("compose.yml");
+    fs::write(
+        &file,
+        "services:\n  blue:\n    image: nonstop-preflight-none:never\n",
+    )
+    .unwrap();
+    f.edit(|c| {
+        c["app"]["backend"] = json!("compose");
+        c["app"]["compose"] = json!({
+            "file": file,
+            "project": format!("nonstop-pre-{}", std::process::id()),
+            "services": {"real1": "blue", "real2": "green"},
+        });
+    });
+    assert_fails(
+        &f.check(),
+        &[
+            "has no service green for real2",
+            "blue",
+            "app.compose.services",
+        ],
+    );
+}
+
+#[test]
 fn a_bad_config_exits_2() {
     let f = Fixture::new("pre-config", Kind::Include);
     f.edit(|c| c["app"]["comand"] = json!(["java"]));
