@@ -7,6 +7,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use nonstop_common::budget::{strip_comment, unquote};
+
 /// One `files:` entry: the bundle's `source` (relative to its root, `/` for
 /// all of it) is copied into `destination` on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,32 +131,6 @@ pub fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
-}
-
-fn unquote(s: &str) -> &str {
-    for q in ['"', '\''] {
-        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    s
-}
-
-/// The line without a `#` comment (at the start, or after a space, outside quotes).
-fn strip_comment(line: &str) -> &str {
-    let mut quote: Option<char> = None;
-    let mut prev = ' ';
-    for (i, c) in line.char_indices() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == '#' && prev.is_whitespace() => return &line[..i],
-            None => {}
-        }
-        prev = c;
-    }
-    line
 }
 
 #[cfg(test)]

@@ -551,7 +551,8 @@ fn set(hook: &mut Hook, pair: &str, line_no: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn unquote(s: &str) -> &str {
+/// A YAML scalar without its quotes (and surrounding blanks).
+pub fn unquote(s: &str) -> &str {
     let s = s.trim();
     for q in ['"', '\''] {
         if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
@@ -563,7 +564,7 @@ fn unquote(s: &str) -> &str {
 
 /// The line without a `#` comment (one at the start, or after a space,
 /// outside quotes).
-fn strip_comment(line: &str) -> &str {
+pub fn strip_comment(line: &str) -> &str {
     let mut quote: Option<char> = None;
     let mut prev = ' ';
     for (i, c) in line.char_indices() {
