@@ -100,6 +100,28 @@ impl Nginx {
         )
     }
 
+    /// The top of a private nginx.conf under `prefix`, up to the opening
+    /// of its `http` block's own lines: pid, logs and temp paths all kept
+    /// inside the prefix. The caller adds its includes and servers and
+    /// closes the block.
+    pub fn conf_head(prefix: &Path) -> String {
+        let p = prefix.display();
+        format!(
+            "worker_processes 2;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+"
+        )
+    }
+
     /// Starts nginx with `server` as the http block's own part (after the
     /// common settings and `include conf.d/*.conf`); `route` is the file or
     /// symlink a switch changes, kept for the tests.
@@ -111,21 +133,11 @@ impl Nginx {
         fs::write(
             &conf,
             format!(
-                "worker_processes 2;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
-    include {p}/conf.d/*.conf;
+                "{head}    include {p}/conf.d/*.conf;
     {server}
 }}
-"
+",
+                head = Nginx::conf_head(prefix)
             ),
         )?;
         let include = route;

@@ -311,24 +311,12 @@ exec {reload}
 /// probe) and on its loopback (for the clients), proxying `/` to the
 /// include's `$service_url`. A lost link shows as a 502/504 within 2 s.
 fn start_nginx(place: &Place, prefix: &Path, include: &Path) -> Result<Nginx> {
-    let p = prefix.display();
     let conf = prefix.join("nginx.conf");
     fs::create_dir_all(prefix.join("tmp"))?;
     fs::write(
         &conf,
         format!(
-            "worker_processes 2;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
-    server {{
+            "{head}    server {{
         listen {NGINX_ADDR}:{NGINX_PORT};
         listen 127.0.0.1:{NGINX_PORT};
         include {include};
@@ -341,6 +329,7 @@ http {{
     }}
 }}
 ",
+            head = Nginx::conf_head(prefix),
             include = include.display()
         ),
     )?;
