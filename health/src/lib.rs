@@ -9,19 +9,24 @@
 //! died, quoting the end of its log. With `health.warmup` it then sends
 //! the new app some requests on its own port before nginx is switched to it.
 //!
-//! The waiting and the warm-up are `nonstop_common::readiness`, the switch
-//! `nonstop_common::switching`; this crate holds the arguments and `run`.
+//! While the maintenance page is on (`switch --maintenance`), `health`
+//! checks the new build and leaves nginx on the page, unless
+//! `--end-maintenance`.
+//!
+//! The waiting and the warm-up are `nonstop_common::app::readiness`, the switch
+//! `nonstop_common::switch`; this crate holds the arguments and `run`.
 
 use std::ffi::OsString;
 
 use anyhow::Result;
 use clap::Parser;
 
-use nonstop_common::readiness;
-use nonstop_common::switching::{switch_and_retire, withdraw_failed};
+use nonstop_common::app::readiness;
+use nonstop_common::switch::maintenance;
+use nonstop_common::switch::{dry_run, switch_and_retire, withdraw_failed};
 use nonstop_common::{run_stage, CommonArgs, Log};
 
-pub const LOG: Log = Log::new("health");
+pub(crate) const LOG: Log = Log::new("health");
 
 /// Wait until the idle profile's app answers correctly, then switch nginx to it.
 #[derive(Debug, Parser)]
@@ -37,6 +42,10 @@ pub struct Args {
     /// Only check; leave nginx as it is
     #[arg(long)]
     pub no_switch: bool,
+
+    /// While the maintenance page is on: switch to the checked profile all the same, ending maintenance
+    #[arg(long, conflicts_with = "no_switch")]
+    pub end_maintenance: bool,
 }
 
 /// Entry point of the `health` binary.
@@ -49,7 +58,11 @@ where
     run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
         if ctx.dry_run {
-            return readiness::dry_run(ctx, &target, args.no_switch);
+            readiness::dry_run(ctx, &target, args.no_switch)?;
+            return match args.no_switch {
+                true => Ok(()),
+                false => dry_run(ctx, &target),
+            };
         }
         // In upstream-pair mode a build that listens is already in nginx's
         // upstream: one that fails is stopped rather than left serving.
@@ -58,6 +71,22 @@ where
         if args.no_switch {
             LOG.say("--no-switch: leaving nginx as it is");
             return Ok(());
+        }
+        if maintenance::is_on(&ctx.config)?.is_some() {
+            if !args.end_maintenance {
+                // The new build is checked; the page stays until an operator ends it.
+                LOG.warn(format!(
+                    "maintenance is on{}: {} is healthy but nginx is left on the maintenance page; \
+                     `switch --to {}` (or `health --end-maintenance`) ends it",
+                    maintenance::since_by(&ctx.config, &ctx.log),
+                    target.name,
+                    target.name
+                ));
+                ctx.ends_plan = true;
+                ctx.action = Some("maintenance-kept");
+                return Ok(());
+            }
+            ctx.action = Some("maintenance-off");
         }
         switch_and_retire(ctx, &target)
     })

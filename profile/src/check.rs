@@ -16,61 +16,52 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nonstop_common::config::{wildcard_match, Backend, Config, Mode};
+use nonstop_common::app::{adopt, compose};
+use nonstop_common::config::{Backend, Config};
+use nonstop_common::frame::appspec;
+use nonstop_common::nginx::conf::dump_argv;
+use nonstop_common::nginx::pidfile;
+use nonstop_common::route::{self, host::Host, ssh};
 use nonstop_common::state::{Launched, StateDir};
-use nonstop_common::{adopt, budget, compose, fsx, http, procs, route, upstream, Log, Profile};
+use nonstop_common::sys::files::{self, current_user};
+use nonstop_common::sys::http;
+use nonstop_common::sys::procs;
+use nonstop_common::{Log, Profile};
 
 /// The PATH the CodeDeploy agent gives a hook (its environment is scrubbed):
 /// what `app.command[0]` must be found on.
-pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long `nginx -T` and `sudo -n -l` may take.
-const LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
-/// One check's outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    Ok(String),
-    /// What is wrong, and the command (or change) that fixes it.
-    Fail(String, String),
-    Skip(String),
-}
-
-impl std::fmt::Display for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Line::Ok(s) => write!(f, "ok: {s}"),
-            Line::Fail(s, fix) => write!(f, "FAIL: {s} — {fix}"),
-            Line::Skip(s) => write!(f, "skip: {s}"),
-        }
-    }
-}
+pub use nonstop_common::route::mode::Line;
 
 /// Every check but the config's own (which `profile` ran by loading it).
-pub fn run(config: &Config, log: &Log) -> Vec<Line> {
+pub(crate) fn run(config: &Config, log: &Log) -> Vec<Line> {
     let mut lines = vec![config_line(config)];
     if let Some(ssh) = &config.nginx.ssh {
-        let line = match route::run_nginx(config, &["true".to_string()], LIMIT) {
-            Ok(out) if out.success() => {
-                Line::Ok(format!("nginx's host {} answers over ssh", ssh.destination))
-            }
-            Ok(out) => Line::Fail(
+        let line = match Host::of(config).login_noise() {
+            Ok(None) => Line::Ok(format!("nginx's host {} answers over ssh", ssh.destination)),
+            // It answers, but reading the include through it is refused.
+            Ok(Some(printed)) => Line::Fail(
                 format!(
-                    "nginx's host {} does not run a command over ssh: {}",
-                    ssh.destination,
-                    out.message()
+                    "nginx's host {} prints {printed} at login over ssh, besides the command it is \
+                     given; every stage refuses to read the include through such a login (it would \
+                     be taken for the file's bytes)",
+                    ssh.destination
                 ),
+                ssh::LOGIN_FIX.replace("ssh DEST", &format!("ssh {}", ssh.destination)),
+            ),
+            Err(e) => Line::Fail(
+                format!("cannot reach nginx's host {}: {e:#}", ssh.destination),
                 format!(
                     "check `ssh {} true` as this user (BatchMode: a key, no password)",
                     ssh.destination
                 ),
             ),
-            Err(e) => Line::Fail(
-                format!("cannot reach nginx's host {}: {e:#}", ssh.destination),
-                format!("check `ssh {} true` as this user", ssh.destination),
-            ),
         };
-        let unreachable = matches!(line, Line::Fail(..));
+        let unreachable = matches!(&line, Line::Fail(why, _) if why.starts_with("cannot reach"));
         lines.push(line);
         if unreachable {
             lines.push(Line::Skip(
@@ -79,18 +70,22 @@ pub fn run(config: &Config, log: &Log) -> Vec<Line> {
         }
     }
     lines.extend(nginx_config(config));
+    lines.extend(route::of(config).check_route());
     lines.extend(nginx_commands(config));
     lines.extend(directories(config));
+    lines.extend(crate::unwritable::unwritable_entries(config));
+    lines.push(state_room(config));
     lines.push(app_command(config, std::env::var_os("PATH")));
     lines.extend(ports(config, log));
     lines.push(probe(config));
     lines.push(pid_file(config));
+    lines.extend(pid_file_is_nginxs(config));
     lines.extend(compose_backend(config));
     lines
 }
 
 fn config_line(config: &Config) -> Line {
-    let budget = match budget::appspec_beside(config) {
+    let budget = match appspec::appspec_beside(config) {
         Some(a) => format!(
             "; the hook timeouts of {} cover every stage's waits",
             a.display()
@@ -103,163 +98,43 @@ fn config_line(config: &Config) -> Line {
     ))
 }
 
-/// The words of nginx's config dump, one file at a time: `nginx -T` prints
-/// each file it loaded after a `# configuration file PATH:` line.
-pub fn split_dump(dump: &str) -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> = Vec::new();
-    for line in dump.lines() {
-        if let Some(path) = line
-            .strip_prefix("# configuration file ")
-            .and_then(|r| r.strip_suffix(':'))
-        {
-            files.push((path.to_string(), String::new()));
-        } else if let Some((_, text)) = files.last_mut() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    files
-}
-
-/// Whether an `include` argument (maybe a glob, maybe relative to nginx's
-/// conf dir) names `path`.
-fn include_names(arg: &str, path: &str) -> bool {
-    if arg == path {
-        return true;
-    }
-    let (arg_dir, arg_name) = arg.rsplit_once('/').unwrap_or(("", arg));
-    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let same_dir =
-        arg_dir == dir || (!arg.starts_with('/') && dir.ends_with(&format!("/{arg_dir}")));
-    same_dir && wildcard_match(arg_name, name)
-}
-
-/// Where an include of `path` sits in a file: whether inside a `server`
-/// block, and that block's words.
-#[derive(Debug)]
-struct Site {
-    file: String,
-    in_server: bool,
-    /// Outside any block: the file itself may be included in a server
-    /// block (a snippet), which then counts.
-    top_level: bool,
-    server_words: Vec<String>,
-}
-
-fn includes_of(files: &[(String, String)], path: &str) -> Vec<Site> {
-    let mut found = Vec::new();
-    for (file, text) in files {
-        let words = upstream::tokenize(text);
-        // The stack of open blocks: (name, index of its `{`).
-        let mut stack: Vec<(String, usize)> = Vec::new();
-        let mut start = 0; // first word of the current statement
-        for (i, w) in words.iter().enumerate() {
-            match w.as_str() {
-                "{" => {
-                    stack.push((words.get(start).cloned().unwrap_or_default(), i));
-                    start = i + 1;
-                }
-                "}" => {
-                    stack.pop();
-                    start = i + 1;
-                }
-                ";" => {
-                    let stmt = &words[start..i];
-                    if stmt.len() == 2 && stmt[0] == "include" && include_names(&stmt[1], path) {
-                        let server = stack.iter().rev().find(|(n, _)| n == "server");
-                        let server_words = server
-                            .map(|(_, open)| block(&words, *open))
-                            .unwrap_or_default();
-                        found.push(Site {
-                            file: file.clone(),
-                            in_server: server.is_some(),
-                            top_level: stack.is_empty(),
-                            server_words,
-                        });
-                    }
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-    }
-    found
-}
-
-/// The server block that includes `path`, directly or through a snippet
-/// that is itself included in one (at most `depth` snippets deep).
-fn server_including(files: &[(String, String)], path: &str, depth: usize) -> Option<Site> {
-    let sites = includes_of(files, path);
-    if let Some(i) = sites.iter().position(|s| s.in_server) {
-        return sites.into_iter().nth(i);
-    }
-    if depth == 0 {
+/// When `argv` (nginx.test with `-T`) goes through sudo and sudo does not
+/// allow it, while the mode needs no dump to deploy: a `skip` line.
+fn dump_refused(config: &Config, argv: &[String]) -> Option<Line> {
+    if route::of(config).needs_dump() {
         return None;
     }
-    sites
-        .iter()
-        .filter(|s| s.top_level && s.file != path)
-        .find_map(|s| server_including(files, &s.file, depth - 1))
-}
-
-/// A server block's words and those of the files it includes (one level:
-/// a `location` snippet with the `proxy_pass`).
-fn with_included(files: &[(String, String)], words: &[String]) -> Vec<String> {
-    let mut all = words.to_vec();
-    for w in words.windows(2).filter(|w| w[0] == "include") {
-        for (file, text) in files {
-            if include_names(&w[1], file) {
-                all.extend(upstream::tokenize(text));
-            }
-        }
+    let command = sudo_command(argv)?;
+    let mut ask = vec!["sudo".to_string(), "-n".into(), "-l".into()];
+    ask.extend(command.iter().cloned());
+    match Host::of(config).run(&ask, LIMIT) {
+        Ok(out) if !out.success() => Some(Line::Skip(format!(
+            "nginx's loaded config: sudo does not allow `{}` for this user (deployments do not need it; to have the routing checked, add `{}` to the sudoers line)",
+            command.join(" "),
+            sudoers_line(&current_user(), command)
+                .split_once("NOPASSWD: ")
+                .map(|(_, c)| c.to_string())
+                .unwrap_or_default()
+        ))),
+        _ => None,
     }
-    all
-}
-
-/// The words of the block whose `{` is at `open`.
-fn block(words: &[String], open: usize) -> Vec<String> {
-    let mut depth = 0usize;
-    for (i, w) in words.iter().enumerate().skip(open) {
-        match w.as_str() {
-            "{" => depth += 1,
-            "}" => {
-                depth -= 1;
-                if depth == 0 {
-                    return words[open..=i].to_vec();
-                }
-            }
-            _ => {}
-        }
-    }
-    words[open..].to_vec()
-}
-
-/// The variable the include sets (`$service_url` for the book's template).
-fn template_variable(template: &str) -> Option<String> {
-    let words = upstream::tokenize(template);
-    (words.first().map(String::as_str) == Some("set"))
-        .then(|| words.get(1).cloned())
-        .flatten()
-}
-
-fn has_proxy_pass(words: &[String], target: &str) -> bool {
-    words
-        .windows(2)
-        .any(|w| w[0] == "proxy_pass" && w[1] == target)
 }
 
 /// nginx's loaded config routes through what nonstop changes.
 fn nginx_config(config: &Config) -> Vec<Line> {
-    let argv = upstream::dump_argv(config);
+    let argv = dump_argv(config);
     let shown = argv.join(" ");
-    let dump = match route::run_nginx(config, &argv, LIMIT) {
+    let dump = match Host::of(config).run(&argv, LIMIT) {
         Ok(out) if out.success() => out.stdout,
         Ok(out) => {
+            if let Some(skip) = dump_refused(config, &argv) {
+                return vec![skip];
+            }
             return vec![Line::Fail(
             format!("`{shown}` (nginx.test with -T) failed: {}", out.message()),
             "make `nginx.test` run as this user (see the sudo check below) and fix what nginx says"
                 .into(),
-        )]
+        )];
         }
         Err(e) => {
             return vec![Line::Fail(
@@ -268,122 +143,13 @@ fn nginx_config(config: &Config) -> Vec<Line> {
             )]
         }
     };
-    vec![routes_through(config, &dump)]
-}
-
-/// The judgement of [`nginx_config`] on a dump, for the unit tests.
-pub fn routes_through(config: &Config, dump: &str) -> Line {
-    let files = split_dump(dump);
-    match &config.nginx.mode {
-        Mode::UpstreamPair => upstream_routes(config, dump, &files),
-        Mode::Symlink { link, .. } => {
-            if loaded(config, &files, link) {
-                Line::Ok(format!("nginx loads the symlink {}", link.display()))
-            } else {
-                Line::Fail(
-                    format!("nginx's loaded config never reads the symlink {}, so moving it changes nothing (the port never switches)", link.display()),
-                    format!("add `include {};` inside the http block, then `nginx -t && nginx -s reload`", link.display()),
-                )
-            }
-        }
-        Mode::Include => include_routes(config, &files),
-    }
-}
-
-/// Whether nginx loaded `p`: as nginx names it, or (a link or `..` on the
-/// way, local nginx) the same file.
-fn loaded(config: &Config, files: &[(String, String)], p: &Path) -> bool {
-    // The directory resolved, the name kept: a symlink mode link must be
-    // loaded as the link, not as the site it points at.
-    let real = |p: &Path| {
-        let dir = std::fs::canonicalize(p.parent()?).ok()?;
-        Some(dir.join(p.file_name()?))
-    };
-    files.iter().any(|(f, _)| {
-        Path::new(f) == p
-            || (config.nginx.ssh.is_none() && real(p).is_some() && real(Path::new(f)) == real(p))
-    })
-}
-
-/// Upstream-pair mode: an upstream lists the profiles' ports as nonstop
-/// needs them, and a server block proxies to it.
-fn upstream_routes(config: &Config, dump: &str, files: &[(String, String)]) -> Line {
-    let all = upstream::parse(dump);
-    let Some(u) = upstream::find(&all, &config.profiles) else {
-        let ports: Vec<String> = config
-            .profiles
-            .iter()
-            .map(|p| format!("server 127.0.0.1:{};", p.port))
-            .collect();
-        return Line::Fail(
-            "no upstream in nginx's loaded config lists the profiles' ports".into(),
-            format!("add `upstream app {{ {} }}` and `proxy_pass http://app;` in the server block, then reload nginx", ports.join(" ")),
-        );
-    };
-    if let Some(why) = upstream::refusal(u, &config.profiles) {
-        return Line::Fail(why, "then `nginx -t && nginx -s reload`".into());
-    }
-    let words: Vec<String> = files
-        .iter()
-        .flat_map(|(_, t)| upstream::tokenize(t))
-        .collect();
-    let target = format!("http://{}", u.name);
-    if !has_proxy_pass(&words, &target) {
-        return Line::Fail(
-            format!("no server block of nginx's loaded config has `proxy_pass {target};`, so the upstream {} gets no requests", u.name),
-            format!("add `location / {{ proxy_pass {target}; }}` to the server block, then reload nginx"),
-        );
-    }
-    Line::Ok(format!(
-        "nginx proxies to upstream {} over both profiles' ports",
-        u.name
-    ))
-}
-
-/// Include mode: the include file is loaded, inside a server block (maybe
-/// through snippets), and that block proxies to the variable it sets.
-fn include_routes(config: &Config, files: &[(String, String)]) -> Line {
-    let include = config.nginx.include.display().to_string();
-    let var = template_variable(&config.nginx.template);
-    let proxy = var
-        .as_deref()
-        .map(|v| format!("proxy_pass {v};"))
-        .unwrap_or_default();
-    let fix_server = format!(
-        "add `include {include};` to the server block that answers {} and `location / {{ {proxy} }}` beside it, then `nginx -t && nginx -s reload`",
-        config.probe_url
-    );
-    if !loaded(config, files, &config.nginx.include) {
-        return Line::Fail(
-            format!("nginx's loaded config never reads the include file {include}, so writing it changes nothing (the port never switches)"),
-            fix_server,
-        );
-    }
-    let sites = includes_of(files, &include);
-    let Some(site) = server_including(files, &include, 4) else {
-        let at = sites
-            .first()
-            .map(|s| format!(" (it is included in {} outside any server block)", s.file))
-            .unwrap_or_default();
-        return Line::Fail(
-            format!("the include file {include} is not included inside a server block{at}"),
-            fix_server,
-        );
-    };
-    match var {
-        Some(v) if !has_proxy_pass(&with_included(files, &site.server_words), &v) => Line::Fail(
-            format!("the server block in {} that includes {include} has no `proxy_pass {v};`, so the include's {v} routes nothing", site.file),
-            format!("add `location / {{ proxy_pass {v}; }}` to that server block, then `nginx -t && nginx -s reload`"),
-        ),
-        Some(v) => Line::Ok(format!("nginx includes {include} in a server block of {} that proxies to {v}", site.file)),
-        None => Line::Ok(format!("nginx includes {include} in a server block of {}", site.file)),
-    }
+    route::of(config).check_config(&dump)
 }
 
 /// `nginx.test` and `nginx.reload` run without a password.
 fn nginx_commands(config: &Config) -> Vec<Line> {
     let mut list = vec![("nginx.test", &config.nginx.test)];
-    if config.nginx.mode != Mode::UpstreamPair {
+    if route::of(config).commands().reload.is_some() {
         list.push(("nginx.reload", &config.nginx.reload));
     }
     list.into_iter()
@@ -392,7 +158,7 @@ fn nginx_commands(config: &Config) -> Vec<Line> {
 }
 
 /// The command sudo runs in a sudo argv (its own options skipped).
-fn sudo_command(argv: &[String]) -> Option<&[String]> {
+pub(crate) fn sudo_command(argv: &[String]) -> Option<&[String]> {
     let first = argv.first()?;
     if first.rsplit('/').next() != Some("sudo") {
         return None;
@@ -413,7 +179,7 @@ fn sudo_command(argv: &[String]) -> Option<&[String]> {
 
 /// The sudoers line that lets `user` run `command` (exactly) without a
 /// password; the program by its absolute path, as sudoers requires.
-pub fn sudoers_line(user: &str, command: &[String]) -> String {
+pub(crate) fn sudoers_line(user: &str, command: &[String]) -> String {
     let mut words = command.to_vec();
     if let Some(p) = words.first_mut() {
         if !p.starts_with('/') {
@@ -425,21 +191,12 @@ pub fn sudoers_line(user: &str, command: &[String]) -> String {
     format!("{user} ALL=(root) NOPASSWD: {}", words.join(" "))
 }
 
-fn user_name() -> String {
-    let uid = nix::unistd::geteuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| format!("#{uid}"))
-}
-
 fn command_line(config: &Config, key: &str, argv: &[String]) -> Line {
     let shown = argv.join(" ");
     if let Some(command) = sudo_command(argv) {
         let mut ask = vec!["sudo".to_string(), "-n".into(), "-l".into()];
         ask.extend(command.iter().cloned());
-        return match route::run_nginx(config, &ask, LIMIT) {
+        return match Host::of(config).run(&ask, LIMIT) {
             Ok(out) if out.success() => Line::Ok(format!(
                 "`{key}` ({shown}) runs through sudo without a password"
             )),
@@ -451,7 +208,7 @@ fn command_line(config: &Config, key: &str, argv: &[String]) -> Line {
                 ),
                 format!(
                     "add to /etc/sudoers.d/nonstop (visudo -f): `{}`",
-                    sudoers_line(&user_name(), command)
+                    sudoers_line(&current_user(), command)
                 ),
             ),
             Err(e) => Line::Fail(
@@ -462,7 +219,7 @@ fn command_line(config: &Config, key: &str, argv: &[String]) -> Line {
     }
     if key == "nginx.test" {
         // Testing the config changes nothing: run it as the switch will.
-        return match route::run_nginx(config, argv, LIMIT) {
+        return match Host::of(config).run(argv, LIMIT) {
             Ok(out) if out.success() => Line::Ok(format!("`{key}` ({shown}) runs as this user")),
             Ok(out) => Line::Fail(
                 format!("`{key}` ({shown}) fails as this user: {}", out.message()),
@@ -489,43 +246,38 @@ fn command_line(config: &Config, key: &str, argv: &[String]) -> Line {
 }
 
 /// The directories nonstop writes in: only this user and root may write
-/// them (fsx's StrictModes check), and this user can.
+/// them (the StrictModes check of `nonstop_common::sys::files`), and this user can.
 fn directories(config: &Config) -> Vec<Line> {
     let mut dirs: Vec<(&str, PathBuf)> = vec![
         ("state directory", config.state_dir.clone()),
         ("app directory", config.app.dir.clone()),
     ];
-    let local_route = config.nginx.ssh.is_none() && config.nginx.mode != Mode::UpstreamPair;
-    if local_route {
-        let what = match config.nginx.mode {
-            Mode::Symlink { .. } => "symlink's directory",
-            _ => "include's directory",
-        };
-        if let Some(d) = route::path(config).parent() {
-            dirs.push((what, d.to_path_buf()));
-        }
+    let mode = route::of(config);
+    let host = Host::of(config);
+    let route_dir = mode.directory();
+    if host.is_local() {
+        dirs.extend(route_dir.clone());
     }
     let mut lines = Vec::new();
     for (what, dir) in &dirs {
-        if let Err(why) = fsx::check_dirs(&[(what, dir)]) {
+        if let Err(why) = files::check_dirs(&[(what, dir)]) {
             lines.push(Line::Fail(
                 why,
                 "then run `profile --check` again".to_string(),
             ));
             continue;
         }
-        let writable =
-            if what.ends_with("include's directory") || what.ends_with("symlink's directory") {
-                route::check_writable(config)
-            } else {
-                // A directory not made yet is made by the stage: its nearest
-                // existing parent must take it.
-                let existing = dir
-                    .ancestors()
-                    .find(|d| d.is_dir())
-                    .unwrap_or(Path::new("/"));
-                fsx::probe_dir(existing).map_err(|e| format!("{}: {e}", existing.display()))
-            };
+        let writable = if route_dir.as_ref().is_some_and(|(w, _)| w == what) {
+            host.check_writable(dir)
+        } else {
+            // A directory not made yet is made by the stage: its nearest
+            // existing parent must take it.
+            let existing = dir
+                .ancestors()
+                .find(|d| d.is_dir())
+                .unwrap_or(Path::new("/"));
+            files::probe_dir(existing).map_err(|e| format!("{}: {e}", existing.display()))
+        };
         lines.push(match writable {
             Ok(()) => Line::Ok(format!(
                 "the {what} {} is this user's to write, and nobody else's",
@@ -539,24 +291,71 @@ fn directories(config: &Config) -> Vec<Line> {
                 format!(
                     "sudo install -d -o {u} -g {u} -m 755 {}",
                     dir.display(),
-                    u = user_name()
+                    u = current_user()
                 ),
             ),
         });
     }
-    if config.nginx.ssh.is_some() && config.nginx.mode != Mode::UpstreamPair {
-        lines.push(match route::check_writable(config) {
+    if let (false, Some((_, dir))) = (host.is_local(), &route_dir) {
+        lines.push(match host.check_writable(dir) {
             Ok(()) => Line::Ok(format!(
                 "{}: its directory is writable there",
-                route::describe(config)
+                mode.describe()
             )),
             Err(why) => Line::Fail(
-                format!("{}: {why}", route::describe(config)),
+                format!("{}: {why}", mode.describe()),
                 "make that directory the ssh login's (install -d -o USER) on nginx's host".into(),
             ),
         });
     }
     lines
+}
+
+/// Below this much free space (or this many free inodes) on the state
+/// directory's file system, `--check` warns: a switch records each step
+/// there, and a journal it cannot write ends the switch early (undone; see
+/// `nonstop_common::switch::journal`), as does a `switch.json` it cannot write.
+pub(crate) const STATE_ROOM_BYTES: u64 = 4 << 20;
+const STATE_ROOM_INODES: u64 = 64;
+
+/// Room on the state directory's file system (statvfs of it, or of its
+/// nearest existing parent): a warning below [`STATE_ROOM_BYTES`] free.
+fn state_room(config: &Config) -> Line {
+    let dir = config
+        .state_dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/"));
+    let shown = config.state_dir.display();
+    let vfs = match nix::sys::statvfs::statvfs(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            return Line::Warn(format!(
+                "the state directory {shown}: cannot tell its free space ({e})"
+            ))
+        }
+    };
+    // u64 here; 32 bits on other targets (c_ulong), hence the conversions.
+    #[allow(clippy::useless_conversion)]
+    let (free, inodes) = (
+        u64::from(vfs.blocks_available()).saturating_mul(u64::from(vfs.fragment_size())),
+        u64::from(vfs.files_available()),
+    );
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1 << 20));
+    // A file system without inode counts (some report 0 of 0) is not short of them.
+    let short_of_inodes = vfs.files() > 0 && inodes < STATE_ROOM_INODES;
+    if free < STATE_ROOM_BYTES || short_of_inodes {
+        Line::Warn(format!(
+            "the state directory {shown} has {} free ({inodes} inodes) on its file system, under the {} a deployment should have:              a switch that cannot record its steps there is undone, and one whose record fails is reported as failed. Free some space there",
+            mib(free),
+            mib(STATE_ROOM_BYTES)
+        ))
+    } else {
+        Line::Ok(format!(
+            "the state directory {shown} has {} free on its file system",
+            mib(free)
+        ))
+    }
 }
 
 /// `program` on a colon-separated PATH, as an executable file.
@@ -572,7 +371,7 @@ fn find_on(program: &str, path: &str) -> Option<PathBuf> {
 }
 
 /// `app.command[0]` is found on the PATH a hook gets.
-pub fn app_command(config: &Config, operator_path: Option<std::ffi::OsString>) -> Line {
+pub(crate) fn app_command(config: &Config, operator_path: Option<std::ffi::OsString>) -> Line {
     if config.app.backend != Backend::Process {
         return Line::Skip("app.command: the compose backend runs no command of its own".into());
     }
@@ -622,7 +421,7 @@ pub fn app_command(config: &Config, operator_path: Option<std::ffi::OsString>) -
 }
 
 /// The ephemeral range and the reserved ports, as the kernel has them.
-pub fn ephemeral(range: &str, reserved: &str, port: u16) -> bool {
+pub(crate) fn ephemeral(range: &str, reserved: &str, port: u16) -> bool {
     let mut it = range
         .split_whitespace()
         .filter_map(|w| w.parse::<u16>().ok());
@@ -739,7 +538,8 @@ fn holder(config: &Config, p: &Profile, pid: i32, launched: &[i32]) -> Line {
             "{}'s port {} is held by pid {pid}, an app nonstop started",
             p.name, p.port
         ))
-    } else if nonstop_common::stopping::runs_command(&config.app.command, p, &procs::argv(pid)) {
+    } else if nonstop_common::app::stopping::runs_command(&config.app.command, p, &procs::argv(pid))
+    {
         Line::Ok(format!(
             "{}'s port {} is held by pid {pid}, running app.command for {}",
             p.name, p.port, p.name
@@ -807,6 +607,31 @@ fn pid_file(config: &Config) -> Line {
     }
 }
 
+/// `nginx.pid_file` is the `pid` of the config `nginx.test` tests, not
+/// another nginx's (`pidfile`, which the switch checks too).
+fn pid_file_is_nginxs(config: &Config) -> Option<Line> {
+    // Only the modes that reload nginx watch its workers through it.
+    route::of(config).commands().reload?;
+    Some(match pidfile::compare(config) {
+        pidfile::Verdict::NotUsed => return None,
+        pidfile::Verdict::Same(p) => Line::Ok(format!(
+            "nginx.pid_file {} is the `pid` of nginx's config",
+            p.display()
+        )),
+        pidfile::Verdict::Differs { configured, nginx } => Line::Fail(
+            format!(
+                "nginx.pid_file is {}, but nginx's config writes its pid to {}: every switch would wait for another nginx's workers and be undone",
+                configured.display(),
+                nginx.display()
+            ),
+            format!("set \"pid_file\": {:?} in nginx", nginx.display().to_string()),
+        ),
+        pidfile::Verdict::Unknown(why) => {
+            Line::Skip(format!("nginx.pid_file against nginx's config: {why}"))
+        }
+    })
+}
+
 fn compose_backend(config: &Config) -> Vec<Line> {
     let Some(c) = compose::of(config) else {
         return vec![];
@@ -848,61 +673,6 @@ mod tests {
 
     fn config(json: &str) -> Config {
         nonstop_common::config::parse(json, Path::new("/b/nonstop.json")).unwrap()
-    }
-
-    #[test]
-    fn the_include_must_sit_in_a_server_that_proxies_to_its_variable() {
-        let c = config(
-            r#"{"app": {"dir": "/srv"}, "nginx": {"include": "/etc/nginx/x/service-url.inc"}}"#,
-        );
-        let good = "# configuration file /etc/nginx/nginx.conf:\nhttp { include x/*.inc; }\n# configuration file /etc/nginx/sites-enabled/default:\nserver { listen 80; include /etc/nginx/x/service-url.inc; location / { proxy_pass $service_url; } }\n# configuration file /etc/nginx/x/service-url.inc:\nset $service_url http://127.0.0.1:8081;\n";
-        assert!(
-            matches!(routes_through(&c, good), Line::Ok(_)),
-            "{}",
-            routes_through(&c, good)
-        );
-        let not_loaded =
-            "# configuration file /etc/nginx/nginx.conf:\nhttp { server { listen 80; } }\n";
-        let l = routes_through(&c, not_loaded).to_string();
-        assert!(
-            l.starts_with("FAIL")
-                && l.contains("never reads")
-                && l.contains("include /etc/nginx/x/service-url.inc;"),
-            "{l}"
-        );
-        let no_proxy = good.replace(
-            "proxy_pass $service_url;",
-            "proxy_pass http://127.0.0.1:8081;",
-        );
-        let l = routes_through(&c, &no_proxy).to_string();
-        assert!(
-            l.starts_with("FAIL") && l.contains("no `proxy_pass $service_url;`"),
-            "{l}"
-        );
-        let outside = "# configuration file /etc/nginx/nginx.conf:\nhttp { include /etc/nginx/x/service-url.inc; server { location / { proxy_pass $service_url; } } }\n# configuration file /etc/nginx/x/service-url.inc:\nset $service_url http://127.0.0.1:8081;\n";
-        let l = routes_through(&c, outside).to_string();
-        assert!(l.contains("not included inside a server block"), "{l}");
-        // Through a snippet included in the server block, with the
-        // proxy_pass in another snippet: fine.
-        let snippet = "# configuration file /etc/nginx/nginx.conf:\nhttp { server { include snippets/nonstop.conf; include snippets/proxy.conf; } }\n# configuration file /etc/nginx/snippets/nonstop.conf:\ninclude /etc/nginx/x/service-url.inc;\n# configuration file /etc/nginx/x/service-url.inc:\nset $service_url http://127.0.0.1:8081;\n# configuration file /etc/nginx/snippets/proxy.conf:\nlocation / { proxy_pass $service_url; }\n";
-        let l = routes_through(&c, snippet);
-        assert!(matches!(l, Line::Ok(_)), "{l}");
-    }
-
-    #[test]
-    fn includes_by_glob_and_relative_path() {
-        assert!(include_names(
-            "/etc/nginx/conf.d/*.inc",
-            "/etc/nginx/conf.d/service-url.inc"
-        ));
-        assert!(include_names(
-            "conf.d/service-url.inc",
-            "/etc/nginx/conf.d/service-url.inc"
-        ));
-        assert!(!include_names(
-            "/etc/nginx/conf.d/*.conf",
-            "/etc/nginx/conf.d/service-url.inc"
-        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `profile`: which profile is live and which is idle.
 //!
-//! The book's profile.sh, with its rules fixed (see `nonstop_common::detect`).
+//! The book's profile.sh, with its rules fixed (see `nonstop_common::route::detect`).
 //! It changes nothing and takes no lock, so an operator can run it at any
 //! time, even while a deployment holds the lock (`--dry-run` is accepted
 //! like on every stage, and changes nothing more).
@@ -9,6 +9,11 @@
 //! - `profile --port` prints the idle port;
 //! - `profile --json` prints both witnesses, the decision and, per profile,
 //!   whether its port is listening and by which pid.
+//!
+//! - `profile --status` shows, per profile, its port, live or idle, what
+//!   runs there, its build and the deployment that started it (see [`status`]);
+//! - `profile --history [N]` lists the last N deployments, newest first
+//!   (see [`history`]); `--failed` only the failed ones;
 //!
 //! - `profile --check` checks everything a deployment needs on this server
 //!   (see [`check`]) and exits 0 only when one can succeed.
@@ -22,17 +27,24 @@ use anyhow::{anyhow, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
-use nonstop_common::compose;
-use nonstop_common::config::Mode;
-use nonstop_common::detect::{self, Observed, Probe};
-use nonstop_common::nginx;
-use nonstop_common::procs::{cmdline, listening};
-use nonstop_common::route::Include;
+use nonstop_common::app::compose;
+use nonstop_common::nginx::probe::Probe;
+use nonstop_common::route;
+use nonstop_common::route::detect::{self, Observed};
+use nonstop_common::route::mode::Include;
+use nonstop_common::state::StateDir;
+use nonstop_common::switch::{journal, maintenance};
+use nonstop_common::sys::procs::{cmdline, listening};
+use nonstop_common::sys::time::utc;
 use nonstop_common::{CommonArgs, Config, Log};
 
 pub mod check;
+mod history;
+mod status;
+mod table;
+mod unwritable;
 
-pub const LOG: Log = Log::new("profile");
+pub(crate) const LOG: Log = Log::new("profile");
 
 /// Print the idle profile (the one the next deployment goes to).
 #[derive(Debug, Parser)]
@@ -42,15 +54,28 @@ pub struct Args {
     pub common: CommonArgs,
 
     /// Print the idle port instead of the idle profile's name
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long, conflicts_with_all = ["json", "status", "history"])]
     pub port: bool,
 
-    /// Print live, idle, both witnesses and each port's listener as JSON
+    /// Print live, idle, both witnesses and each port's listener as JSON (with --status, --history: their facts as JSON)
     #[arg(long)]
     pub json: bool,
 
+    /// Show each profile: port, live or idle, what runs there (pid, command, uptime), its build (artifact, size, sha256) and the deployment that started it
+    #[arg(long, conflicts_with = "history")]
+    pub status: bool,
+
+    /// Show the last N deployments, newest first: id, start, from -> to, outcome, each stage's duration, the build
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub history: Option<u64>,
+
+    /// With --history: only the failed deployments
+    #[arg(long, requires = "history")]
+    pub failed: bool,
+
     /// Check everything a deployment needs here (nginx's config, sudo, directories, PATH, ports, probe); one line per check, exit 0 only when all pass
-    #[arg(long, conflicts_with_all = ["json", "port"])]
+    #[arg(long, conflicts_with_all = ["json", "port", "status", "history"])]
     pub check: bool,
 }
 
@@ -65,11 +90,23 @@ where
         return preflight(&args.common);
     }
     let config = args.common.load_config()?;
-    if let Some(warning) = nonstop_common::ports::ephemeral_warning(&config) {
+    if let Some(n) = args.history {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        return show_history(&config, n, args.failed, args.json);
+    }
+    if let Some(warning) = nonstop_common::app::ports::ephemeral_warning(&config) {
         LOG.warn(warning);
     }
     let observed = detect::observe(&config)?;
-    let repair = nginx::pending_repair(&config);
+    if args.status {
+        let doc = status::report(&config, &observed, maintenance_view(&config));
+        return if args.json {
+            print_answer(&serde_json::to_string_pretty(&doc)?)
+        } else {
+            print_answer(&status::table(&doc))
+        };
+    }
+    let repair = journal::pending_repair(&config);
     if args.json {
         print_answer(&serde_json::to_string_pretty(&with_repair(
             report(&config, &observed),
@@ -89,6 +126,57 @@ where
     } else {
         print_answer(&detection.idle.name)
     }
+}
+
+/// `--history N`: the last `n` deployments (only failed ones with
+/// `failed`), a table or one JSON line each.
+fn show_history(config: &Config, n: usize, failed: bool, json: bool) -> Result<()> {
+    let state = StateDir::read_only(&config.state_dir);
+    let (lines, skipped) = state.read_history()?;
+    if skipped > 0 {
+        LOG.warn(format!(
+            "{skipped} history line(s) could not be read (torn or from another version) and are left out"
+        ));
+    }
+    let list: Vec<_> = history::deployments(lines)
+        .into_iter()
+        .filter(|d| !failed || d.failed)
+        .take(n)
+        .collect();
+    if json {
+        let text: Vec<String> = list
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?;
+        if text.is_empty() {
+            return Ok(());
+        }
+        return print_answer(&text.join("\n"));
+    }
+    if list.is_empty() {
+        return print_answer(if failed {
+            "no failed deployment in the history"
+        } else {
+            "no deployment in the history"
+        });
+    }
+    print_answer(&history::table(&list))
+}
+
+/// Whether nginx serves the maintenance page: since when, by whom (`null`
+/// when not).
+pub(crate) fn maintenance_view(config: &Config) -> Value {
+    let Ok(Some(keep)) = maintenance::is_on(config) else {
+        return Value::Null;
+    };
+    let record = maintenance::record(config, &LOG);
+    json!({
+        "returns_to": keep.name,
+        "since_unix_ms": record.as_ref().map(|r| r.since_unix_ms),
+        "since": record.as_ref().map(|r| utc(r.since_unix_ms)),
+        "by": record.as_ref().map(|r| r.by.clone()),
+        "retry_after": record.as_ref().map(|r| r.retry_after),
+    })
 }
 
 /// `--check`: one line per check on stdout; a bad config exits 2 as on
@@ -131,7 +219,7 @@ fn print_answer(text: &str) -> Result<()> {
 }
 
 /// Adds what the next mutating stage will repair (`null` when nothing).
-fn with_repair(mut doc: Value, repair: Option<&nginx::Repair>) -> Value {
+fn with_repair(mut doc: Value, repair: Option<&journal::Repair>) -> Value {
     doc["pending_repair"] = json!(repair);
     doc
 }
@@ -142,7 +230,7 @@ fn slot_view(p: &nonstop_common::Profile) -> Value {
 }
 
 /// The `--json` document.
-pub fn report(config: &Config, observed: &Observed) -> Value {
+pub(crate) fn report(config: &Config, observed: &Observed) -> Value {
     let (live, idle, warnings, error) = match &observed.decision {
         Ok(d) => (
             json!(d.live.as_ref().map(slot_view)),
@@ -192,7 +280,7 @@ pub fn report(config: &Config, observed: &Observed) -> Value {
         Probe::Failed(why) => json!({"url": config.probe_url, "failed": why}),
     };
     let names = match &observed.include {
-        Include::Names(p) => json!(p.name),
+        Include::Names(p) | Include::Maintenance(p) => json!(p.name),
         _ => Value::Null,
     };
     let state = match &observed.include {
@@ -200,25 +288,38 @@ pub fn report(config: &Config, observed: &Observed) -> Value {
         Include::Names(_) => "names-profile",
         Include::NamesNone => "names-no-profile",
         Include::NamesBoth => "names-both",
+        Include::Maintenance(_) => "maintenance",
     };
-    // Upstream-pair mode reads and writes no include: nothing to show.
-    let include = if config.nginx.mode == Mode::UpstreamPair {
+    // A mode that writes nothing (the upstream pair) has no route to show.
+    let mode = route::of(config);
+    let include = if mode.directory().is_none() {
         Value::Null
     } else {
-        json!({"path": nonstop_common::route::path(config), "describe": nonstop_common::route::describe(config), "state": state, "profile": names})
+        json!({"path": mode.id().path, "describe": mode.describe(), "state": state, "profile": names})
     };
     json!({
-        "mode": match config.nginx.mode {
-            Mode::Include => "include",
-            Mode::Symlink { .. } => "symlink",
-            Mode::UpstreamPair => "upstream-pair",
-        },
+        "mode": config.nginx.mode,
         "live": live,
         "idle": idle,
         "error": error,
         "warnings": warnings,
         "probe": probe,
         "include": include,
+        "maintenance": maintenance_view(config),
         "profiles": profiles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_of_zero_deployments_is_refused_by_name() {
+        let err = Args::try_parse_from(["profile", "--history", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--history"), "{err}");
+        let args = Args::try_parse_from(["profile", "--history"]).unwrap();
+        assert_eq!(args.history, Some(10));
+    }
 }

@@ -3,7 +3,8 @@
 //! The book's start.sh copies `zip/*.jar` over the jar the live JVM is
 //! running (which can crash it), and its `nohup ... &` child keeps the hook's
 //! stdout open, so CodeDeploy waits for the hook's timeout. Here:
-//! - the newest artifact is copied into `APP_DIR/PROFILE/` through a temp file
+//! - the newest artifact (`nonstop_common::app::artifact`: a symlink to a file is
+//!   followed) is copied into `APP_DIR/PROFILE/` through a temp file
 //!   and a rename, so no file a running process uses is ever written to;
 //! - the command is an argv (no shell) with `{profile}`, `{port}` and
 //!   `{artifact}` substituted, started in a new session with stdin from
@@ -24,24 +25,25 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use clap::Parser;
 
-use nonstop_common::compose;
+use nonstop_common::app::artifact;
+use nonstop_common::app::compose;
+use nonstop_common::app::ports;
+use nonstop_common::app::tree::{self, Proc};
 use nonstop_common::config::{render, wildcard_match, Compose};
-use nonstop_common::fsx;
-use nonstop_common::log::tail_for_message;
-use nonstop_common::ports;
-use nonstop_common::procs::{cmdline, is_same_alive, listening, start_time};
-use nonstop_common::signals::{self, wait_for};
-use nonstop_common::state::Launched;
-use nonstop_common::time::{now_unix_ms, secs};
-use nonstop_common::tree::{self, Proc};
+use nonstop_common::state::{BuildFacts, Launched};
+use nonstop_common::sys::files;
+use nonstop_common::sys::log::tail_for_message;
+use nonstop_common::sys::procs::{cmdline, is_same_alive, listening, start_time};
+use nonstop_common::sys::signals::{self, wait_for};
+use nonstop_common::sys::time::{now_unix_ms, secs};
 use nonstop_common::{run_stage, CommonArgs, Context, Log, Profile};
 
-pub const LOG: Log = Log::new("start");
+pub(crate) const LOG: Log = Log::new("start");
 
 /// Launch the newest build on the idle profile's port.
 #[derive(Debug, Parser)]
@@ -68,8 +70,8 @@ where
     })
 }
 
-fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
-    if let Some(compose) = nonstop_common::compose::of(&ctx.config) {
+fn start_profile(ctx: &mut Context, target: &Profile) -> Result<()> {
+    if let Some(compose) = nonstop_common::app::compose::of(&ctx.config) {
         return start_service(ctx, target, compose);
     }
     let config = &ctx.config;
@@ -80,13 +82,14 @@ fn start_profile(ctx: &Context, target: &Profile) -> Result<()> {
         return Ok(());
     }
     check_idle_port(ctx, target, previous)?;
-    let source = newest_artifact(&config.app.artifact_dir, &config.app.artifact_pattern)?;
+    let source = artifact::newest(&config.app.artifact_dir, &config.app.artifact_pattern)?;
     if ctx.dry_run {
         return dry_run(ctx, target, &source);
     }
     signals::check().context("nothing was changed")?;
     let artifact = install_artifact(config, target, &source)?;
     let (child, record) = launch(ctx, target, &artifact)?;
+    ctx.build = Some(BuildFacts::of(&record));
     watch(ctx, target, child, record)
 }
 
@@ -243,6 +246,16 @@ fn launch(ctx: &Context, target: &Profile, artifact: &Path) -> Result<(Child, La
     let log_path = config.log_path(target);
     let argv = command_for(ctx, target, artifact);
     let (log, log_offset) = open_run_log(config, target, &log_path, &argv)?;
+    // Hashed before the launch, from the copy it runs: the record names the
+    // build even once the file is replaced. A file that cannot be read here
+    // fails the launch below anyway; its hash is then just unknown.
+    let artifact_sha256 = match artifact::sha256(artifact) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            LOG.warn(format!("cannot hash {}: {e}", artifact.display()));
+            None
+        }
+    };
 
     // Whatever the launch forks and leaves behind (a start.sh ending with
     // `&`, a daemonizing launcher) reparents to this process instead of init,
@@ -267,6 +280,7 @@ fn launch(ctx: &Context, target: &Profile, artifact: &Path) -> Result<(Child, La
         pid,
         start_time: launch_start,
         artifact: artifact.to_path_buf(),
+        artifact_sha256,
         command: argv.clone(),
         log: log_path.clone(),
         log_offset,
@@ -587,7 +601,7 @@ fn start_service(ctx: &Context, target: &Profile, compose: &Compose) -> Result<(
     if service_started(ctx, target, compose, service)? {
         return Ok(());
     }
-    check_service_port(ctx, target, service)?;
+    check_service_port(ctx, target, compose, service)?;
     if ctx.dry_run {
         dry_run_service(ctx, compose, service);
         return Ok(());
@@ -639,10 +653,22 @@ fn service_started(
 
 /// Refuses to start a service whose port something else holds (the
 /// engine could not publish it); warns when the target is the live profile.
-fn check_service_port(ctx: &Context, target: &Profile, service: &str) -> Result<()> {
+fn check_service_port(
+    ctx: &Context,
+    target: &Profile,
+    compose: &Compose,
+    service: &str,
+) -> Result<()> {
     let port = target.port;
     let seen = listening(port).with_context(|| format!("cannot read who listens on {port}"))?;
     if !seen.is_free() {
+        if let Some(oneoff) = compose::oneoff_holding(compose, port) {
+            return Err(anyhow!(
+                "service {service} ({}) could not publish its port: {}; nothing was started",
+                target.name,
+                oneoff.oneoff_words(port)
+            ));
+        }
         return Err(anyhow!(
             "port {port} ({}) is already taken by {}; service {service} could not publish it",
             target.name,
@@ -701,6 +727,7 @@ fn up_service(
         pid: container.pid,
         start_time: start_time(container.pid),
         artifact: PathBuf::from(&container.image),
+        artifact_sha256: None,
         command: vec!["up".into(), "-d".into(), service.to_string()],
         log: PathBuf::new(),
         log_offset: 0,
@@ -821,40 +848,16 @@ fn new_session(command: &mut Command) {
     }
 }
 
-/// The newest regular file in `dir` whose name matches `pattern`.
-pub fn newest_artifact(dir: &Path, pattern: &str) -> Result<PathBuf> {
-    let entries = fs::read_dir(dir)
-        .with_context(|| format!("cannot read the artifact directory {}", dir.display()))?;
-    let mut best: Option<(SystemTime, PathBuf)> = None;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !wildcard_match(pattern, name) {
-            continue;
-        }
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if best.as_ref().is_none_or(|(t, _)| modified > *t) {
-            best = Some((modified, entry.path()));
-        }
-    }
-    best.map(|(_, path)| path)
-        .ok_or_else(|| anyhow!("no file in {} matches {pattern:?}", dir.display()))
-}
-
 /// Opens the app log for the new run. With `app.log_keep` > 0 the previous
 /// runs' log is rotated first (`LOG.1` the newest) and a new one created
 /// (O_EXCL), so the book's ever-growing `nohup.out` cannot fill the disk; a
 /// log both profiles share is never rotated (the live app writes it). Never
-/// through a symlink (see `fsx`).
+/// through a symlink (see `nonstop_common::sys::files`).
 fn open_log(config: &nonstop_common::Config, log_path: &Path) -> Result<File> {
     let rotated = rotates(config, log_path)
-        && fsx::rotate(log_path, config.app.log_keep)
+        && files::rotate(log_path, config.app.log_keep)
             .with_context(|| format!("cannot rotate the app log {}", log_path.display()))?;
-    fsx::open_append(log_path, rotated)
+    files::open_append(log_path, rotated)
         .with_context(|| format!("cannot open the app log {}", log_path.display()))
 }
 
@@ -884,7 +887,7 @@ fn install(app_dir: &Path, target: &Profile, source: &Path, pattern: &str) -> Re
     // A random temp name created O_EXCL|O_NOFOLLOW: nothing planted in the
     // app dir is written through. The source's permissions are kept, as
     // `fs::copy` did (an artifact may be an executable).
-    let (mut file, tmp) = fsx::create_temp(&dest)
+    let (mut file, tmp) = files::create_temp(&dest)
         .map_err(|e| anyhow!("cannot create a temp file in {}: {e}", dir.display()))?;
     let copied = File::open(source)
         .and_then(|mut from| {
@@ -953,31 +956,6 @@ mod tests {
                 "{listener:?} {settled}"
             );
         }
-    }
-
-    #[test]
-    fn newest_artifact_wins_by_mtime() {
-        let dir = std::env::temp_dir().join(format!("nonstop-artifact-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let old = dir.join("app-2.jar");
-        let new = dir.join("app-1.jar");
-        fs::write(&old, b"old").unwrap();
-        fs::write(&new, b"new").unwrap();
-        fs::write(dir.join("notes.txt"), b"x").unwrap();
-        let past = SystemTime::now() - Duration::from_secs(60);
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(past)
-            .unwrap();
-        assert_eq!(newest_artifact(&dir, "*.jar").unwrap(), new);
-        let err = newest_artifact(&dir, "*.war").unwrap_err().to_string();
-        assert!(
-            err.contains("*.war") && err.contains(&dir.display().to_string()),
-            "{err}"
-        );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,18 @@
 //! signal, the SIGKILL escalation included, re-checks the process's start
 //! time first, so a reused pid is never signalled.
 //!
-//! The stopping itself is `nonstop_common::stopping`, shared with `switch`.
+//! Before any signal it lets nginx let go of the app, as retiring does
+//! (`nonstop_common::app::drain::drain`): the next deployment's `stop` may
+//! come while nginx's workers of the configuration before the last switch
+//! still proxy a slow download or a long poll to the idle app. It waits,
+//! within `nginx.drain_timeout_secs`, for those workers to exit and for the
+//! app's own connections to end; past that bound `app.retire_busy` decides
+//! (stop anyway, saying how many connections it cuts, or keep it and fail).
+//!
+//! The stopping itself is `nonstop_common::app::stopping`, shared with `switch`.
+//! In a deployment (a `DEPLOYMENT_ID`), `stop` first looks for the build
+//! `start` will install (`nonstop_common::app::artifact`) and stops nothing when
+//! there is none: the idle app is not stopped for a start that would fail.
 //!
 //! It also refuses to signal a process on the idle port that is not ours: one
 //! nonstop did not launch (no `launched-*.json` names it or its parent) and
@@ -23,10 +34,12 @@ use std::ffi::OsString;
 use anyhow::{anyhow, Result};
 use clap::Parser;
 
-use nonstop_common::stopping::{live_now, stop_profile};
+use nonstop_common::app::artifact;
+use nonstop_common::app::stopping::stop_draining;
+use nonstop_common::route::detect::live_now;
 use nonstop_common::{run_stage, CommonArgs, Log};
 
-pub const LOG: Log = Log::new("stop");
+pub(crate) const LOG: Log = Log::new("stop");
 
 /// Stop the app on the idle port (SIGTERM, then SIGKILL after the timeout).
 #[derive(Debug, Parser)]
@@ -53,6 +66,11 @@ where
     let args = Args::try_parse_from(args)?;
     run_stage(LOG, &args.common, args.profile.as_deref(), |ctx| {
         let target = ctx.target(args.profile.as_deref())?;
+        // In a deployment, `start` comes next: stop nothing it could not
+        // replace. (By hand, stopping a stuck app needs no new build.)
+        if ctx.deployment_id.is_some() {
+            artifact::check_startable(&ctx.config)?;
+        }
         let live = live_now(ctx, args.profile.is_some())?;
         if live.as_ref() == Some(&target) {
             return Err(anyhow!(
@@ -61,6 +79,6 @@ where
                 target.port
             ));
         }
-        stop_profile(ctx, &target, live.as_ref(), args.force)
+        stop_draining(ctx, &target, live.as_ref(), args.force)
     })
 }

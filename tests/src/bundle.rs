@@ -121,7 +121,39 @@ impl Bundle {
         deployment: Option<&str>,
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Spawned> {
-        let mut command = place.command(self.bin(stage));
+        self.spawn_command(
+            place.command(self.bin(stage)),
+            stage,
+            args,
+            deployment,
+            adjust,
+        )
+    }
+
+    /// [`Bundle::spawn`] through a command that execs the stage (its pid
+    /// is the stage's): `prefix` then the stage's path and `args`, such as
+    /// `nsenter --mount=...` ([`crate::SmallFs::prefix`]).
+    pub fn spawn_under(
+        &self,
+        prefix: &[String],
+        stage: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+    ) -> Result<Spawned> {
+        let (program, rest) = prefix.split_first().context("an empty prefix")?;
+        let mut command = Command::new(program);
+        command.args(rest).arg(self.bin(stage));
+        self.spawn_command(command, stage, args, deployment, |_| {})
+    }
+
+    fn spawn_command(
+        &self,
+        mut command: Command,
+        stage: &str,
+        args: &[&str],
+        deployment: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Spawned> {
         command
             .args(args)
             .current_dir("/")
@@ -275,4 +307,58 @@ impl Drop for Spawned {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The static stage binaries (tools/build-static, into target/static/),
+/// built on first use in this process and shared.
+pub fn static_binaries() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(crate::repo_root().join("tools/build-static"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run tools/build-static: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("tools/build-static failed ({})", out.status));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(PathBuf::from(text.lines().last().unwrap_or("").trim()))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// What `cargo bundle --build JAR --config CONFIG --appspec APPSPEC --out
+/// OUT` makes (the bundle tool with the static binaries): the path of
+/// `OUT.zip`.
+pub fn cargo_bundle(jar: &Path, config: &Path, appspec: &Path, out: &Path) -> Result<PathBuf> {
+    let made = Command::new(binaries_dir()?.join("bundle"))
+        .arg("--build")
+        .arg(jar)
+        .arg("--config")
+        .arg(config)
+        .arg("--appspec")
+        .arg(appspec)
+        .arg("--binaries")
+        .arg(static_binaries()?)
+        .arg("--out")
+        .arg(out)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run the bundle tool")?;
+    if !made.status.success() {
+        bail!(
+            "bundle failed ({}): {}",
+            made.status,
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let zip = out.with_extension("zip");
+    if !zip.is_file() {
+        bail!("bundle made no {}", zip.display());
+    }
+    Ok(zip)
 }

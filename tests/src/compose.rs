@@ -101,6 +101,12 @@ impl ComposeProject {
 
     /// Builds the image of `version` (`IMAGE:version`).
     pub fn build(&self, version: &str) -> Result<()> {
+        // One build at a time: the engine's legacy builder, given the same
+        // layers by several tests at once (every image here starts with the
+        // same demo-server binary), can fail one of them while it registers
+        // a layer another build is registering.
+        static BUILDING: Mutex<()> = Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         fs::write(self.dir.join("version.txt"), version)?;
         let tag = format!("{}:{version}", self.image);
         let out = Command::new("docker")
@@ -154,13 +160,46 @@ impl ComposeProject {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The id of the running container of `service`, if any.
+    /// An operator's one-off of `service` (`compose run -d SERVICE`, as for
+    /// a migration or a console), with its extra `args` (`--service-ports`);
+    /// its container id. The caller removes it.
+    pub fn run_oneoff(&self, service: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        all.push(service);
+        let name = self.compose(&all)?.trim().to_string();
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.Id}}", &name])
+            .output()?;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || id.is_empty() {
+            bail!("no container {name:?} after `run -d {service}`");
+        }
+        Ok(id)
+    }
+
+    /// Whether the container `id` runs.
+    pub fn is_running(id: &str) -> bool {
+        Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", id])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+    }
+
+    /// Removes the container `id`, running or not.
+    pub fn remove(id: &str) {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+
+    /// The id of the running container of `service`, if any (not a
+    /// one-off of `run`).
     pub fn running(&self, service: &str) -> Option<String> {
         let out = Command::new("docker")
             .args(["ps", "-q", "--no-trunc", "--filter"])
             .arg(format!("label=com.docker.compose.project={}", self.name))
             .arg("--filter")
             .arg(format!("label=com.docker.compose.service={service}"))
+            .args(["--filter", "label=com.docker.compose.oneoff=False"])
             .output()
             .ok()?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -17,15 +17,27 @@
 //! - `setup`: [`Setup`], all of the above wired into the book's setup;
 //! - `load`: [`Load`], clients requesting through nginx the whole time, over
 //!   [`Clients`], the client loop the benchmark shares;
-//! - [`netns`]: two hosts on one machine (network namespaces), for nginx on another host.
+//! - `smallfs`: [`SmallFs`], a small tmpfs over a directory in a private mount
+//!   namespace, to fill (a full disk under the state directory);
+//! - [`netns`]: two hosts on one machine (network namespaces), for nginx on another host;
+//! - `server`: [`Server`], a Debian server of the test's own (network and mount
+//!   namespaces over the real paths: /etc/nginx, sudoers, ec2-user, nginx on :80);
+//! - `agent`: [`Agent`], the real CodeDeploy agent's Installer and HookExecutor
+//!   deploying a bundle zip on a [`Server`] (tests/agent/deploy.rb);
+//! - `readme`: [`readme_blocks`], the shell blocks README.md marks for its tests;
+//! - [`fleet`]: many servers behind a load balancer (HAProxy) on a bridge of
+//!   their own, deployed by a deployment group the harness plays (AllAtOnce,
+//!   HalfAtATime, OneAtATime, minimum healthy hosts, BlockTraffic/AllowTraffic).
 //!
 //! Every process the harness starts is stopped by its pid when its owner is dropped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agent;
 mod bundle;
 mod compose;
 mod dirs;
+pub mod fleet;
 mod hook;
 mod http;
 mod jars;
@@ -34,18 +46,25 @@ pub mod netns;
 mod nginx;
 mod ports;
 mod procs;
+mod readme;
+mod server;
 mod setup;
+mod smallfs;
 mod sshd;
 
-pub use bundle::{binaries_dir, Bundle, Spawned, STAGES};
+pub use agent::{Agent, DeployOptions, Deployment, Reported, AGENT_VAR};
+pub use bundle::{binaries_dir, cargo_bundle, static_binaries, Bundle, Spawned, STAGES};
 pub use compose::ComposeProject;
 pub use dirs::{repo_root, TestDir};
 pub use hook::HookRun;
-pub use http::http_get;
+pub use http::{http_get, http_post, KeptAlive};
 pub use jars::{pyz, Jars};
 pub use load::{assert_all_served, Clients, Load, Sample};
 pub use nginx::Nginx;
 pub use ports::{free_port, free_ports};
 pub use procs::{alive, terminate, wait_until};
+pub use readme::{readme_blocks, Block};
+pub use server::{Server, AGENT_PATH, DEPLOY_USER};
 pub use setup::{Layout, Setup, SetupOptions};
+pub use smallfs::SmallFs;
 pub use sshd::Sshd;

@@ -1,5 +1,6 @@
 //! Traffic during a deployment: client threads ([`Clients`], shared with the
-//! benchmark's load), the harness's GET loop ([`Load`]) and its verdict
+//! benchmark's load), the harness's GET loop ([`Load`]), GETs and POSTs on
+//! new and kept-alive connections ([`Load::start_mixed`]) and its verdict
 //! ([`assert_all_served`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::http_get;
+use crate::{http_get, http_post, KeptAlive};
 
 /// Fails unless every sample got 200 with a body `demo VERSION PROFILE` of
 /// one of `versions` (either profile), and the load ran at all.
@@ -18,15 +19,12 @@ pub fn assert_all_served(samples: &[Sample], versions: &[&str]) {
         .iter()
         .flat_map(|v| ["real1", "real2"].map(|p| format!("demo {v} {p}")))
         .collect();
-    let bad: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.status != 200 || !allowed.contains(&s.body))
-        .take(5)
-        .collect();
+    let is_bad = |s: &&Sample| s.status != 200 || !allowed.contains(&s.body);
+    let bad: Vec<&Sample> = samples.iter().filter(is_bad).take(5).collect();
     assert!(
         bad.is_empty(),
-        "{} of {} requests failed, first: {bad:?}",
-        samples.iter().filter(|s| s.status != 200).count(),
+        "{} of {} requests failed (not 200 with one of {allowed:?}), first: {bad:?}",
+        samples.iter().filter(is_bad).count(),
         samples.len()
     );
 }
@@ -41,6 +39,10 @@ pub struct Sample {
     pub status: u16,
     pub body: String,
     pub error: Option<String>,
+    /// A POST, not a GET.
+    pub post: bool,
+    /// Sent on a kept-alive connection (a new one for its first request).
+    pub kept_alive: bool,
 }
 
 /// Client threads that each send one request per call of their request
@@ -108,11 +110,31 @@ pub struct Load(Clients<Sample>);
 
 impl Load {
     pub fn start(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
+        Self::start_method(port, "GET", path, clients, pause)
+    }
+
+    /// Clients that POST to `path` instead, each on a new connection.
+    pub fn posts(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
+        Self::start_method(port, "POST", path, clients, pause)
+    }
+
+    fn start_method(
+        port: u16,
+        method: &'static str,
+        path: &str,
+        clients: usize,
+        pause: Duration,
+    ) -> Load {
         Load(Clients::start(clients, pause, |_| {
             let path = path.to_string();
             move |t0: Instant| {
                 let sent = Instant::now();
-                let (status, body, error) = match http_get(port, &path, Duration::from_secs(10)) {
+                let answer = if method == "POST" {
+                    http_post(port, &path, b"order=1", Duration::from_secs(10))
+                } else {
+                    http_get(port, &path, Duration::from_secs(10))
+                };
+                let (status, body, error) = match answer {
                     Ok((s, b)) => (s, b, None),
                     Err(e) => (0, String::new(), Some(e.to_string())),
                 };
@@ -122,6 +144,81 @@ impl Load {
                     status,
                     body,
                     error,
+                    post: method == "POST",
+                    kept_alive: false,
+                }
+            }
+        }))
+    }
+
+    /// Like [`Load::start`], but every other client POSTs a 1 KiB body to
+    /// `path` instead of GETting it: requests nginx must never replay.
+    pub fn start_with_posts(port: u16, path: &str, clients: usize, pause: Duration) -> Load {
+        Load(Clients::start(clients, pause, |i| {
+            let path = path.to_string();
+            let post = i % 2 == 1;
+            let body = vec![b'x'; 1024];
+            move |t0: Instant| {
+                let sent = Instant::now();
+                let answer = if post {
+                    http_post(port, &path, &body, Duration::from_secs(10))
+                } else {
+                    http_get(port, &path, Duration::from_secs(10))
+                };
+                let (status, body, error) = match answer {
+                    Ok((s, b)) => (s, b, None),
+                    Err(e) => (0, String::new(), Some(e.to_string())),
+                };
+                Sample {
+                    at: sent - t0,
+                    latency: sent.elapsed(),
+                    status,
+                    body,
+                    error,
+                    post,
+                    kept_alive: false,
+                }
+            }
+        }))
+    }
+
+    /// Four clients of each kind a load balancer serves: a GET and a POST
+    /// (1 KiB body) each on a new connection per request, and a GET and a
+    /// POST each on one kept-alive connection ([`KeptAlive`]) reused from
+    /// request to request. A failed request on a kept-alive connection is a
+    /// failed request like any other (the connection is opened again for
+    /// the next one).
+    pub fn start_mixed(port: u16, path: &str, pause: Duration) -> Load {
+        Load(Clients::start(4, pause, |i| {
+            let path = path.to_string();
+            let post = i % 2 == 1;
+            let kept_alive = i >= 2;
+            let body = vec![b'x'; 1024];
+            let mut conn = KeptAlive::new(port, Duration::from_secs(10));
+            move |t0: Instant| {
+                let sent = Instant::now();
+                let payload = post.then_some(body.as_slice());
+                let answer = if kept_alive {
+                    let reused = conn.is_open();
+                    conn.request(&path, payload)
+                        .map_err(|e| anyhow::anyhow!("{e} (kept-alive, reused: {reused})"))
+                } else if post {
+                    http_post(port, &path, &body, Duration::from_secs(10))
+                } else {
+                    http_get(port, &path, Duration::from_secs(10))
+                };
+                let (status, body, error) = match answer {
+                    Ok((s, b)) => (s, b, None),
+                    Err(e) => (0, String::new(), Some(e.to_string())),
+                };
+                Sample {
+                    at: sent - t0,
+                    latency: sent.elapsed(),
+                    status,
+                    body,
+                    error,
+                    post,
+                    kept_alive,
                 }
             }
         }))

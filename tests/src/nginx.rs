@@ -81,16 +81,39 @@ impl Nginx {
     /// An upstream over both app ports, the way seed 002 balances: nginx
     /// is never edited and moves a request to the other port when one refuses.
     pub fn pair_server(port: u16, app_ports: [u16; 2]) -> String {
+        Self::pair_server_with(port, app_ports, "", "error timeout", "")
+    }
+
+    /// [`Nginx::pair_server`] with a pool of idle connections to the apps,
+    /// as production configs have it: `keepalive 8;`, HTTP/1.1 and the
+    /// `Connection` header cleared, and `retry` as `proxy_next_upstream`.
+    pub fn pair_server_pooled(port: u16, app_ports: [u16; 2], retry: &str) -> String {
+        Self::pair_server_with(
+            port,
+            app_ports,
+            "\n        keepalive 8;",
+            retry,
+            "\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";",
+        )
+    }
+
+    fn pair_server_with(
+        port: u16,
+        app_ports: [u16; 2],
+        upstream: &str,
+        retry: &str,
+        location: &str,
+    ) -> String {
         format!(
             "upstream app {{
         server 127.0.0.1:{a};
-        server 127.0.0.1:{b};
+        server 127.0.0.1:{b};{upstream}
     }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://app;
-            proxy_next_upstream error timeout;
+            proxy_next_upstream {retry};{location}
             proxy_set_header Host $host;
             proxy_read_timeout 30s;
         }}
@@ -186,7 +209,7 @@ http {{
 
     /// The master's worker processes now (a reload replaces them all).
     pub fn workers(&self) -> Vec<i32> {
-        nonstop_common::procs::children(self.pid())
+        nonstop_common::sys::procs::children(self.pid())
     }
 
     /// The argv that runs nginx against this instance, plus `extra`.
@@ -214,6 +237,21 @@ http {{
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+
+    /// Writes `conf` as its config (which must pass `nginx -t`), reloads
+    /// (SIGHUP) and waits until new workers run and every old one is gone.
+    pub fn reload_with(&self, conf: &str) -> Result<()> {
+        fs::write(&self.conf, conf)?;
+        anyhow::ensure!(self.test_config(), "nginx -t fails on:\n{conf}");
+        let old = self.workers();
+        kill(Pid::from_raw(self.pid()), Signal::SIGHUP)?;
+        let done = wait_until(Duration::from_secs(20), || {
+            let now = self.workers();
+            !now.is_empty() && now.iter().all(|w| !old.contains(w))
+        });
+        anyhow::ensure!(done, "nginx's old workers {old:?} did not go within 20 s");
+        Ok(())
     }
 }
 

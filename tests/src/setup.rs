@@ -6,12 +6,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    alive, free_ports, http_get, pyz, terminate, Bundle, ComposeProject, HookRun, Jars, Nginx,
-    Sshd, TestDir,
+    alive, free_ports, http_get, pyz, readme_blocks, repo_root, terminate, Bundle, ComposeProject,
+    HookRun, Jars, Nginx, Sshd, TestDir,
 };
 
 /// nginx, the demo jars, a bundle and an app directory, wired together: the
@@ -44,6 +44,9 @@ pub enum Layout {
     Symlink,
     /// An upstream over both ports, never edited (seed 002).
     Pair,
+    /// `root` is a symlink nonstop/live -> ports/PORT, and a `map` on
+    /// `$realpath_root` picks the upstream: switched without a reload.
+    Realpath,
 }
 
 /// Knobs for [`Setup::new`].
@@ -64,6 +67,10 @@ pub struct SetupOptions {
     /// The app as the Python demo server (examples/demo-py), a non-JVM app
     /// that does not unblock signals itself, instead of the demo jar.
     pub python: bool,
+    /// Upstream pair: the upstream keeps a pool of idle connections, and
+    /// nginx retries with these `proxy_next_upstream` words
+    /// ([`Nginx::pair_server_pooled`]).
+    pub pair_pool: Option<&'static str>,
 }
 
 impl Default for SetupOptions {
@@ -76,6 +83,7 @@ impl Default for SetupOptions {
             remote: false,
             compose: false,
             python: false,
+            pair_pool: None,
         }
     }
 }
@@ -91,7 +99,7 @@ impl Setup {
         };
         let app_dir = dir.join("app");
         fs::create_dir_all(app_dir.join("zip"))?;
-        let (nginx, route) = start_nginx(opts.layout, &dir.join("nginx"), nginx_port, [p1, p2])?;
+        let (nginx, route) = start_nginx(opts, &dir.join("nginx"), nginx_port, [p1, p2])?;
         let mut config = base_config(opts, &nginx, &app_dir, [p1, p2]);
         let compose = if opts.compose {
             let project =
@@ -235,10 +243,10 @@ impl Drop for Setup {
     }
 }
 
-/// Starts the private nginx under `prefix` in `layout`, routing to the
+/// Starts the private nginx under `prefix` in `opts.layout`, routing to the
 /// first of `app_ports`; with it, the config's `nginx` keys naming its route.
 fn start_nginx(
-    layout: Layout,
+    opts: &SetupOptions,
     prefix: &Path,
     nginx_port: u16,
     app_ports: [u16; 2],
@@ -247,7 +255,7 @@ fn start_nginx(
     let conf_d = prefix.join("conf.d");
     fs::create_dir_all(&conf_d)?;
     let include = conf_d.join("service-url.inc");
-    match layout {
+    match opts.layout {
         Layout::Include => {
             fs::write(
                 &include,
@@ -281,12 +289,56 @@ fn start_nginx(
             });
             Ok((nginx, route))
         }
+        Layout::Realpath => realpath_layout(prefix, nginx_port, app_ports),
         Layout::Pair => {
-            let server = Nginx::pair_server(nginx_port, [p1, p2]);
+            let server = match opts.pair_pool {
+                Some(retry) => Nginx::pair_server_pooled(nginx_port, [p1, p2], retry),
+                None => Nginx::pair_server(nginx_port, [p1, p2]),
+            };
             let nginx = Nginx::start_with(prefix, nginx_port, &include, &server)?;
             Ok((nginx, json!({"mode": "upstream-pair"})))
         }
     }
+}
+
+/// The realpath layout from README's own blocks (`realpath-setup`,
+/// `realpath-nginx`, `realpath-config`), with /etc/nginx/nonstop under
+/// `prefix`, the book's ports as `app_ports`, nginx on `nginx_port`: the
+/// shell block's `mkdir` and `ln` run as written (without sudo; its `chown`
+/// and reload are this harness's own nginx started on the config).
+fn realpath_layout(prefix: &Path, nginx_port: u16, app_ports: [u16; 2]) -> Result<(Nginx, Value)> {
+    let [p1, p2] = app_ports;
+    let blocks = readme_blocks(&repo_root().join("README.md"))?;
+    let block = |name: &str| -> Result<String> {
+        let text = blocks
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.text.clone())
+            .with_context(|| format!("README.md has no block {name}"))?;
+        Ok(text
+            .replace(
+                "/etc/nginx/nonstop",
+                &prefix.join("nonstop").to_string_lossy(),
+            )
+            .replace("8081", &p1.to_string())
+            .replace("8082", &p2.to_string()))
+    };
+    let script: Vec<String> = block("realpath-setup")?
+        .lines()
+        .filter(|l| !l.contains("chown") && !l.contains("nginx -t"))
+        .map(|l| l.replace("sudo ", ""))
+        .collect();
+    let ran = std::process::Command::new("bash")
+        .args(["-euc", &script.join("\n")])
+        .status()?;
+    anyhow::ensure!(ran.success(), "README's realpath-setup block failed: {ran}");
+    let server =
+        block("realpath-nginx")?.replace("listen 80;", &format!("listen 127.0.0.1:{nginx_port};"));
+    let config: Value = serde_json::from_str(&format!("{{{}}}", block("realpath-config")?))
+        .context("README's realpath-config block")?;
+    let link = PathBuf::from(config["nginx"]["link"].as_str().unwrap_or_default());
+    let nginx = Nginx::start_with(prefix, nginx_port, &link, &server)?;
+    Ok((nginx, config["nginx"].clone()))
 }
 
 /// `app.command`: the Python demo server, or `java` with the options asked

@@ -22,6 +22,7 @@ pub struct Sshd {
     pub user: String,
     pub identity: PathBuf,
     pub known_hosts: PathBuf,
+    dir: PathBuf,
     child: Child,
 }
 
@@ -55,6 +56,7 @@ impl Sshd {
             user,
             identity: dir.join("client_key"),
             known_hosts,
+            dir: dir.to_path_buf(),
             child,
         })
     }
@@ -71,6 +73,31 @@ impl Sshd {
                 "-o", "IdentitiesOnly=yes"
             ]
         })
+    }
+
+    /// Puts `options` before the client key in authorized_keys (sshd reads
+    /// it at every login); `""` takes them away again.
+    pub fn key_options(&self, options: &str) -> Result<()> {
+        let key = fs::read_to_string(self.dir.join("client_key.pub"))?;
+        let line = if options.is_empty() {
+            key
+        } else {
+            format!("{options} {key}")
+        };
+        fs::write(self.dir.join("authorized_keys"), line)?;
+        Ok(())
+    }
+
+    /// Every login prints `notice` on stdout, then runs the command it was
+    /// given: a `command=` wrapper in authorized_keys that greets (`echo
+    /// NOTICE; eval "$SSH_ORIGINAL_COMMAND"`), as a bastion or audit setup has.
+    pub fn login_prints(&self, notice: &str) -> Result<()> {
+        if notice.contains(['"', '\\', '\'', '\n']) {
+            bail!("a notice without quotes, backslashes or newlines: {notice:?}");
+        }
+        self.key_options(&format!(
+            r#"command="echo '{notice}'; eval \"$SSH_ORIGINAL_COMMAND\"""#
+        ))
     }
 
     pub fn pid(&self) -> i32 {

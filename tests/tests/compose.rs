@@ -245,3 +245,65 @@ fn a_paused_container_is_the_services_own_and_named_with_the_fix() {
     assert!(project.running("green").is_none());
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
 }
+
+/// An operator's one-offs (`docker-compose run -d SERVICE`: a migration
+/// before the new version starts, a console) during deployments under load.
+/// They carry the service's labels and `com.docker.compose.oneoff=True`.
+/// Before, `stop` took one for the service ("stopping it", yet Compose's stop
+/// leaves one-offs running) and `start` then refused because "the service
+/// already runs", telling the operator to run `stop`: a loop no command
+/// ended. Now a one-off is never the service: `stop` stops the service's
+/// own container and leaves the one-off alone, `start` starts the service;
+/// and a one-off that holds the profile's port (`--service-ports`) is named
+/// as what it is, with what to do.
+#[test]
+fn a_one_off_of_the_idle_service_is_not_the_service() {
+    let setup = setup("compose-oneoff");
+    let project = setup.compose.as_ref().unwrap();
+    setup.bootstrap("v1").unwrap();
+    let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    setup.drop_jar("v2").unwrap();
+    for stage in ["stop", "start", "health"] {
+        setup.hook(stage, &[], Some("d-0")).unwrap().assert_ok();
+    }
+    // green is live; blue, idle, still runs v1. The operator's one-off of blue:
+    let oneoff = project.run_oneoff("blue", &[]).unwrap();
+    let blue = project.running("blue").unwrap();
+
+    setup.drop_jar("v3").unwrap();
+    let stop = setup.hook("stop", &[], Some("d-1")).unwrap();
+    stop.assert_ok()
+        .assert_stderr_has(&blue[..12])
+        .assert_stderr_lacks(&oneoff[..12]);
+    assert!(project.running("blue").is_none());
+    let start = setup.hook("start", &[], Some("d-1")).unwrap();
+    start.assert_ok().assert_stderr_has("started service blue");
+    let started = project.running("blue").unwrap();
+    assert_eq!(launched(&setup, "real1")["container_id"], json!(started));
+    setup.hook("health", &[], Some("d-1")).unwrap().assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v3 real1".into()));
+    assert!(
+        tests::ComposeProject::is_running(&oneoff),
+        "the operator's one-off is left alone"
+    );
+
+    // A one-off of the idle service that publishes its port: it is named,
+    // and nothing is started.
+    setup.drop_jar("v4").unwrap();
+    setup.hook("stop", &[], Some("d-2")).unwrap().assert_ok();
+    let holder = project.run_oneoff("green", &["--service-ports"]).unwrap();
+    let start = setup.hook("start", &[], Some("d-2")).unwrap();
+    tests::ComposeProject::remove(&holder);
+    start
+        .assert_code(1)
+        .assert_stderr_has("one-off")
+        .assert_stderr_has(&format!("docker stop {}", &holder[..12]))
+        .assert_stderr_lacks("already runs");
+    assert!(project.running("green").is_none());
+    // Once it is gone, the deployment goes on.
+    setup.hook("start", &[], Some("d-2")).unwrap().assert_ok();
+    setup.hook("health", &[], Some("d-2")).unwrap().assert_ok();
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v4 real2".into()));
+    tests::ComposeProject::remove(&oneoff);
+    assert_all_served(&load.finish(), &["v1", "v2", "v3", "v4"]);
+}

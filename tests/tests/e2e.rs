@@ -7,7 +7,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use nonstop_common::budget;
+use nonstop_common::frame::budget;
 use serde_json::{json, Value};
 use tests::{alive, Bundle, Load, Setup, SetupOptions, TestDir};
 
@@ -163,6 +163,8 @@ fn no_fixed_wait_health_notices_the_app_as_soon_as_it_answers() {
 fn a_failed_nginx_test_restores_the_include_byte_for_byte() {
     let setup = Setup::new("e2e-bad-template", &SetupOptions::default()).unwrap();
     setup.bootstrap("v1").unwrap();
+    // Something to switch to: a switch to nothing is refused before the write.
+    setup.start_by_hand("real2", "v2").unwrap();
     let before = fs::read(&setup.nginx.include).unwrap();
     // A template without its semicolon makes `nginx -t` fail.
     setup
@@ -302,7 +304,7 @@ fn disagreeing_witnesses_stop_nothing_and_switch_to_recovers() {
 
 /// The shipped example config is valid, and with the shipped appspec.yml
 /// each hook's timeout covers the longest its stage may wait with that
-/// config: the same check (`nonstop_common::budget`) every stage makes when
+/// config: the same check (`nonstop_common::frame::budget`) every stage makes when
 /// it loads a config that has an appspec.yml beside it.
 #[test]
 fn appspec_timeouts_cover_the_example_configs_waits() {
@@ -315,7 +317,7 @@ fn appspec_timeouts_cover_the_example_configs_waits() {
     );
     assert!(appspec.lines().any(|l| l == "os: linux"));
 
-    let hooks = budget::parse_hooks(&appspec).unwrap();
+    let hooks = nonstop_common::frame::appspec::parse_hooks(&appspec).unwrap();
     let stages: Vec<&str> = hooks.iter().map(|h| h.stage()).collect();
     assert_eq!(stages, ["stop", "start", "health"]);
     for hook in &hooks {
@@ -382,8 +384,9 @@ fn hooks_exit_2_when_the_appspec_timeout_is_shorter_than_the_configs_waits() {
     assert!(!state.exists(), "nothing may be touched");
 
     // Shorter lock wait, drain and stop: the waits fit in 180 s and the
-    // hook runs.
-    config["lock_timeout_secs"] = json!(30);
+    // hook runs (the switch back to the old app, should the new one die
+    // while it drains, is then the longer way out of retiring).
+    config["lock_timeout_secs"] = json!(15);
     config["app"]["stop_timeout_secs"] = json!(5);
     config["nginx"]["drain_timeout_secs"] = json!(10);
     fs::write(&bundle.config, config.to_string()).unwrap();

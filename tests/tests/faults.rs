@@ -185,7 +185,10 @@ fn a_missing_jar_or_a_bad_java_option_fails_start_and_changes_nothing() {
         .setup
         .edit_config(|c| c["app"]["artifact"] = json!("zip/*.war"))
         .unwrap();
-    scene.hook("stop", &[], Some("d-1")).assert_ok();
+    // In a deployment, stop looks for it first (and stops nothing); start
+    // by itself names what it did not find.
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 1, &["no file in", "*.war", "nothing is stopped"]);
     let start = scene.hook("start", &[], Some("d-1"));
     scene.assert_kept(&start, 1, &["no file in", "*.war"]);
 
@@ -480,7 +483,7 @@ fn an_app_that_ignores_sigterm_is_killed_after_the_timeout() {
     scene.assert_kept(&stop, 0, &["SIGKILL", "port"]);
     assert!(!alive(stubborn));
     assert!(stop.elapsed >= Duration::from_secs(2), "{:?}", stop.elapsed);
-    assert!(nonstop_common::procs::listening(scene.setup.ports[1])
+    assert!(nonstop_common::sys::procs::listening(scene.setup.ports[1])
         .unwrap()
         .is_free());
     scene.finish(&[V1]);
@@ -1043,9 +1046,12 @@ fn a_state_or_app_dir_others_can_write_is_refused_with_the_fix() {
     mode(&app, 0o755);
 
     // Owned by another user than the one running the stage (and not root).
+    // The stage runs as root here: the advice is to run it as the owner,
+    // never to take the directory from it (`chown root` of a home).
     std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
     let stop = scene.hook("stop", &[], Some("d-1"));
-    scene.assert_kept(&stop, 1, &["uid 65534", "chown"]);
+    scene.assert_kept(&stop, 1, &["uid 65534", "run nonstop as nobody"]);
+    assert!(!stop.stderr.contains("chown"), "{}", stop.stderr);
     assert!(alive(real2));
     std::os::unix::fs::chown(&state, Some(0), None).unwrap();
 
@@ -1134,6 +1140,249 @@ fn a_probe_url_at_a_profiles_own_port_is_a_config_error() {
         }
     }
     scene.finish(&[V1]);
+}
+
+// ------------------------------------------------------------ inputs refused before anything stops
+
+/// Runs one of `nginx`'s commands (`-s reload`) against the test's nginx.
+fn nginx_signal(setup: &Setup, args: &[&str]) {
+    let argv = setup.nginx.command(args);
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{argv:?}: {status}");
+}
+
+/// A POST of `len` bytes through nginx, on a new connection: the status
+/// line's code (nginx answers 413 as soon as it reads a Content-Length over
+/// its `client_max_body_size`).
+fn post_status(port: u16, len: usize) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    // nginx may answer (and stop reading) before the body is all sent.
+    let _ = s.write_all(&vec![b'x'; len]);
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head).ok()?;
+    String::from_utf8_lossy(&head[..n])
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn an_include_holding_more_than_the_route_is_refused_before_anything_stops() {
+    let mut scene = Scene::new("fault-include-extra");
+    scene.start_real2("v2");
+    let idle_pid = scene.setup.launched_pid("real2").unwrap();
+    // The operator keeps an upload limit in the include itself.
+    let mut text = scene.setup.include();
+    text.extend_from_slice(b"client_max_body_size 20m;\n");
+    fs::write(&scene.setup.nginx.include, &text).unwrap();
+    nginx_signal(&scene.setup, &["-s", "reload"]);
+    let port = scene.setup.nginx.port;
+    let two_mb = 2 << 20;
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || post_status(port, two_mb)
+            .is_some_and(|s| s != 413)),
+        "nginx never took the upload limit"
+    );
+    scene.include = scene.setup.include();
+    scene.setup.drop_jar("v3").unwrap();
+
+    // A deployment stops nothing: the switch would rewrite the file whole.
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(
+        &stop,
+        2,
+        &[
+            "line 2: `client_max_body_size 20m;`",
+            "Move that line beside the `include`",
+            "nothing was changed",
+        ],
+    );
+    assert!(alive(idle_pid), "stop stopped the idle app");
+    // Nor does an operator's switch drop it.
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(&switch, 2, &["line 2: `client_max_body_size 20m;`"]);
+    // Uploads over nginx's default 1 MB still pass.
+    assert_ne!(post_status(port, two_mb), Some(413));
+
+    // The include as the book writes it, comments and all: a deployment goes through.
+    fs::write(
+        &scene.setup.nginx.include,
+        format!(
+            "# written by hand\nset $service_url http://127.0.0.1:{};  # real1\n",
+            scene.setup.ports[0]
+        ),
+    )
+    .unwrap();
+    for stage in ["stop", "start", "health"] {
+        scene.hook(stage, &[], Some("d-2")).assert_ok();
+    }
+    assert_eq!(
+        scene.setup.get("/").unwrap(),
+        (200, "demo v3 real2".to_string())
+    );
+    scene.finish(&[V1, "demo v3 real2"]);
+}
+
+#[test]
+fn an_include_name_too_long_for_its_temp_file_is_a_config_error_before_anything_stops() {
+    let scene = Scene::new("fault-include-long");
+    scene.start_real2("v2");
+    let idle_pid = scene.setup.launched_pid("real2").unwrap();
+    // 230 bytes: a name nginx and the file system take, but its temp file
+    // (30 bytes longer) is over NAME_MAX.
+    let long = scene
+        .setup
+        .nginx
+        .include
+        .with_file_name(format!("service-url-{}.inc", "x".repeat(214)));
+    fs::write(&long, scene.setup.include()).unwrap();
+    let conf = fs::read_to_string(&scene.setup.nginx.conf).unwrap();
+    let old = format!("include {};", scene.setup.nginx.include.display());
+    assert!(conf.contains(&old), "{conf}");
+    fs::write(
+        &scene.setup.nginx.conf,
+        conf.replace(&old, &format!("include {};", long.display())),
+    )
+    .unwrap();
+    assert!(scene.setup.nginx.test_config(), "nginx takes the long name");
+    nginx_signal(&scene.setup, &["-s", "reload"]);
+    scene
+        .setup
+        .edit_config(|c| c["nginx"]["include"] = json!(long))
+        .unwrap();
+    let before = fs::read(&long).unwrap();
+    scene.setup.drop_jar("v3").unwrap();
+    for (stage, args) in [("stop", &[][..]), ("profile", &["--check"][..])] {
+        let run = scene.hook(stage, args, Some("d-1"));
+        scene.assert_kept(&run, 2, &["`nginx.include`", "at most 225 bytes"]);
+    }
+    assert!(alive(idle_pid), "stop stopped the idle app");
+    assert_eq!(fs::read(&long).unwrap(), before);
+    scene.finish(&[V1]);
+}
+
+#[test]
+fn a_symlinked_build_is_deployed_and_without_a_build_stop_stops_nothing() {
+    let scene = Scene::new("fault-artifact");
+    scene.start_real2("v2");
+    let idle_pid = scene.setup.launched_pid("real2").unwrap();
+    // No build matches: the idle app stays, since start would start nothing.
+    scene
+        .setup
+        .edit_config(|c| c["app"]["artifact"] = json!("zip/*.war"))
+        .unwrap();
+    let stop = scene.hook("stop", &[], Some("d-1"));
+    scene.assert_kept(&stop, 1, &["no file in", "*.war", "nothing is stopped"]);
+    assert!(alive(idle_pid), "stop stopped the idle app");
+    scene
+        .setup
+        .edit_config(|c| c["app"]["artifact"] = json!("zip/*.jar"))
+        .unwrap();
+
+    // The new build arrives as a symlink (the agent copies a link in the
+    // bundle as a link), the newest: followed, in a directory only we write.
+    let builds = scene.setup.dir.join("builds");
+    fs::create_dir_all(&builds).unwrap();
+    scene
+        .setup
+        .jars
+        .jar("v3", &builds.join("demo-v3.jar"))
+        .unwrap();
+    let zip = scene.setup.app_dir.join("zip");
+    let link = zip.join("demo-latest.jar");
+    std::os::unix::fs::symlink("../../builds/demo-v3.jar", &link).unwrap();
+    // In a directory its group may write, refused by name, before stop.
+    fs::set_permissions(&zip, fs::Permissions::from_mode(0o775)).unwrap();
+    let stop = scene.hook("stop", &[], Some("d-2"));
+    scene.assert_kept(
+        &stop,
+        1,
+        &[
+            &format!("{} is a symlink", link.display()),
+            &format!("chmod go-w {}", zip.display()),
+        ],
+    );
+    assert!(alive(idle_pid), "stop stopped the idle app");
+    fs::set_permissions(&zip, fs::Permissions::from_mode(0o755)).unwrap();
+    for stage in ["stop", "start", "health"] {
+        scene.hook(stage, &[], Some("d-3")).assert_ok();
+    }
+    assert_eq!(
+        scene.setup.get("/").unwrap(),
+        (200, "demo v3 real2".to_string())
+    );
+    scene.finish(&[V1, "demo v3 real2"]);
+}
+
+#[test]
+fn a_pid_file_of_another_nginx_is_refused_at_the_switch_before_anything_is_written() {
+    let scene = Scene::new("fault-pid-file");
+    scene.start_real2("v2");
+    // Another nginx on this host, with its own master and pid file.
+    let other_prefix = scene.setup.dir.join("other-nginx");
+    fs::create_dir_all(other_prefix.join("conf.d")).unwrap();
+    let other_include = other_prefix.join("conf.d/service-url.inc");
+    fs::write(&other_include, "set $service_url http://127.0.0.1:9;\n").unwrap();
+    let other = Nginx::start(&other_prefix, free_port(), &other_include).unwrap();
+    let other_pid_file = other.prefix.join("nginx.pid");
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["pid_file"] = json!(other_pid_file);
+            c["nginx"]["confirm_timeout_secs"] = json!(3);
+        })
+        .unwrap();
+    let ours = scene.setup.nginx.prefix.join("nginx.pid");
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    scene.assert_kept(
+        &switch,
+        2,
+        &[
+            &format!("nginx.pid_file is {}", other_pid_file.display()),
+            &format!("writes its pid to {}", ours.display()),
+            &format!("Set \"pid_file\": \"{}\"", ours.display()),
+        ],
+    );
+    switch.assert_stderr_lacks("wrote");
+
+    // Right pid file, but `nginx -T` not allowed (sudo allowing `-t` only):
+    // the switch goes on, saying it could not check.
+    let nginx_t = scene.setup.nginx.command(&[]);
+    let test = script(
+        &scene,
+        "nginx-t-only",
+        "for a; do [ \"$a\" = -T ] && { echo 'sudo: a password is required' >&2; exit 1; }; done\nexec \"$@\"",
+    );
+    scene
+        .setup
+        .edit_config(|c| {
+            c["nginx"]["pid_file"] = json!(ours);
+            c["nginx"]["test"] = argv_json(&[test.to_str().unwrap()], &nginx_t);
+            c["nginx"]["test"].as_array_mut().unwrap().push(json!("-t"));
+        })
+        .unwrap();
+    let switch = scene.hook("switch", &["--to", "real2"], None);
+    switch
+        .assert_ok()
+        .assert_stderr_has("note: cannot check nginx.pid_file")
+        .assert_stderr_has("a password is required");
+    assert_eq!(
+        scene.setup.get("/").unwrap(),
+        (200, "demo v2 real2".to_string())
+    );
+    drop(other);
+    scene.finish(&[V1, "demo v2 real2"]);
 }
 
 // ------------------------------------------------------------ rollback and dry run
@@ -1488,12 +1737,20 @@ fn a_reload_that_fails_after_it_took_effect_is_reloaded_back_or_kept_in_the_jour
     fs::create_dir_all(&marks).unwrap();
     // Reloads for real, then reports failure, as ssh dropping after the
     // remote reload ran would. With `$m/once` it reloads only once, then
-    // (`$m/dead`) nothing.
+    // (`$m/dead`) nothing; that once, it returns only after nginx answers
+    // as real2 (`-s reload` only signals the master, which may read the
+    // config after the switch has already restored the include: then the
+    // reload would not have "taken effect" with the new route at all).
+    let probe = format!("http://127.0.0.1:{}/profile", scene.setup.nginx.port);
     let reload = script(
         &scene,
         "reload-fails.sh",
-        "m=$1; shift; [ -e \"$m/dead\" ] && exit 1; \"$@\"\n\
-         [ -e \"$m/once\" ] && touch \"$m/dead\"; exit 1",
+        &format!(
+            "m=$1; shift; [ -e \"$m/dead\" ] && exit 1; \"$@\"\n\
+             [ -e \"$m/once\" ] || exit 1\n\
+             i=0; until curl -fsS --max-time 1 {probe} | grep -q real2 || [ $i -ge 100 ]; do sleep 0.05; i=$((i+1)); done\n\
+             touch \"$m/dead\"; exit 1"
+        ),
     );
     let m = marks.display().to_string();
     let real_reload = scene.setup.nginx.command(&["-s", "reload"]);
@@ -1597,13 +1854,14 @@ fn a_journal_is_settled_only_by_its_own_app_and_route() {
     let setup = &scene.setup;
     let a_config: Value = setup.config().unwrap();
     // App A's switch is killed after it wrote its include, while `nginx -t`
-    // runs (held until then).
+    // runs (held until then; the `nginx -T` that reads nginx's config
+    // before the write is not held).
     let marks = setup.dir.join("marks");
     fs::create_dir_all(&marks).unwrap();
     let test = script(
         &scene,
         "test.sh",
-        "m=$1; shift; touch \"$m/testing\"\n\
+        "m=$1; shift; for a; do [ \"$a\" = -T ] && exec \"$@\"; done; touch \"$m/testing\"\n\
          i=0; while [ -e \"$m/hold\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
          exec \"$@\"",
     );

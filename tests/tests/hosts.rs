@@ -14,7 +14,7 @@
 use std::fs;
 use std::time::Duration;
 
-use nonstop_common::procs;
+use nonstop_common::sys::procs;
 use tests::netns::{outside_cuts, TwoHosts, APP_ADDR, APP_PORTS};
 use tests::{alive, assert_all_served, wait_until, HookRun, Load};
 
@@ -223,4 +223,63 @@ fn a_cut_during_the_confirmation_is_settled_by_the_next_stage() {
     assert!(alive(live), "the live app must not be stopped");
     assert_routes(&hosts, "real1", "v1");
     assert_served_outside_cuts(&hosts, load, &["v1", "v2"]);
+}
+
+/// nginx's host prints at every login (a `command=` wrapper in
+/// authorized_keys that greets, then runs what was asked), and a
+/// colleague's broken vhost makes `nginx -t` fail there. Before, the greeting
+/// was read as the include's first line, kept in the switch journal and
+/// "restored" into nginx's config: after the colleague's fix `nginx -t`
+/// still failed, now because of the include. Now no stage reads the include
+/// through such a login: the switch fails naming the host and quoting what
+/// it printed, the include is byte for byte what it was, `profile --check`
+/// says why, and once the login is quiet the same hook switches.
+#[test]
+fn a_login_that_prints_is_never_taken_for_the_include() {
+    let (hosts, live, load) = hosts("hosts-login-prints");
+    stop_and_start(&hosts, "d-1", "v2");
+    // Bytes that are not UTF-8 too: the include is kept as bytes.
+    let mut before = b"# r\xe9serv\xe9 (Latin-1)\n".to_vec();
+    before.extend(fs::read(&hosts.nginx.include).unwrap());
+    fs::write(&hosts.nginx.include, &before).unwrap();
+    let colleague = hosts.nginx.prefix.join("sites/colleague.conf");
+    fs::write(
+        &colleague,
+        "server { listen 127.0.0.1:8099; brokn_directive on; }\n",
+    )
+    .unwrap();
+    assert!(!hosts.nginx_test());
+    let notice = "web1: authorized use only";
+    hosts.sshd.login_prints(notice).unwrap();
+    let quoted = format!("printed \"{notice}\\n\"");
+
+    let health = hosts.hook("health", &[], Some("d-1")).unwrap();
+    health
+        .assert_code(1)
+        .assert_stderr_has(&hosts.destination())
+        .assert_stderr_has(&quoted);
+    assert_eq!(fs::read(&hosts.nginx.include).unwrap(), before);
+    assert!(alive(live), "the live app must not be stopped");
+    // The colleague fixes the vhost: nginx's config is whole again.
+    fs::remove_file(&colleague).unwrap();
+    assert!(
+        hosts.nginx_test(),
+        "nginx -t must pass once the vhost is fixed"
+    );
+    assert_eq!(hosts.get("/").unwrap(), (200, "demo v1 real1".into()));
+    // `profile --check` says why.
+    let check = hosts.hook("profile", &["--check"], None).unwrap();
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        said.contains(&format!("FAIL: nginx's host {}", hosts.destination()))
+            && said.contains(&format!("prints \"{notice}\\n\" at login")),
+        "{said}"
+    );
+
+    // The login is quiet again: the same hook switches.
+    hosts.sshd.key_options("").unwrap();
+    let health = hosts.hook("health", &[], Some("d-1")).unwrap();
+    health.assert_ok().assert_stderr_has("confirmed");
+    assert_routes(&hosts, "real2", "v2");
+    assert_all_served(&load.finish(), &["v1", "v2"]);
 }

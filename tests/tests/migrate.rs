@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nonstop_common::procs;
+use nonstop_common::sys::procs;
 use tests::{alive, assert_all_served, terminate, wait_until, Load, Nginx, Setup, SetupOptions};
 
 /// Processes this test started outside nonstop, stopped by pid at the end.

@@ -389,6 +389,41 @@ fn a_compose_file_without_a_profiles_service_is_caught() {
 }
 
 #[test]
+fn an_include_holding_more_than_the_route_is_caught() {
+    let f = Fixture::new("pre-include-extra", Kind::Include);
+    let include = f.dir.join("nginx/conf.d/service-url.inc");
+    let mut text = fs::read_to_string(&include).unwrap();
+    text.push_str("client_max_body_size 20m;\n");
+    fs::write(&include, text).unwrap();
+    assert_fails(
+        &f.check(),
+        &[
+            "line 2: `client_max_body_size 20m;`",
+            "rewrites the whole file",
+            "move that line beside the `include`",
+        ],
+    );
+}
+
+#[test]
+fn a_pid_file_of_another_nginx_is_caught() {
+    let f = Fixture::new("pre-pid-file", Kind::Include);
+    // Another nginx on this host: its pid file names a live master too.
+    let other = Fixture::new("pre-pid-file-other", Kind::Include);
+    let theirs = other.dir.join("nginx/nginx.pid");
+    f.edit(|c| c["nginx"]["pid_file"] = json!(theirs));
+    let ours = f.dir.join("nginx/nginx.pid");
+    assert_fails(
+        &f.check(),
+        &[
+            &format!("nginx.pid_file is {}", theirs.display()),
+            &format!("writes its pid to {}", ours.display()),
+            &format!("set \"pid_file\": \"{}\"", ours.display()),
+        ],
+    );
+}
+
+#[test]
 fn a_bad_config_exits_2() {
     let f = Fixture::new("pre-config", Kind::Include);
     f.edit(|c| c["app"]["comand"] = json!(["java"]));
@@ -399,7 +434,7 @@ fn a_bad_config_exits_2() {
         "{}",
         run.stdout
     );
-    // A hook timeout shorter than what health can wait (budget.rs's check).
+    // A hook timeout shorter than what health can wait (the hook budget's check).
     f.edit(|c| {
         c["app"].as_object_mut().unwrap().remove("comand");
     });

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nonstop_common::procs;
+use nonstop_common::sys::procs;
 use serde_json::json;
 use tests::{alive, assert_all_served, http_get, HookRun, Layout, Load, Setup, SetupOptions};
 
@@ -419,18 +419,7 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
 /// of the previous workers is left.
 fn edit_nginx(setup: &Setup, edit: impl FnOnce(String) -> String) {
     let text = fs::read_to_string(&setup.nginx.conf).unwrap();
-    fs::write(&setup.nginx.conf, edit(text)).unwrap();
-    let before = setup.nginx.workers();
-    let argv = setup.nginx.command(&["-s", "reload"]);
-    let status = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(tests::wait_until(Duration::from_secs(20), || {
-        let now = setup.nginx.workers();
-        !now.is_empty() && !now.iter().any(|w| before.contains(w))
-    }));
+    setup.nginx.reload_with(&edit(text)).unwrap();
 }
 
 #[test]
@@ -510,4 +499,176 @@ fn symlink_mode_recovery_says_it_restored_the_symlink() {
         .assert_stderr_lacks("include file");
     assert_eq!(site_of(&link), "blue");
     assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+}
+
+/// Every read and write nonstop makes over ssh, against a login that prints
+/// before (and after) the command it was given: a `command=` wrapper in
+/// authorized_keys. The include's bytes and the symlink's target are read
+/// exactly or refused naming the host and quoting what it printed (before:
+/// the notice was taken for the file's first line, or for part of the
+/// link's target); a write, a restore above all, puts exactly the bytes
+/// given there, notice or not.
+#[test]
+fn over_ssh_only_the_files_bytes_count() {
+    let dir = tests::TestDir::new("ssh-framed");
+    let sshd = tests::Sshd::start(&dir.join("sshd")).unwrap();
+    let files = dir.join("nginx");
+    fs::create_dir_all(files.join("sites-available")).unwrap();
+    let include = files.join("service-url.inc");
+    let bytes = b"# r\xe9serv\xe9\nset $service_url http://127.0.0.1:8081;\n".to_vec();
+    fs::write(&include, &bytes).unwrap();
+    let link = files.join("default");
+    std::os::unix::fs::symlink("sites-available/blue", &link).unwrap();
+    let config = |route: serde_json::Value| {
+        let mut c = json!({"app": {"dir": dir.join("app")}, "nginx": route});
+        c["nginx"]["ssh"] = sshd.config();
+        nonstop_common::config::parse(&c.to_string(), &dir.join("nonstop.json")).unwrap()
+    };
+    let inc = config(json!({"include": include}));
+    let sym = config(json!({"mode": "symlink", "link": link, "sites": {
+        "real1": files.join("sites-available/blue"), "real2": files.join("sites-available/green")}}));
+    use nonstop_common::route;
+    use nonstop_common::route::host::Host;
+
+    // A quiet login: exact bytes, exact target.
+    assert_eq!(route::of(&inc).read().unwrap(), Some(bytes.clone()));
+    assert_eq!(
+        route::of(&sym).read().unwrap(),
+        Some(b"sites-available/blue".to_vec())
+    );
+    assert_eq!(Host::of(&inc).login_noise().unwrap(), None);
+
+    // A login that prints, before and after what it runs.
+    sshd.key_options(
+        r#"command="echo 'web1: authorized use only'; eval \"$SSH_ORIGINAL_COMMAND\"; echo bye""#,
+    )
+    .unwrap();
+    let said = "\"web1: authorized use only\\nbye\\n\"";
+    for (config, what) in [(&inc, "the include file"), (&sym, "the symlink")] {
+        let err = format!("{:#}", route::of(config).read().unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "nginx's host {}",
+                sshd.config()["destination"].as_str().unwrap()
+            )) && err.contains(&format!("printed {said}"))
+                && err.contains(what),
+            "{err}"
+        );
+    }
+    assert_eq!(Host::of(&inc).login_noise().unwrap().as_deref(), Some(said));
+    // Writing (a restore) puts exactly these bytes there, the notice aside.
+    let restored = b"# caf\xe9\nset $service_url http://127.0.0.1:8082;\n";
+    route::of(&inc).write(restored).unwrap();
+    assert_eq!(fs::read(&include).unwrap(), restored);
+    route::of(&sym)
+        .write(
+            files
+                .join("sites-available/green")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        files.join("sites-available/green")
+    );
+    // nginx's commands: the status is the command's, not the wrapper's
+    // last `echo`.
+    let failed = Host::of(&inc)
+        .run(&["false".to_string()], Duration::from_secs(30))
+        .unwrap();
+    assert!(!failed.success());
+    let missing = files.join("gone.inc");
+    let gone = config(json!({"include": missing}));
+    sshd.key_options("").unwrap();
+    assert_eq!(route::of(&gone).read().unwrap(), None);
+}
+
+/// Upstream pair whose upstream keeps a pool of idle connections
+/// (`keepalive 8;`, HTTP/1.1), nginx retrying with `retry`.
+fn pooled(name: &str, retry: &'static str) -> Setup {
+    Setup::new(
+        name,
+        &SetupOptions {
+            layout: Layout::Pair,
+            pair_pool: Some(retry),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Upstream pair with a `keepalive` pool and nginx's default retry (a POST
+/// is never resent): nginx goes on reusing its pooled connections to the
+/// old app until that stops, so a retire can neither wait them out nor stop
+/// it without cutting a POST. Refused by `--check` and by the deployment's
+/// first stage, naming the `keepalive` line and what to do instead, before
+/// anything is stopped (before: the deployment went on, waited out
+/// `nginx.drain_timeout_secs` and cut).
+#[test]
+fn upstream_pair_refuses_a_pool_nginx_never_resends_a_post_from() {
+    let setup = pooled("setup-pair-pool-refused", "error timeout");
+    setup.bootstrap("v1").unwrap();
+    let live = setup.launched_pid("real1").unwrap();
+    let line = format!("`keepalive 8;` ({}:", setup.nginx.conf.display());
+
+    let check = setup.hook("profile", &["--check"], None).unwrap();
+    check.assert_code(1).assert_stdout_has(&line);
+    setup.drop_jar("v2").unwrap();
+    for stage in ["stop", "start"] {
+        let run = setup.hook(stage, &[], Some("d-1")).unwrap();
+        run.assert_code(1)
+            .assert_stderr_has(&line)
+            .assert_stderr_has("non_idempotent")
+            .assert_stderr_has("nothing was stopped");
+    }
+    assert!(alive(live), "nothing may be stopped");
+    assert!(
+        setup.launched_pid("real2").is_none(),
+        "nothing may be started"
+    );
+    assert_eq!(setup.get("/").unwrap(), (200, "demo v1 real1".into()));
+}
+
+/// Upstream pair with a pool where nginx resends what the old app's
+/// shutdown cuts (`proxy_next_upstream ... non_idempotent`), under POSTs:
+/// the retire does not wait for the pool (it never drains while the old
+/// app runs: before, every deployment waited out `drain_timeout_secs` and
+/// recorded `retired-cutting-connections`), and no POST is lost.
+#[test]
+fn upstream_pair_with_a_pool_nginx_resends_from_retires_at_once_losing_no_post() {
+    let setup = pooled("setup-pair-pool", "error timeout non_idempotent");
+    let [p1, p2] = setup.ports;
+    // max_fails=0: no fail_timeout to wait out (as in the test above).
+    edit_nginx(&setup, |conf| {
+        conf.replace(&format!("{p1};"), &format!("{p1} max_fails=0;"))
+            .replace(&format!("{p2};"), &format!("{p2} max_fails=0;"))
+    });
+    setup
+        .edit_config(|c| c["nginx"]["drain_timeout_secs"] = json!(20))
+        .unwrap();
+    setup.bootstrap("v1").unwrap();
+    setup
+        .hook("profile", &["--check"], None)
+        .unwrap()
+        .assert_stdout_has("nginx proxies to upstream app");
+    let gets = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(2));
+    let posts = Load::posts(setup.nginx.port, "/", 4, Duration::from_millis(1));
+    let mut live = "real1";
+    for (n, version) in ["v2", "v3"].into_iter().enumerate() {
+        let old_pid = setup.launched_pid(live).unwrap();
+        let health = deploy(&setup, &format!("d-{n}"), version);
+        health
+            .assert_stderr_has("keeps a pool of connections")
+            .assert_stderr_lacks("still has");
+        assert!(!alive(old_pid), "the old app must be retired");
+        let last = history(&setup).into_iter().last().unwrap();
+        assert_eq!(last["exit_code"], 0, "{last}");
+        assert_ne!(last["outcome"], "retired-cutting-connections", "{last}");
+        live = other(live);
+    }
+    let posted = posts.finish();
+    assert_all_served(&posted, &["v1", "v2", "v3"]);
+    assert_all_served(&gets.finish(), &["v1", "v2", "v3"]);
+    eprintln!("{} POSTs, none lost", posted.len());
 }

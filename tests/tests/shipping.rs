@@ -363,3 +363,163 @@ fn a_bundle_that_could_not_deploy_is_refused_writing_nothing() {
     assert!(out.join("app-1.jar").is_file());
     assert!(out.with_file_name("app.zip").is_file());
 }
+
+/// The bundle tool with these arguments, its output piped.
+fn bundle_args(
+    jar: &Path,
+    config: &Path,
+    spec: &Path,
+    binaries: &Path,
+    out: &Path,
+) -> Vec<std::ffi::OsString> {
+    [
+        "--build".as_ref(),
+        jar.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--appspec".as_ref(),
+        spec.as_os_str(),
+        "--binaries".as_ref(),
+        binaries.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]
+    .into_iter()
+    .map(|a: &std::ffi::OsStr| a.to_os_string())
+    .collect()
+}
+
+/// What is beside `out` whose name is one of the bundle's temp names.
+fn leftovers(dist: &Path) -> Vec<String> {
+    fs::read_dir(dist)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".nonstop-"))
+        .collect()
+}
+
+#[test]
+fn an_appspec_source_climbing_out_of_the_bundle_is_refused_naming_its_line() {
+    let dir = TestDir::new("ship-dotdot");
+    let jar = dir.join("app-1.jar");
+    fs::write(&jar, b"not run").unwrap();
+    let config = dir.join("nonstop.json");
+    fs::write(
+        &config,
+        json!({"app": {"dir": "/srv/app", "artifact": "zip/*.jar"}}).to_string(),
+    )
+    .unwrap();
+    let spec = dir.join("appspec.yml");
+    // Line 4: the agent would copy from beside its archive directory.
+    fs::write(
+        &spec,
+        appspec(Path::new("/srv/app/zip"), 180).replace("source: /", "source: ../outside"),
+    )
+    .unwrap();
+    let out = dir.join("dist/app");
+    let args = bundle_args(&jar, &config, &spec, &static_binaries(), &out);
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let o = bundle(&refs);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 4")
+            && stderr.contains("source: ../outside")
+            && stderr.contains("`..`"),
+        "{stderr}"
+    );
+    // Nothing anywhere: not the bundle, not its zip, not the jar outside it.
+    assert!(!out.exists(), "the bundle was written");
+    assert!(!dir.join("dist/app.zip").exists(), "the zip was written");
+    assert!(
+        !dir.join("dist/outside").exists(),
+        "the build was written outside --out"
+    );
+}
+
+#[test]
+fn two_bundle_runs_with_the_same_out_never_remove_each_others_output() {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = TestDir::new("ship-twice");
+    let jar = dir.join("app-1.jar");
+    fs::write(&jar, b"not run").unwrap();
+    let config = dir.join("nonstop.json");
+    fs::write(
+        &config,
+        json!({"app": {"dir": "/srv/app", "artifact": "zip/*.jar"}}).to_string(),
+    )
+    .unwrap();
+    let spec = dir.join("appspec.yml");
+    fs::write(&spec, appspec(Path::new("/srv/app/zip"), 180)).unwrap();
+    let out = dir.join("dist/app");
+    let zip = dir.join("dist/app.zip");
+
+    // Run A reads its `profile` binary from a FIFO: it waits there, after
+    // it found --out free and before it writes anything, until fed.
+    let bins = static_binaries();
+    let slow = dir.join("slow-binaries");
+    fs::create_dir_all(&slow).unwrap();
+    for stage in STAGES.iter().filter(|s| **s != "profile") {
+        fs::copy(bins.join(stage), slow.join(stage)).unwrap();
+    }
+    let fifo = slow.join("profile");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let a = Command::new(binaries_dir().unwrap().join("bundle"))
+        .args(bundle_args(&jar, &config, &spec, &slow, &out))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The FIFO opens for writing once A has opened it for reading.
+    let mut feed = None;
+    let opened = tests::wait_until(Duration::from_secs(60), || {
+        feed = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        feed.is_some()
+    });
+    assert!(opened, "run A never reached its binaries");
+    let mut feed = feed.unwrap();
+    let flags = nix::fcntl::fcntl(&feed, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&feed, nix::fcntl::FcntlArg::F_SETFL(blocking)).unwrap();
+
+    // Run B, meanwhile, makes its bundle.
+    let args = bundle_args(&jar, &config, &spec, &bins, &out);
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let b = bundle(&refs);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let zip_of_b = fs::read(&zip).unwrap();
+
+    // A goes on, finds --out taken when it comes to put its bundle there.
+    feed.write_all(&fs::read(bins.join("profile")).unwrap())
+        .unwrap();
+    drop(feed);
+    let a = a.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    // B's bundle is whole, its zip the one it wrote; A left nothing behind.
+    for file in [
+        "app-1.jar",
+        "appspec.yml",
+        "nonstop.json",
+        "scripts/profile",
+        "man/man1/stop.1",
+    ] {
+        assert!(
+            out.join(file).is_file(),
+            "{file} of run B is gone; run A: {stderr}"
+        );
+    }
+    assert_eq!(fs::read(&zip).ok(), Some(zip_of_b), "run B's zip changed");
+    assert_eq!(leftovers(&dir.join("dist")), Vec::<String>::new());
+    assert_eq!(a.status.code(), Some(2), "run A: {stderr}");
+    assert!(
+        stderr.contains(&format!("{} was made meanwhile", out.display())),
+        "{stderr}"
+    );
+}

@@ -108,7 +108,7 @@ impl Scene {
             run.stderr
         );
         assert!(
-            nonstop_common::procs::listening(self.setup.ports[1])
+            nonstop_common::sys::procs::listening(self.setup.ports[1])
                 .unwrap()
                 .is_free(),
             "{}: the idle port is still taken",
@@ -235,7 +235,7 @@ fn a_launcher_that_forks_the_app_and_exits_is_adopted_then_stopped_cleanly() {
     }
     assert_eq!(scene.setup.get("/").unwrap(), (200, "demo v2 real2".into()));
     let adopted = scene.setup.launched_pid("real2").unwrap();
-    let on_port = nonstop_common::procs::listening(scene.setup.ports[1]).unwrap();
+    let on_port = nonstop_common::sys::procs::listening(scene.setup.ports[1]).unwrap();
     assert_eq!(on_port.pids, vec![adopted], "the record names the listener");
     // Back to real1 (still running v1), then real2 is idle and stopped by
     // the next deployment's `stop`, as ours.

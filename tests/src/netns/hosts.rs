@@ -121,6 +121,20 @@ impl TwoHosts {
         fs::read_to_string(&self.nginx.include).unwrap_or_default()
     }
 
+    /// `nginx -t` on the nginx host (it binds its listen addresses, which
+    /// exist only there): whether nginx's config there passes.
+    pub fn nginx_test(&self) -> bool {
+        let argv = self.nginx.command(&["-t"]);
+        self.net
+            .nginx_place()
+            .command(&argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// GET through nginx, from the nginx host (a client of nginx, not across the link).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         in_netns(&self.net.nginx, || {
@@ -281,7 +295,7 @@ fn two_hosts_config(
 /// of files in `gate` (fixed paths the test made; nothing else reaches this
 /// script). A test fixture, so it polls.
 fn gate_script(gate: &Path, reload: &[String]) -> String {
-    let q = |s: &str| nonstop_common::route::shell_quote(s);
+    let q = |s: &str| nonstop_common::route::ssh::shell_quote(s);
     let reload = reload.iter().map(|w| q(w)).collect::<Vec<_>>().join(" ");
     format!(
         r#"#!/bin/sh
@@ -309,10 +323,13 @@ exec {reload}
 
 /// nginx on the nginx host: listening on its address (for the app host's
 /// probe) and on its loopback (for the clients), proxying `/` to the
-/// include's `$service_url`. A lost link shows as a 502/504 within 2 s.
+/// include's `$service_url`, and loading `sites/*.conf` beside it (other
+/// sites kept on that host). A lost link shows as a 502/504 within 2 s.
 fn start_nginx(place: &Place, prefix: &Path, include: &Path) -> Result<Nginx> {
     let conf = prefix.join("nginx.conf");
     fs::create_dir_all(prefix.join("tmp"))?;
+    // Other sites colleagues keep on that host (none at first).
+    fs::create_dir_all(prefix.join("sites"))?;
     fs::write(
         &conf,
         format!(
@@ -327,10 +344,12 @@ fn start_nginx(place: &Place, prefix: &Path, include: &Path) -> Result<Nginx> {
             proxy_read_timeout 30s;
         }}
     }}
+    include {sites}/*.conf;
 }}
 ",
             head = Nginx::conf_head(prefix),
-            include = include.display()
+            include = include.display(),
+            sites = prefix.join("sites").display()
         ),
     )?;
     let mut child: Child = place

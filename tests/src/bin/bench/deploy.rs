@@ -130,7 +130,7 @@ impl Scenario<'_> {
         match self.layout {
             Layout::Include => Some(fs::metadata(include)),
             // The link itself, not the site file it points at.
-            Layout::Symlink => Some(fs::symlink_metadata(include)),
+            Layout::Symlink | Layout::Realpath => Some(fs::symlink_metadata(include)),
             Layout::Pair => None,
         }
         .map(|m| m.and_then(|m| m.modified()))

@@ -19,9 +19,12 @@
 //!
 //! `--modes N` runs every nginx mode and backend side by side instead
 //! ([`modes`]); `--soak N` runs N deployments of a fast app in a row and
-//! watches for leaks ([`soak`]).
+//! watches for leaks ([`soak`]); `--fleet` deploys three servers behind a
+//! load balancer with a CodeDeploy deployment group's orders, with and
+//! without nonstop ([`fleet`]).
 
 mod deploy;
+mod fleet;
 mod load;
 mod modes;
 mod report;
@@ -77,15 +80,43 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     warmup_requests: usize,
 
-    /// Instead: every mode (include, symlink, upstream pair, compose), with
+    /// Instead: every mode (include, realpath, symlink, upstream pair, compose), with
     /// retire off and on, N deployments each, side by side
     #[arg(long, value_name = "N", conflicts_with = "soak")]
     modes: Option<usize>,
+
+    /// With --modes: only the modes whose name contains TEXT ("pair")
+    #[arg(long, value_name = "TEXT", requires = "modes")]
+    only: Option<String>,
 
     /// Instead: N deployments in a row of a fast app, watching nonstop's
     /// fds and processes, the state dir and the app's logs
     #[arg(long, value_name = "N")]
     soak: Option<usize>,
+
+    /// With --soak: route in the realpath mode (a link nginx resolves on
+    /// every request, switched without a reload) instead of the include file
+    #[arg(long, requires = "soak")]
+    realpath: bool,
+
+    /// Instead: three servers behind a load balancer (HAProxy), deployed by
+    /// a CodeDeploy deployment group through the agent's code: nonstop with
+    /// AllAtOnce, OneAtATime, HalfAtATime, a failing host and its rollback;
+    /// without nonstop with BlockTraffic/AllowTraffic and without (needs
+    /// root and NONSTOP_CODEDEPLOY_AGENT)
+    #[arg(long, conflicts_with_all = ["modes", "soak"])]
+    fleet: bool,
+
+    /// With --fleet: the target group's deregistration delay BlockTraffic
+    /// waits, in seconds (an ALB's default is 300; the figure for it is
+    /// computed from the measured steps)
+    #[arg(long, default_value_t = 5, requires = "fleet")]
+    dereg_delay_secs: u64,
+
+    /// With --fleet: the load balancer's health check interval, in ms (an
+    /// ALB's default is 30 s)
+    #[arg(long, default_value_t = 1000, requires = "fleet")]
+    check_interval_ms: u64,
 
     /// Print what every stage said
     #[arg(long, short)]
@@ -108,6 +139,8 @@ fn main() -> ExitCode {
         modes::run(&args, n)
     } else if let Some(n) = args.soak {
         soak::run(&args, n)
+    } else if args.fleet {
+        fleet::run(&args)
     } else {
         bench(&args)
     };

@@ -74,7 +74,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Latency {
+    pub fn of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Latency {
         let mut ms: Vec<f64> = samples
             .filter(|x| x.served_by().is_some())
             .map(|x| x.latency.as_secs_f64() * 1000.0)

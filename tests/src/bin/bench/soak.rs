@@ -158,6 +158,7 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
         &SetupOptions {
             startup_delay_ms: 0,
             retire: args.retire,
+            layout: layout(args),
             ..Default::default()
         },
     )?;
@@ -195,6 +196,15 @@ pub fn run(args: &Args, n: usize) -> Result<bool> {
     Ok(run.ok && summary.failed == 0)
 }
 
+/// The include file, or with `--realpath` the realpath link.
+fn layout(args: &Args) -> Layout {
+    if args.realpath {
+        Layout::Realpath
+    } else {
+        Layout::Include
+    }
+}
+
 /// The `n` deployments on the bootstrapped `setup`, what each left behind,
 /// and how long they took.
 fn soak(args: &Args, setup: &Setup, n: usize) -> Result<(Run, Vec<Row>, Duration)> {
@@ -222,7 +232,7 @@ fn soak(args: &Args, setup: &Setup, n: usize) -> Result<(Run, Vec<Row>, Duration
     let run = run_deployments(
         setup,
         &ScenarioOpts {
-            layout: Layout::Include,
+            layout: layout(args),
             retire: args.retire,
             slow_ms: 0,
             verbose: args.verbose,
@@ -262,8 +272,9 @@ fn markdown(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Soak: {} deployments in a row (retire {}) in {:.0} s ({:.2} s each), demo app without start-up delay; {} of {} requests answered 200, {} failed ({} POSTs), {} GETs on closed kept-alive connections (a client retries them).\n",
+        "Soak: {} deployments in a row ({} mode, retire {}) in {:.0} s ({:.2} s each), demo app without start-up delay; {} of {} requests answered 200, {} failed ({} POSTs), {} GETs on closed kept-alive connections (a client retries them).\n",
         rows.len(),
+        if args.realpath { "realpath" } else { "include" },
         if args.retire { "on" } else { "off" },
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() / rows.len().max(1) as f64,
