@@ -4,6 +4,7 @@
 use std::fs;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Where the tests' ports come from: below the kernel's ephemeral range
 /// (`net.ipv4.ip_local_port_range`, 32768-60999 by default). A port the
@@ -18,9 +19,17 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
-/// `n` distinct free ports (see [`free_port`]).
+/// `n` distinct free ports (see [`free_port`]), none handed out before in
+/// this process.
 pub fn free_ports(n: usize) -> Vec<u16> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Every port handed out so far. A test reserves an app port long before
+    // anything listens on it (real2 until its `start`, an idle profile after
+    // `stop`), so the bind below cannot see it taken: without this, a test
+    // running beside it could be given the same port and one `start` would
+    // fail to bind it.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| {
@@ -44,7 +53,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         }
         let k = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = PORTS.start + ((seed + k * 37) % span) as u16;
-        if (ephemeral.0..=ephemeral.1).contains(&port) || held.iter().any(|(p, _)| *p == port) {
+        if (ephemeral.0..=ephemeral.1).contains(&port)
+            || held.iter().any(|(p, _)| *p == port)
+            || given.contains(&port)
+        {
             continue;
         }
         // The wildcard address: it conflicts with a listener or a
@@ -54,5 +66,6 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         }
     }
     assert_eq!(held.len(), n, "no {n} free ports in {PORTS:?}");
+    given.extend(held.iter().map(|(p, _)| *p));
     held.into_iter().map(|(p, _)| p).collect()
 }

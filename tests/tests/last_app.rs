@@ -88,13 +88,15 @@ fn the_new_app_dies_while_the_old_one_drains(name: &str, layout: Layout) {
     // What keeps the retiring waiting: a request to real1 that nginx's
     // previous workers proxy (include mode), or, in upstream-pair mode
     // where nginx balances over both, one straight on real1's port (its
-    // connections are what that mode drains). Long enough to outlast the
-    // pair mode's wait for nginx's fail_timeout.
+    // connections are what that mode drains). It must outlast everything
+    // up to the kill below (the stage's start, the switch, the pair mode's
+    // 11 s wait for nginx's fail_timeout) on a loaded machine too: the
+    // retiring waits for it, so a long one costs only this test's time.
     let (via, ms, waiting) = match layout {
-        Layout::Pair => (setup.ports[0], 16_000, "waiting for no connection to"),
+        Layout::Pair => (setup.ports[0], 30_000, "waiting for no connection to"),
         _ => (
             setup.nginx.port,
-            4_000,
+            15_000,
             "waiting for nginx's previous workers",
         ),
     };
@@ -185,7 +187,10 @@ fn stop_waits_for_nginx_to_let_go_of_the_idle_app() {
     setup.drop_jar("v2").unwrap();
     hook(&setup, "stop", &[], Some("d-1")).assert_ok();
     hook(&setup, "start", &[], Some("d-1")).assert_ok();
-    let slow = slow_request(setup.nginx.port, 4_000, setup.ports[0], real1);
+    // In flight until `stop d-2` below has seen nginx's previous workers,
+    // whatever the switch, the GET and the jar cost on a loaded machine
+    // (`stop` waits for it: nginx.drain_timeout_secs is 60).
+    let slow = slow_request(setup.nginx.port, 15_000, setup.ports[0], real1);
     hook(&setup, "health", &[], Some("d-1")).assert_ok();
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
 
@@ -194,7 +199,7 @@ fn stop_waits_for_nginx_to_let_go_of_the_idle_app() {
     let stop = hook(&setup, "stop", &[], Some("d-2"));
     assert_eq!(
         slow.join().unwrap(),
-        (200, "slow 4000 v1 real1".into()),
+        (200, "slow 15000 v1 real1".into()),
         "the request nginx's previous workers proxied to real1:\n{}",
         stop.stderr
     );
@@ -214,7 +219,8 @@ fn stop_waits_for_nginx_to_let_go_of_the_idle_app() {
             c["app"]["retire_busy"] = json!("fail");
         })
         .unwrap();
-    let slow = slow_request(setup.ports[1], 6_000, setup.ports[1], real2);
+    // Open through both stops below (d-4 cuts it), however slow they start.
+    let slow = slow_request(setup.ports[1], 40_000, setup.ports[1], real2);
     let stop = hook(&setup, "stop", &[], Some("d-3"));
     stop.assert_code(1)
         .assert_stderr_has("1 connection open on")

@@ -17,17 +17,11 @@ use anyhow::{Context as _, Result};
 use crate::app::drain::{drain, Why};
 use crate::app::health_rule;
 use crate::app::stopping;
+use crate::config::waits::STILL_SERVING_LIMIT;
 use crate::nginx::probe::{self, Probe};
 use crate::sys::procs;
 use crate::sys::signals;
 use crate::{Context, Profile};
-
-/// How long, at most, [`still_serving`] looks for the new app answering
-/// (its own port and through nginx) before it counts as gone. Success ends
-/// the look at the first good pair of answers; only an app that is really
-/// gone costs the whole window, and one blip (a slow answer under load)
-/// does not count as a death.
-pub(crate) const STILL_SERVING_LIMIT: Duration = Duration::from_secs(2);
 
 /// Stops the app that was live, once nginx has let go of it ([`drain`]),
 /// provided the new one still serves ([`still_serving`]): otherwise nothing
