@@ -127,10 +127,11 @@ fn the_demo_apps_shutdown_never_cuts_an_answer_it_began() {
         tests::terminate(pid, Duration::from_secs(35));
         let _ = app.wait();
         // Its requests are short: a drain that waits for its deadline
-        // (30 s) instead of for them is a fault too.
+        // (30 s) instead of for them is a fault too (20 s leaves a loaded
+        // machine room and still tells the two apart).
         let drained = signalled.elapsed();
         assert!(
-            drained < Duration::from_secs(10),
+            drained < Duration::from_secs(20),
             "round {round}: the app took {drained:?} to exit after SIGTERM"
         );
         stop.store(true, Ordering::Relaxed);

@@ -170,7 +170,7 @@ fn a_version_that_dies_during_start_up_fails_health_at_once() {
     scene.assert_kept(&health, 1, &["has exited", "without answering"]);
     // The health timeout is 30 s: failing at once means well before it.
     assert!(
-        health.elapsed < Duration::from_secs(8),
+        health.elapsed < Duration::from_secs(15),
         "health took {:?}",
         health.elapsed
     );
