@@ -5,7 +5,8 @@
 // - it listens on -Dserver.port, else on its profile's port (real1 8081, real2 8082),
 //   at 127.0.0.1, or at -Ddemo.bind (0.0.0.0: an app host that nginx reaches from another host);
 // - GET / answers "demo VERSION PROFILE", VERSION coming from version.txt in the jar;
-// - GET /slow?ms=N answers after N milliseconds (a request in flight during a switch);
+// - GET /slow?ms=N answers after N milliseconds (a request in flight during a switch), logging
+//   "slow request for N ms began" when it arrives;
 // - -Ddemo.startup.delay.ms=N waits N ms before it listens (a slow start-up);
 // - on SIGTERM it finishes the requests in flight (each answer then says Connection: close),
 //   then closes its listening socket and its connections, never one with an answer begun.
@@ -57,6 +58,9 @@ public final class Demo {
         server.createContext("/profile", counted(ex -> respond(ex, answer)));
         server.createContext("/slow", counted(ex -> {
             long ms = queryLong(ex, "ms", 2000L);
+            // Tests wait for this line: the request is in flight here.
+            System.out.println("demo: slow request for " + ms + " ms began");
+            System.out.flush();
             try {
                 Thread.sleep(ms);
             } catch (InterruptedException e) {

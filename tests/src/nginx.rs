@@ -212,6 +212,19 @@ http {{
         nonstop_common::sys::procs::children(self.pid())
     }
 
+    /// The workers once none is an old one still finishing (`worker
+    /// process is shutting down`, after a reload): a snapshot to compare
+    /// later against, which an old worker's exit must not change. Waits at
+    /// most 20 s, then returns them as they are.
+    pub fn settled_workers(&self) -> Vec<i32> {
+        wait_until(Duration::from_secs(20), || {
+            self.workers()
+                .iter()
+                .all(|&w| !nonstop_common::sys::procs::cmdline(w).contains("shutting down"))
+        });
+        self.workers()
+    }
+
     /// The argv that runs nginx against this instance, plus `extra`.
     pub fn command(&self, extra: &[&str]) -> Vec<String> {
         let mut argv = vec![

@@ -196,6 +196,36 @@ impl Setup {
         http_get(self.nginx.port, path, Duration::from_secs(5))
     }
 
+    /// A GET of `/slow?ms=MS` through nginx, returned once `profile`'s app
+    /// has logged that it began (the demo app's `slow request for MS ms
+    /// began`): in flight for sure, not merely sent, however loaded the
+    /// machine. Panics when the app never logs it within 10 s.
+    pub fn slow_request_through_nginx(
+        &self,
+        profile: &str,
+        ms: u64,
+    ) -> std::thread::JoinHandle<Result<(u16, String)>> {
+        let log = self.app_dir.join(format!("logs/{profile}.log"));
+        let line = format!("slow request for {ms} ms began");
+        let began = || {
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches(&line)
+                .count()
+        };
+        let before = began();
+        let port = self.nginx.port;
+        let slow = std::thread::spawn(move || {
+            http_get(port, &format!("/slow?ms={ms}"), Duration::from_secs(30))
+        });
+        assert!(
+            crate::wait_until(Duration::from_secs(10), || began() > before),
+            "the slow request never reached {profile}'s app ({})",
+            log.display()
+        );
+        slow
+    }
+
     /// Runs one stage as a hook.
     pub fn hook(&self, stage: &str, args: &[&str], deployment: Option<&str>) -> Result<HookRun> {
         self.bundle

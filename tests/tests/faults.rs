@@ -127,7 +127,7 @@ impl Scene {
     }
 
     fn workers(&self) -> Vec<i32> {
-        self.setup.nginx.workers()
+        self.setup.nginx.settled_workers()
     }
 
     fn state(&self, name: &str) -> std::path::PathBuf {

@@ -55,7 +55,7 @@ fn an_app_nginx_cannot_reach_or_none_at_all_is_never_switched_to() {
         .assert_ok();
     let include = setup.include();
     assert!(String::from_utf8_lossy(&include).contains(&format!("127.0.0.2:{p1};")));
-    let workers = setup.nginx.workers();
+    let workers = setup.nginx.settled_workers();
     let load = Load::start(setup.nginx.port, "/", 2, Duration::from_millis(5));
 
     // v2 listens on 127.0.0.1 only: it passes its check there, and would
@@ -114,7 +114,7 @@ fn an_app_the_remote_nginx_cannot_reach_is_refused_from_nginxs_host() {
     hosts.start_by_hand("real1", "v1").unwrap();
     assert_eq!(hosts.get("/").unwrap(), (200, "demo v1 real1".into()));
     let include = hosts.include();
-    let workers = hosts.nginx.workers();
+    let workers = hosts.nginx.settled_workers();
     let load = hosts.load().unwrap();
 
     // v2 listens on the app host's 127.0.0.1 only: the nginx host cannot

@@ -61,7 +61,7 @@ fn deployments_under_load(name: &str, remote: bool) {
     let setup = setup(name, true, remote);
     setup.bootstrap("v1").unwrap();
     let link = link(&setup);
-    let workers = setup.nginx.workers();
+    let workers = setup.nginx.settled_workers();
     let load = Load::start_mixed(setup.nginx.port, "/", Duration::from_millis(2));
     let mut live = 0;
     for (n, version) in ["v2", "v3", "v4"].into_iter().enumerate() {
@@ -318,7 +318,7 @@ fn realpath_mode_over_ssh_serves_the_maintenance_page_without_a_reload() {
     let setup = setup("realpath-remote-page", false, true);
     setup.bootstrap("v1").unwrap();
     let link = link(&setup);
-    let workers = setup.nginx.workers();
+    let workers = setup.nginx.settled_workers();
     let on = setup
         .hook("switch", &["--maintenance", "--retry-after", "7"], None)
         .unwrap();
@@ -482,7 +482,9 @@ fn a_request_in_flight_as_maintenance_begins_reaches_the_app_not_a_502() {
         samples.len(),
         bad.len()
     );
-    assert!(app > 50 && pages > 50, "{app} {pages}");
+    // Both sides seen, whatever a loaded machine's latency leaves of the
+    // flips' second.
+    assert!(app > 10 && pages > 10, "{app} {pages}");
     assert!(
         bad.is_empty(),
         "{} of {} answers neither the app's nor the page's, first: {:?}",

@@ -104,7 +104,7 @@ fn symlink_mode_restores_the_link_when_nginx_test_fails() {
     fs::write(&green, "server { listen 127.0.0.1:1 broken }\n").unwrap();
     let link = setup.nginx.include.clone();
     let before = fs::read_link(&link).unwrap();
-    let workers_before = setup.nginx.workers();
+    let workers_before = setup.nginx.settled_workers();
 
     let switch = setup.hook("switch", &["--to", "real2"], None).unwrap();
     switch
@@ -169,11 +169,7 @@ fn retiring_waits_for_nginx_to_let_go_of_a_request_in_flight() {
     setup.hook("start", &[], Some("d-1")).unwrap().assert_ok();
 
     // A slow request to the old app, in flight when the switch happens.
-    let port = setup.nginx.port;
-    let slow = std::thread::spawn(move || {
-        http_get(port, "/slow?ms=1500", Duration::from_secs(10)).map_err(|e| e.to_string())
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let slow = setup.slow_request_through_nginx("real1", 1500);
     let health = setup.hook("health", &[], Some("d-1")).unwrap();
     health.assert_ok();
     assert_eq!(
@@ -357,7 +353,7 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     let port = setup.nginx.port;
     let slow_request = |old_pid: i32, old_port: u16| {
         let slow = std::thread::spawn(move || {
-            http_get(port, "/slow?ms=5000", Duration::from_secs(30)).map_err(|e| e.to_string())
+            http_get(port, "/slow?ms=15000", Duration::from_secs(30)).map_err(|e| e.to_string())
         });
         // In flight once the old app holds its connection.
         assert!(tests::wait_until(Duration::from_secs(10), || {
@@ -380,7 +376,7 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     assert!(alive(real1), "retire_busy \"fail\" must keep the old app");
     assert_eq!(
         slow.join().unwrap().unwrap(),
-        (200, "slow 5000 v1 real1".into())
+        (200, "slow 15000 v1 real1".into())
     );
     assert_eq!(setup.get("/").unwrap(), (200, "demo v2 real2".into()));
 
@@ -404,7 +400,7 @@ fn retiring_past_the_drain_bound_keeps_the_old_app_or_says_what_it_cut() {
     // The old app drains on SIGTERM: the request is still answered by it.
     assert_eq!(
         slow.join().unwrap().unwrap(),
-        (200, "slow 5000 v2 real2".into())
+        (200, "slow 15000 v2 real2".into())
     );
     assert!(!alive(real2), "real2 must be retired");
     let last = history(&setup).into_iter().last().unwrap();
