@@ -214,14 +214,19 @@ http {{
 
     /// The workers once none is an old one still finishing (`worker
     /// process is shutting down`, after a reload): a snapshot to compare
-    /// later against, which an old worker's exit must not change. Waits at
-    /// most 20 s, then returns them as they are.
+    /// later against, which an old worker's exit must not change. Panics
+    /// when old workers are still there after 20 s.
     pub fn settled_workers(&self) -> Vec<i32> {
-        wait_until(Duration::from_secs(20), || {
+        let settled = wait_until(Duration::from_secs(20), || {
             self.workers()
                 .iter()
                 .all(|&w| !nonstop_common::sys::procs::cmdline(w).contains("shutting down"))
         });
+        assert!(
+            settled,
+            "nginx's old workers still shutting down after 20 s: {:?}",
+            self.workers()
+        );
         self.workers()
     }
 

@@ -481,8 +481,8 @@ fn the_maintenance_page_under_load() {
     // once that request is answered, which on a loaded machine can come
     // after the switch's stage has exited.
     let across = |a: &Answer| {
-        let opened = a.prev_at.unwrap_or(a.at);
-        (a.done >= on_from && opened <= on_to) || (a.done >= off_from && opened <= off_to)
+        let prev_sent = a.prev_at.unwrap_or(a.at);
+        (a.done >= on_from && prev_sent <= on_to) || (a.done >= off_from && prev_sent <= off_to)
     };
     let closed_by_reload =
         |a: &Answer| a.status == 0 && a.reused && a.error.as_deref() == Some(CLOSED) && across(a);

@@ -444,7 +444,7 @@ fn a_symlink_planted_at_the_maintenance_directory_is_refused_before_the_link_mov
 /// the link must reach the app that was live, not the map's default (a
 /// 502): README's map turns `maintenance/PORT-SECONDS` into that app's
 /// URL. The link flipped between `ports/P` and `maintenance/P-30` (as the
-/// switch renames it) 400 times under GETs: each answer is the app's 200
+/// switch renames it) 400 times or more (3 s) under GETs: each answer is the app's 200
 /// or the page's 503, never a 502.
 #[test]
 fn a_request_in_flight_as_maintenance_begins_reaches_the_app_not_a_502() {
@@ -461,11 +461,21 @@ fn a_request_in_flight_as_maintenance_begins_reaches_the_app_not_a_502() {
     assert_eq!(target(&link), page);
     let load = Load::start(setup.nginx.port, "/", 3, Duration::from_millis(1));
     let tmp = link.with_file_name("live.flip");
-    for n in 0..400 {
+    // At least 400 flips and 3 s of them: enough answers of each kind on a
+    // loaded machine too.
+    let flipping = std::time::Instant::now();
+    let mut n = 0;
+    while n < 400 || flipping.elapsed() < Duration::from_secs(3) {
         let to = if n % 2 == 0 { &live } else { &page };
         std::os::unix::fs::symlink(to, &tmp).unwrap();
         fs::rename(&tmp, &link).unwrap();
         std::thread::sleep(Duration::from_millis(2));
+        n += 1;
+    }
+    // It ends on the page, as it began.
+    if n % 2 == 1 {
+        std::os::unix::fs::symlink(&page, &tmp).unwrap();
+        fs::rename(&tmp, &link).unwrap();
     }
     let samples = load.finish();
     let app = samples
@@ -478,13 +488,11 @@ fn a_request_in_flight_as_maintenance_begins_reaches_the_app_not_a_502() {
         .filter(|s| !(s.status == 200 && s.body == "demo v1 real1") && s.status != 503)
         .collect();
     println!(
-        "{} requests across 400 flips: {app} answered by the app, {pages} by the page, {} otherwise",
+        "{} requests across {n} flips: {app} answered by the app, {pages} by the page, {} otherwise",
         samples.len(),
         bad.len()
     );
-    // Both sides seen, whatever a loaded machine's latency leaves of the
-    // flips' second.
-    assert!(app > 10 && pages > 10, "{app} {pages}");
+    assert!(app > 50 && pages > 50, "{app} {pages}");
     assert!(
         bad.is_empty(),
         "{} of {} answers neither the app's nor the page's, first: {:?}",
