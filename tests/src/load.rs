@@ -45,6 +45,32 @@ pub struct Sample {
     pub kept_alive: bool,
 }
 
+impl Sample {
+    /// The outcome of a request sent at `sent` (the load started at `t0`),
+    /// measured now that `answer` is in.
+    fn of(
+        t0: Instant,
+        sent: Instant,
+        answer: anyhow::Result<(u16, String)>,
+        post: bool,
+        kept_alive: bool,
+    ) -> Sample {
+        let (status, body, error) = match answer {
+            Ok((s, b)) => (s, b, None),
+            Err(e) => (0, String::new(), Some(e.to_string())),
+        };
+        Sample {
+            at: sent - t0,
+            latency: sent.elapsed(),
+            status,
+            body,
+            error,
+            post,
+            kept_alive,
+        }
+    }
+}
+
 /// Client threads that each send one request per call of their request
 /// function, `pause` apart, until [`Clients::finish`]: the scaffolding of
 /// [`Load`] and of the benchmark's load.
@@ -134,19 +160,7 @@ impl Load {
                 } else {
                     http_get(port, &path, Duration::from_secs(10))
                 };
-                let (status, body, error) = match answer {
-                    Ok((s, b)) => (s, b, None),
-                    Err(e) => (0, String::new(), Some(e.to_string())),
-                };
-                Sample {
-                    at: sent - t0,
-                    latency: sent.elapsed(),
-                    status,
-                    body,
-                    error,
-                    post: method == "POST",
-                    kept_alive: false,
-                }
+                Sample::of(t0, sent, answer, method == "POST", false)
             }
         }))
     }
@@ -165,19 +179,7 @@ impl Load {
                 } else {
                     http_get(port, &path, Duration::from_secs(10))
                 };
-                let (status, body, error) = match answer {
-                    Ok((s, b)) => (s, b, None),
-                    Err(e) => (0, String::new(), Some(e.to_string())),
-                };
-                Sample {
-                    at: sent - t0,
-                    latency: sent.elapsed(),
-                    status,
-                    body,
-                    error,
-                    post,
-                    kept_alive: false,
-                }
+                Sample::of(t0, sent, answer, post, false)
             }
         }))
     }
@@ -207,19 +209,7 @@ impl Load {
                 } else {
                     http_get(port, &path, Duration::from_secs(10))
                 };
-                let (status, body, error) = match answer {
-                    Ok((s, b)) => (s, b, None),
-                    Err(e) => (0, String::new(), Some(e.to_string())),
-                };
-                Sample {
-                    at: sent - t0,
-                    latency: sent.elapsed(),
-                    status,
-                    body,
-                    error,
-                    post,
-                    kept_alive,
-                }
+                Sample::of(t0, sent, answer, post, kept_alive)
             }
         }))
     }
